@@ -1,0 +1,29 @@
+"""Geometry only (no learning): the manifolds of Neural Manifold ODEs and their chart maps."""
+
+from .base import Manifold
+from .euclidean import Euclidean
+from .hyperboloid import Hyperboloid, minkowski
+from .quadrature import integrate, quadrature_grid
+from .sphere import Sphere
+
+MANIFOLDS = {"Sphere": Sphere, "Hyperboloid": Hyperboloid, "Euclidean": Euclidean}
+
+
+def get_manifold(name: str, dim: int = 2) -> Manifold:
+    """Build a manifold by name: one of "Sphere", "Hyperboloid", "Euclidean"."""
+    if name not in MANIFOLDS:
+        raise ValueError(f"unknown manifold {name!r}; valid names: {', '.join(MANIFOLDS)}")
+    return MANIFOLDS[name](dim=dim)
+
+
+__all__ = [
+    "Manifold",
+    "Sphere",
+    "Hyperboloid",
+    "Euclidean",
+    "get_manifold",
+    "minkowski",
+    "quadrature_grid",
+    "integrate",
+    "MANIFOLDS",
+]

@@ -1,0 +1,79 @@
+"""The interface shared by every manifold: ambient coordinates, point-first methods."""
+
+from __future__ import annotations
+
+import torch
+
+from .special import safe_sqrt
+
+
+class Manifold(torch.nn.Module):
+    """A Riemannian manifold embedded in ``R^(n+1)`` (``R^n`` for the Euclidean space).
+
+    Points and tangent vectors are ambient coordinates with the manifold dimension last and batch
+    dimensions leading and broadcasting, as in geoopt. ``dim`` is the intrinsic dimension ``n``.
+    Subclasses implement the closed forms; the few generic identities live here.
+    """
+
+    name: str = "Manifold"
+    #: Injectivity radius of ``expmap`` (``inf`` when it is a global diffeomorphism).
+    injectivity_radius: float = float("inf")
+
+    def __init__(self, dim: int = 2):
+        super().__init__()
+        if int(dim) != dim or dim < 1:
+            raise ValueError(f"manifold dimension must be a positive integer, got {dim!r}")
+        self.dim = int(dim)
+
+    # ``ambient_dim`` is n+1 for the embedded manifolds and n for Euclidean space.
+    @property
+    def ambient_dim(self) -> int:
+        return self.dim + 1
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+    # -- metric -------------------------------------------------------------------------------
+    def inner(self, x, u, v, keepdim: bool = False):
+        """Riemannian inner product ``<u, v>_x`` of tangent vectors at ``x``; shape ``(...)``."""
+        raise NotImplementedError
+
+    def norm(self, x, u, keepdim: bool = False):
+        """Riemannian norm ``|u|_x``, with a finite (zero) gradient at ``u = 0``."""
+        return safe_sqrt(self.inner(x, u, u, keepdim=keepdim))
+
+    def dist(self, x, y, keepdim: bool = False):
+        """Geodesic distance; equals ``norm(x, logmap(x, y))``."""
+        return self.norm(x, self.logmap(x, y), keepdim=keepdim)
+
+    # -- chart maps ---------------------------------------------------------------------------
+    def origin(self, *size, dtype=None, device=None) -> torch.Tensor:
+        """The base point ``o`` broadcast to ``(*size, n+1)``."""
+        raise NotImplementedError
+
+    def tangent_basis(self, x: torch.Tensor) -> torch.Tensor:
+        """An orthonormal basis of ``T_x M``, shape ``(..., n, n+1)`` (rows are basis vectors).
+
+        The default transports the standard basis at the origin, ``(0, e_i)``, to ``x``.
+        """
+        o = self.origin(dtype=x.dtype, device=x.device)
+        e = torch.eye(self.ambient_dim, dtype=x.dtype, device=x.device)[1:]
+        return self.transp(o, x.unsqueeze(-2), e)
+
+    def coords(self, x, u, basis=None) -> torch.Tensor:
+        """Coordinates ``(..., n)`` of the tangent vector ``u`` at ``x`` in ``tangent_basis(x)``."""
+        basis = self.tangent_basis(x) if basis is None else basis
+        return self.inner(x.unsqueeze(-2), basis, u.unsqueeze(-2))
+
+    def from_coords(self, x, v, basis=None) -> torch.Tensor:
+        """The tangent vector ``sum_i v_i e_i`` at ``x`` from coordinates ``v`` of shape ``(..., n)``."""
+        basis = self.tangent_basis(x) if basis is None else basis
+        return (v.unsqueeze(-1) * basis).sum(-2)
+
+    def chart(self, x, v, basis=None) -> torch.Tensor:
+        """The exponential-map chart ``phi_x(v) = expmap(x, sum_i v_i e_i)``."""
+        return self.expmap(x, self.from_coords(x, v, basis))
+
+    def chart_inverse(self, x, y, basis=None) -> torch.Tensor:
+        """Chart coordinates of ``y`` in the chart at ``x``: ``coords(x, logmap(x, y))``."""
+        return self.coords(x, self.logmap(x, y), basis)

@@ -1,0 +1,165 @@
+"""Numerically safe special functions for constant-curvature geometry.
+
+Every even function of a norm (``cos r``, ``sin r / r``, ``sinh r / r`` ...) is written here as a
+function of the *squared* argument ``r2 = r**2``.  The squared norm is a polynomial in the tangent
+vector, so first AND second derivatives of these functions stay finite and correct at ``r = 0``
+(the centre of every chart, where the flow's divergence is evaluated).  Near 0 a Taylor branch is
+selected with a double ``torch.where``: the exact formula only ever sees a safe input, so no NaN
+leaks into the gradient of the branch that is not taken.
+
+Dtype and device always follow the input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "cos_sq",
+    "cosh_sq",
+    "sinc_sq",
+    "sinhc_sq",
+    "inv_sinc_sq",
+    "inv_sinhc_sq",
+    "asinc_sq",
+    "asinhc_sq",
+    "log_sinc_sq",
+    "log_sinhc_sq",
+    "safe_sqrt",
+    "safe_acos",
+    "safe_acosh",
+    "sinc",
+    "sinhc",
+]
+
+
+def _threshold(x: torch.Tensor) -> float:
+    # Switch to the series where its truncation error (~ r2**3) is below the dtype's resolution.
+    return 1e-3 if x.dtype in (torch.float64,) else 3e-2
+
+
+def _series_where(r2: torch.Tensor, exact, series) -> torch.Tensor:
+    small = r2.abs() < _threshold(r2)
+    safe = torch.where(small, torch.ones_like(r2), r2)
+    return torch.where(small, series(r2), exact(safe))
+
+
+def cos_sq(r2: torch.Tensor) -> torch.Tensor:
+    """``cos(sqrt(r2))`` for ``r2 >= 0``."""
+    return _series_where(r2, lambda s: torch.cos(s.sqrt()), lambda s: 1 - s / 2 + s**2 / 24 - s**3 / 720)
+
+
+def cosh_sq(r2: torch.Tensor) -> torch.Tensor:
+    """``cosh(sqrt(r2))`` for ``r2 >= 0``."""
+    return _series_where(r2, lambda s: torch.cosh(s.sqrt()), lambda s: 1 + s / 2 + s**2 / 24 + s**3 / 720)
+
+
+def sinc_sq(r2: torch.Tensor) -> torch.Tensor:
+    """``sin(r) / r`` with ``r = sqrt(r2)``; equals 1 at 0."""
+    return _series_where(
+        r2,
+        lambda s: torch.sin(s.sqrt()) / s.sqrt(),
+        lambda s: 1 - s / 6 + s**2 / 120 - s**3 / 5040,
+    )
+
+
+def sinhc_sq(r2: torch.Tensor) -> torch.Tensor:
+    """``sinh(r) / r`` with ``r = sqrt(r2)``; equals 1 at 0."""
+    return _series_where(
+        r2,
+        lambda s: torch.sinh(s.sqrt()) / s.sqrt(),
+        lambda s: 1 + s / 6 + s**2 / 120 + s**3 / 5040,
+    )
+
+
+def inv_sinc_sq(r2: torch.Tensor) -> torch.Tensor:
+    """``r / sin(r)``; finite for ``0 <= r < pi`` (the sphere's injectivity radius)."""
+    return _series_where(
+        r2,
+        lambda s: s.sqrt() / torch.sin(s.sqrt()),
+        lambda s: 1 + s / 6 + 7 * s**2 / 360 + 31 * s**3 / 15120,
+    )
+
+
+def inv_sinhc_sq(r2: torch.Tensor) -> torch.Tensor:
+    """``r / sinh(r)``; equals 1 at 0."""
+    return _series_where(
+        r2,
+        lambda s: s.sqrt() / torch.sinh(s.sqrt()),
+        lambda s: 1 - s / 6 + 7 * s**2 / 360 - 31 * s**3 / 15120,
+    )
+
+
+def asinc_sq(s2: torch.Tensor) -> torch.Tensor:
+    """``asin(s) / s`` with ``s = sqrt(s2) <= 1``; the sphere's ``theta / sin(theta)`` written in ``sin theta``."""
+    return _series_where(
+        s2,
+        lambda s: torch.asin(s.sqrt().clamp(max=1.0)) / s.sqrt(),
+        lambda s: 1 + s / 6 + 3 * s**2 / 40 + 5 * s**3 / 112,
+    )
+
+
+def asinhc_sq(s2: torch.Tensor) -> torch.Tensor:
+    """``asinh(s) / s`` with ``s = sqrt(s2)``; the hyperboloid's ``d / sinh(d)`` written in ``sinh d``."""
+    return _series_where(
+        s2,
+        lambda s: torch.asinh(s.sqrt()) / s.sqrt(),
+        lambda s: 1 - s / 6 + 3 * s**2 / 40 - 5 * s**3 / 112,
+    )
+
+
+def log_sinc_sq(r2: torch.Tensor) -> torch.Tensor:
+    """``log |sin(r) / r|``; -inf only at ``r = k pi``."""
+    return _series_where(
+        r2,
+        lambda s: torch.log(torch.abs(torch.sin(s.sqrt()) / s.sqrt())),
+        lambda s: -s / 6 - s**2 / 180 - s**3 / 2835,
+    )
+
+
+def log_sinhc_sq(r2: torch.Tensor) -> torch.Tensor:
+    """``log(sinh(r) / r)``, without overflow for large ``r``.
+
+    For ``r > 1`` it uses ``log sinh r = r - log 2 + log1p(-exp(-2 r))``.
+    """
+
+    def exact(s: torch.Tensor) -> torch.Tensor:
+        r = s.sqrt()
+        big = r > 1
+        rb = torch.where(big, r, torch.full_like(r, 2.0))
+        rs = torch.where(big, torch.ones_like(r), r)
+        large = rb - math.log(2.0) + torch.log1p(-torch.exp(-2 * rb)) - torch.log(rb)
+        moderate = torch.log(torch.sinh(rs) / rs)
+        return torch.where(big, large, moderate)
+
+    return _series_where(r2, exact, lambda s: s / 6 - s**2 / 180 + s**3 / 2835)
+
+
+def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """``sqrt(max(x, 0))`` whose gradient is 0 (not inf/NaN) at 0."""
+    pos = x > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def safe_acos(x: torch.Tensor) -> torch.Tensor:
+    """``acos`` with its argument clamped just inside [-1, 1], so the gradient stays finite."""
+    eps = torch.finfo(x.dtype).eps * 4
+    return torch.acos(x.clamp(-1 + eps, 1 - eps))
+
+
+def safe_acosh(x: torch.Tensor) -> torch.Tensor:
+    """``acosh`` with its argument clamped just above 1, so the gradient stays finite."""
+    eps = torch.finfo(x.dtype).eps * 4
+    return torch.acosh(x.clamp(min=1 + eps))
+
+
+def sinc(r: torch.Tensor) -> torch.Tensor:
+    """``sin(r) / r`` of a (signed) scalar ``r``."""
+    return sinc_sq(r * r)
+
+
+def sinhc(r: torch.Tensor) -> torch.Tensor:
+    """``sinh(r) / r`` of a (signed) scalar ``r``."""
+    return sinhc_sq(r * r)

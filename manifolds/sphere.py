@@ -1,0 +1,102 @@
+"""The unit sphere ``S^n = {x in R^(n+1) : |x| = 1}``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import Manifold
+from .special import asinc_sq, cos_sq, log_sinc_sq, safe_sqrt, sinc_sq
+
+
+class Sphere(Manifold):
+    """The sphere ``S^n`` with the round metric induced from ``R^(n+1)``.
+
+    The origin follows the reference code: ``o = (-1, 0, ..., 0)``. ``expmap`` is a chart only
+    inside the injectivity radius ``pi``; ``logmap`` is singular at the antipode (the cut locus).
+    """
+
+    name = "Sphere"
+    injectivity_radius = math.pi
+
+    def inner(self, x, u, v, keepdim: bool = False):
+        return (u * v).sum(-1, keepdim=keepdim)
+
+    def proju(self, x, u):
+        """Orthogonal projection of an ambient vector onto ``T_x S^n``."""
+        return u - (x * u).sum(-1, keepdim=True) * x
+
+    def projx(self, x):
+        """Radial projection onto the sphere."""
+        return x / x.norm(dim=-1, keepdim=True)
+
+    def expmap(self, x, u):
+        """``exp_x(u) = cos(r) x + sin(r)/r u`` with ``r = |u|``."""
+        r2 = (u * u).sum(-1, keepdim=True)
+        return cos_sq(r2) * x + sinc_sq(r2) * u
+
+    def logmap(self, x, y):
+        """``log_x(y) = theta / sin(theta) (y - cos(theta) x)``, ``theta = atan2(|y - <x,y>x|, <x,y>)``."""
+        c = (x * y).sum(-1, keepdim=True)
+        u = y - c * x
+        s2 = (u * u).sum(-1, keepdim=True)
+        # theta/sin(theta) is a function of sin^2 on the near side (theta < pi/3); atan2 covers the rest.
+        near = c > 0.5
+        factor_far = torch.atan2(safe_sqrt(s2), c) / torch.where(s2 > 0, safe_sqrt(s2), torch.ones_like(s2))
+        s2_near = torch.where(near, s2, torch.zeros_like(s2))
+        factor_near = asinc_sq(s2_near)
+        return torch.where(near, factor_near, factor_far) * u
+
+    def dist(self, x, y, keepdim: bool = False):
+        """``2 atan2(|x - y|, |x + y|)``: accurate at both 0 and pi."""
+        a = safe_sqrt(((x - y) ** 2).sum(-1, keepdim=keepdim))
+        b = safe_sqrt(((x + y) ** 2).sum(-1, keepdim=keepdim))
+        return 2 * torch.atan2(a, b)
+
+    def transp(self, x, y, u):
+        """Parallel transport of ``u`` from ``x`` to ``y`` along the minimizing geodesic."""
+        c = (x * y).sum(-1, keepdim=True)
+        return u - (y * u).sum(-1, keepdim=True) / (1 + c) * (x + y)
+
+    def logdetexp(self, x, u):
+        """``log J(u) = (n - 1) log|sin r / r|``, the volume change of ``expmap`` at ``x``."""
+        r2 = (u * u).sum(-1)
+        return (self.dim - 1) * log_sinc_sq(r2)
+
+    def origin(self, *size, dtype=None, device=None):
+        o = torch.zeros(*size, self.dim + 1, dtype=dtype, device=device)
+        o[..., 0] = -1.0
+        return o
+
+    def tangent_basis(self, x):
+        # Transport from the origin is singular at its antipode e_0; use e_0's own frame there.
+        e = torch.eye(self.ambient_dim, dtype=x.dtype, device=x.device)[1:]
+        o = self.origin(dtype=x.dtype, device=x.device)
+        far = (x[..., :1] > 0).unsqueeze(-1)
+        src = torch.where(far, -o, o)
+        return self.transp(src, x.unsqueeze(-2), e)
+
+    def random(self, *size, generator=None, dtype=None, device=None):
+        """Uniform random points on the sphere."""
+        x = torch.randn(*size, self.dim + 1, generator=generator, dtype=dtype, device=device)
+        return self.projx(x)
+
+    # -- conversions for plots ----------------------------------------------------------------
+    @staticmethod
+    def lonlat_to_xyz(lon, lat):
+        """Geographic (longitude, latitude) in radians to points on ``S^2``.
+
+        ``x = cos(lat) cos(lon), y = cos(lat) sin(lon), z = sin(lat)``.
+        """
+        lon, lat = torch.as_tensor(lon), torch.as_tensor(lat)
+        return torch.stack(
+            [torch.cos(lat) * torch.cos(lon), torch.cos(lat) * torch.sin(lon), torch.sin(lat)], -1
+        )
+
+    @staticmethod
+    def xyz_to_lonlat(x):
+        """Points on ``S^2`` to (longitude, latitude) in radians, longitude in ``(-pi, pi]``."""
+        lon = torch.atan2(x[..., 1], x[..., 0])
+        lat = torch.atan2(x[..., 2], torch.linalg.vector_norm(x[..., :2], dim=-1))
+        return lon, lat
