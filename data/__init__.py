@@ -1,7 +1,14 @@
 """Distributions and datasets on manifolds (no training)."""
 
 from .densities import DATASETS, Density, get_density
-from .distributions import Mixture, UniformSphere, VonMisesFisher, WrappedNormal, vmf_log_normalizer
+from .distributions import (
+    Mixture,
+    StandardNormal,
+    UniformSphere,
+    VonMisesFisher,
+    WrappedNormal,
+    vmf_log_normalizer,
+)
 
 __all__ = [
     "get_density",
@@ -11,5 +18,6 @@ __all__ = [
     "VonMisesFisher",
     "UniformSphere",
     "Mixture",
+    "StandardNormal",
     "vmf_log_normalizer",
 ]

@@ -198,3 +198,16 @@ class Mixture:
         x = torch.cat(xs, 0)
         perm = torch.randperm(n, generator=generator)
         return x[perm]
+
+
+class StandardNormal:
+    """Standard normal on Euclidean ``R^n`` (the base of an ordinary CNF)."""
+
+    def __init__(self, manifold):
+        self.manifold = manifold
+
+    def log_prob(self, x):
+        return (-0.5 * x * x - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def sample(self, n: int, generator=None, dtype=None, device=None):
+        return torch.randn(n, self.manifold.dim, generator=generator, dtype=dtype, device=device)

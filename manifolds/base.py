@@ -77,3 +77,32 @@ class Manifold(torch.nn.Module):
     def chart_inverse(self, x, y, basis=None) -> torch.Tensor:
         """Chart coordinates of ``y`` in the chart at ``x``: ``coords(x, logmap(x, y))``."""
         return self.coords(x, self.logmap(x, y), basis)
+
+    # -- chart calculus used by the flow (closed forms in each subclass) ------------------------
+    def chart_velocity(self, x, v, w, basis):
+        """Pull a tangent vector back through the chart: ``E (D exp_x(u))^(-1) w``.
+
+        ``v`` ``(..., n)`` are chart coordinates of ``y = phi_x(v)``, ``w`` ``(..., n+1)`` a tangent
+        vector at ``y``; the result is the chart velocity ``(..., n)``, i.e. the coordinates of
+        ``D(log_x)(y)[w]``. Generic fallback: a forward-mode JVP through ``logmap``.
+        """
+        from torch.func import jvp
+
+        y = self.chart(x, v, basis)
+        _, d = jvp(lambda yy: self.logmap(x, yy), (y,), (w,))
+        return self.coords(x, d, basis)
+
+    def grad_logdetexp(self, x, v):
+        """``grad_v log J(v)`` in chart coordinates, shape ``(..., n)``."""
+        raise NotImplementedError
+
+    def proj_field(self, y, h):
+        """Map an ambient vector ``h`` at ``y`` to a tangent vector, for vector fields.
+
+        Defaults to ``proju``; the hyperboloid overrides it (see there).
+        """
+        return self.proju(y, h)
+
+    def proj_field_jvp(self, y, h, dy, dh):
+        """Directional derivative of ``proj_field(y, h)`` when ``(y, h)`` moves by ``(dy, dh)``."""
+        raise NotImplementedError

@@ -37,6 +37,15 @@ class Euclidean(Manifold):
     def logdetexp(self, x, u):
         return torch.zeros_like(u[..., 0])
 
+    def chart_velocity(self, x, v, w, basis):
+        return w
+
+    def proj_field_jvp(self, y, h, dy, dh):
+        return dh
+
+    def grad_logdetexp(self, x, v):
+        return torch.zeros_like(v)
+
     def origin(self, *size, dtype=None, device=None):
         return torch.zeros(*size, self.dim, dtype=dtype, device=device)
 

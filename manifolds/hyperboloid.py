@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import Manifold
-from .special import asinhc_sq, cosh_sq, log_sinhc_sq, safe_sqrt, sinhc_sq
+from .special import asinhc_sq, cosh_sq, log_sinhc_sq, one_minus_xcothx_over_x2_sq, safe_sqrt, sinhc_sq
 
 
 def minkowski(u, v, keepdim: bool = False):
@@ -61,6 +61,45 @@ class Hyperboloid(Manifold):
         """``log J(u) = (n - 1) log(sinh r / r)``, the volume change of ``expmap``."""
         r2 = minkowski(u, u).clamp(min=0)
         return (self.dim - 1) * log_sinhc_sq(r2)
+
+    def chart_velocity(self, x, v, w, basis):
+        """Closed form of ``E (D exp_x(u))^(-1) w`` on the hyperboloid (``r = |v|``).
+
+        ``D exp_x(u)`` maps ``u`` to ``rho = cosh(r) u + r sinh(r) x`` and scales the directions
+        orthogonal to ``x`` and ``u`` by ``sinh(r)/r``; with ``<e_i, x>_L = 0`` this gives
+        ``<E, w>_L r/sinh(r) + (1 - r coth r)/r^2 <w, rho>_L v``.
+        """
+        r2 = (v * v).sum(-1, keepdim=True)
+        u = self.from_coords(x, v, basis)
+        s = sinhc_sq(r2)
+        rho = cosh_sq(r2) * u + r2 * s * x
+        wr = minkowski(w, rho, keepdim=True)
+        return self.coords(x, w, basis) / s + one_minus_xcothx_over_x2_sq(r2) * wr * v
+
+    def grad_logdetexp(self, x, v):
+        """``grad_v (n-1) log(sinh r / r) = (n-1) (r coth r - 1)/r^2 v``."""
+        return -(self.dim - 1) * one_minus_xcothx_over_x2_sq((v * v).sum(-1, keepdim=True)) * v
+
+    def proj_field(self, y, h):
+        """Euclidean-orthogonal projection of ``h`` onto ``T_y H^n`` (normal ``Jy``, ``J = diag(-1, 1..)``).
+
+        Unlike the Minkowski-orthogonal ``proju`` (whose output grows like ``cosh(dist(o, y))``
+        for a bounded ``h``), the result satisfies ``|f|_L <= |f|_2 <= |h|_2``: a bounded network
+        gives a field of bounded speed, whose flow exists for all time (no escape to infinity).
+        """
+        ny = torch.cat([-y[..., :1], y[..., 1:]], -1)
+        return h - (ny * h).sum(-1, keepdim=True) / (ny * ny).sum(-1, keepdim=True) * ny
+
+    def proj_field_jvp(self, y, h, dy, dh):
+        """Derivative of :meth:`proj_field`."""
+        ny = torch.cat([-y[..., :1], y[..., 1:]], -1)
+        dny = torch.cat([-dy[..., :1], dy[..., 1:]], -1)
+        a, b = (ny * h).sum(-1, keepdim=True), (ny * ny).sum(-1, keepdim=True)
+        da = (dny * h).sum(-1, keepdim=True) + (ny * dh).sum(-1, keepdim=True)
+        db = 2 * (ny * dny).sum(-1, keepdim=True)
+        c = a / b
+        dc = (da * b - a * db) / (b * b)
+        return dh - dc * ny - c * dny
 
     def origin(self, *size, dtype=None, device=None):
         o = torch.zeros(*size, self.dim + 1, dtype=dtype, device=device)

@@ -27,6 +27,8 @@ __all__ = [
     "asinhc_sq",
     "log_sinc_sq",
     "log_sinhc_sq",
+    "one_minus_xcotx_over_x2_sq",
+    "one_minus_xcothx_over_x2_sq",
     "safe_sqrt",
     "safe_acos",
     "safe_acosh",
@@ -135,6 +137,24 @@ def log_sinhc_sq(r2: torch.Tensor) -> torch.Tensor:
         return torch.where(big, large, moderate)
 
     return _series_where(r2, exact, lambda s: s / 6 - s**2 / 180 + s**3 / 2835)
+
+
+def one_minus_xcotx_over_x2_sq(r2: torch.Tensor) -> torch.Tensor:
+    """``(1 - r cot r) / r^2``; finite for ``0 <= r < pi``. Sphere chart term (see flows/)."""
+    return _series_where(
+        r2,
+        lambda s: (1 - s.sqrt() / torch.tan(s.sqrt())) / s,
+        lambda s: 1 / 3 + s / 45 + 2 * s**2 / 945 + s**3 / 4725,
+    )
+
+
+def one_minus_xcothx_over_x2_sq(r2: torch.Tensor) -> torch.Tensor:
+    """``(1 - r coth r) / r^2``; the hyperboloid's counterpart, finite for all ``r``."""
+    return _series_where(
+        r2,
+        lambda s: (1 - s.sqrt() / torch.tanh(s.sqrt())) / s,
+        lambda s: -1 / 3 + s / 45 - 2 * s**2 / 945 + s**3 / 4725,
+    )
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import torch
 
 from .base import Manifold
-from .special import asinc_sq, cos_sq, log_sinc_sq, safe_sqrt, sinc_sq
+from .special import asinc_sq, cos_sq, log_sinc_sq, one_minus_xcotx_over_x2_sq, safe_sqrt, sinc_sq
 
 
 class Sphere(Manifold):
@@ -63,6 +63,30 @@ class Sphere(Manifold):
         """``log J(u) = (n - 1) log|sin r / r|``, the volume change of ``expmap`` at ``x``."""
         r2 = (u * u).sum(-1)
         return (self.dim - 1) * log_sinc_sq(r2)
+
+    def chart_velocity(self, x, v, w, basis):
+        """Closed form of ``E (D exp_x(u))^(-1) w`` on the sphere (``u = E^T v``, ``r = |v|``).
+
+        ``D exp_x(u)`` maps ``u`` to ``rho = cos(r) u - r sin(r) x`` (the radial velocity) and
+        scales directions orthogonal to ``x`` and ``u`` by ``sin(r)/r``. Inverting both parts and
+        using ``E x = 0`` gives ``E w r/sin(r) + (1 - r cot r)/r^2 <w, rho> v``.
+        """
+        r2 = (v * v).sum(-1, keepdim=True)
+        u = self.from_coords(x, v, basis)
+        s = sinc_sq(r2)
+        rho = cos_sq(r2) * u - r2 * s * x
+        wr = (w * rho).sum(-1, keepdim=True)
+        return self.coords(x, w, basis) / s + one_minus_xcotx_over_x2_sq(r2) * wr * v
+
+    def grad_logdetexp(self, x, v):
+        """``grad_v (n-1) log(sin r / r) = (n-1) (r cot r - 1)/r^2 v``."""
+        return -(self.dim - 1) * one_minus_xcotx_over_x2_sq((v * v).sum(-1, keepdim=True)) * v
+
+    def proj_field_jvp(self, y, h, dy, dh):
+        """Derivative of ``h - <y, h> y``."""
+        yh = (y * h).sum(-1, keepdim=True)
+        d_yh = (dy * h).sum(-1, keepdim=True) + (y * dh).sum(-1, keepdim=True)
+        return dh - d_yh * y - yh * dy
 
     def origin(self, *size, dtype=None, device=None):
         o = torch.zeros(*size, self.dim + 1, dtype=dtype, device=device)

@@ -1,0 +1,15 @@
+"""Manifold continuous normalizing flows: vector field, divergence, multi-chart integration."""
+
+from .divergence import DIVERGENCES
+from .mcnf import MCNF, ChartDynamics, SolverError, SolverSettings, load_model
+from .vector_field import VectorField
+
+__all__ = [
+    "MCNF",
+    "ChartDynamics",
+    "SolverError",
+    "SolverSettings",
+    "VectorField",
+    "load_model",
+    "DIVERGENCES",
+]

@@ -1,0 +1,339 @@
+"""Manifold Continuous Normalizing Flow (MCNF) with multi-chart (dynamic chart) integration.
+
+The flow is the neural ODE ``dx/dt = f(t, x)`` on the manifold, mapping data ``x`` at ``t = 0`` to
+a base point ``z`` at ``t = 1``. Time is split into segments; on each segment the state is the
+coordinate ``v in R^n`` of the exponential-map chart ``phi_p(v) = expmap(p, sum_i v_i e_i)`` at a
+chart centre ``p`` (by default the point where the segment starts), and the ODE solved by
+torchdiffeq is the Euclidean one
+
+    dv/dt = g(t, v) = E D(log_p)(phi_p(v))[f(t, phi_p(v))],        (chart dynamics)
+    d(int)/dt = tr(dg/dv),                                           (divergence)
+
+with ``E`` the ``(n, n+1)`` matrix of the orthonormal basis ``tangent_basis(p)``. Each segment
+contributes (DESIGN.md, "Change of variables across charts")
+
+    delta_k = int_{t_k}^{t_(k+1)} tr(dg/dv) dt + log J(v_e) - log J(v_s)
+
+and ``log p(x) = log p_base(z) + sum_k delta_k``.
+
+Charts:
+- ``charts=K`` (int): ``K`` equal segments of ``[0, 1]``.
+- ``charts="adaptive"``: a segment ends when the largest ``|v|`` in the batch reaches
+  ``chart_radius`` (an event located by torchdiffeq's ``odeint_event``); the next chart is centred
+  at the current points. The cost is one root-finding (a few interpolations) per switch and a
+  number of charts that depends on how far the batch moves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torchdiffeq import odeint, odeint_adjoint, odeint_event
+
+from data.distributions import StandardNormal, VonMisesFisher, WrappedNormal
+from manifolds import get_manifold
+
+from . import divergence as div_mod
+from .vector_field import VectorField
+
+SOLVER_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "rk4", "midpoint", "euler")
+FIXED_STEP = ("rk4", "midpoint", "euler")
+
+
+class SolverError(RuntimeError):
+    """A solve that ran past its step limit or produced non-finite values."""
+
+
+@dataclass
+class SolverSettings:
+    """How one ODE solve is carried out (torchdiffeq names).
+
+    ``step_size`` is used by fixed-step methods (``rk4``, ``midpoint``, ``euler``); ``max_nfe`` caps
+    the function evaluations of one forward solve so that a runaway solve raises instead of hanging.
+    """
+
+    method: str = "dopri5"
+    atol: float = 1e-5
+    rtol: float = 1e-5
+    step_size: float | None = None
+    adjoint: bool = False
+    max_nfe: int = 20_000
+
+    def __post_init__(self):
+        if self.method not in SOLVER_METHODS:
+            raise ValueError(f"unknown solver {self.method!r}; valid: {', '.join(SOLVER_METHODS)}")
+        if self.method in FIXED_STEP and not (self.step_size and self.step_size > 0):
+            raise ValueError(f"solver {self.method!r} needs a positive step_size")
+        if self.atol <= 0 or self.rtol <= 0:
+            raise ValueError("atol and rtol must be positive")
+
+    def odeint_kwargs(self):
+        kw = dict(method=self.method, atol=self.atol, rtol=self.rtol)
+        if self.method in FIXED_STEP:
+            kw["options"] = dict(step_size=self.step_size)
+        return kw
+
+
+class ChartDynamics(nn.Module):
+    """The ODE function of one chart: state ``(v, int_div, p)`` -> ``(g, tr(dg/dv), 0)``.
+
+    ``g(t, v) = E D(log_p)(y)[f(t, y)]`` at ``y = phi_p(v)`` uses the manifold's closed form
+    (:meth:`manifolds.Manifold.chart_velocity`). The chart centre ``p`` rides along in the state
+    with zero velocity so that the adjoint method carries gradients back to it (``p`` is the
+    output of the previous segment). The divergence is computed as described in
+    :mod:`flows.divergence`.
+    """
+
+    def __init__(self, manifold, field, divergence: str = "exact"):
+        super().__init__()
+        self.manifold, self.field = manifold, field
+        if divergence not in div_mod.DIVERGENCES:
+            raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(div_mod.DIVERGENCES)}")
+        self.divergence = divergence
+        self.with_div = True
+        self.noise = None
+        self.nfe = 0
+        self.max_nfe = None
+
+    def velocity(self, t, v, p, E):
+        """``g(t, v)``: the vector field in chart coordinates, shape ``(B, n)``."""
+        M = self.manifold
+        y = M.chart(p, v, E)
+        return M.chart_velocity(p, v, self.field(t, y), E)
+
+    def forward(self, t, state):
+        v, _, p = state
+        self.nfe += 1
+        if self.max_nfe is not None and self.nfe > self.max_nfe:
+            raise SolverError(
+                f"ODE solve exceeded {self.max_nfe} function evaluations (stiff or diverging dynamics); "
+                "loosen atol/rtol, use a fixed-step solver, or lower the learning rate"
+            )
+        M = self.manifold
+        E = M.tangent_basis(p)
+        if not self.with_div:
+            g, div = self.velocity(t, v, p, E), torch.zeros_like(v[..., 0])
+        elif self.divergence == "exact_autograd":
+            g, div = div_mod.exact_autograd(lambda vv: self.velocity(t, vv, p, E), v)
+        else:
+            y = M.chart(p, v, E)
+            g, div = div_mod.chart_divergence(
+                M, self.field, t, p, v, y, E, noise=self.noise if self.divergence == "hutchinson" else None
+            )
+        if not (torch.isfinite(g).all() and torch.isfinite(div).all()):
+            raise SolverError(f"non-finite ODE state at t={float(t):.4f}")
+        return g, div, torch.zeros_like(p)
+
+
+class MCNF(nn.Module):
+    """Manifold continuous normalizing flow with multi-chart integration.
+
+    Args:
+        manifold: ``"Sphere"``, ``"Hyperboloid"``, ``"Euclidean"`` or a manifold instance.
+        dim: intrinsic dimension ``n`` (when ``manifold`` is a name).
+        hidden, n_hidden, activation: the vector field MLP (reference: 32, 3, tanh).
+        charts: number of equal time segments, or ``"adaptive"``.
+        chart_radius: adaptive mode's switch threshold on ``|v|`` (default: ``pi/2`` on the sphere,
+            half its injectivity radius; 3 elsewhere).
+        chart_center: ``"point"`` (each segment's chart at its start point, so ``v_s = 0``) or
+            ``"origin"`` (every chart at the origin ``o``, the reference's hyperboloid choice).
+        conc: concentration of the sphere's vMF base (the reference's ``--conc``).
+        divergence: ``"exact"``, ``"exact_autograd"`` or ``"hutchinson"``.
+        noise: Hutchinson noise, ``"rademacher"`` or ``"gaussian"``; drawn once per solve.
+        train_solver, eval_solver: :class:`SolverSettings` (or dicts) used in ``train()`` and
+            ``eval()`` mode respectively; evaluation defaults to tighter tolerances.
+
+    ``forward(x) -> (z, delta_logp)`` with ``log p(x) = base.log_prob(z) + delta_logp``.
+    """
+
+    def __init__(
+        self,
+        manifold="Sphere",
+        dim: int = 2,
+        hidden: int = 32,
+        n_hidden: int = 3,
+        activation: str = "tanh",
+        charts: int | str = 1,
+        chart_radius: float | None = None,
+        chart_center: str = "point",
+        conc: float = 1.0,
+        divergence: str = "exact",
+        noise: str = "rademacher",
+        train_solver: SolverSettings | dict | None = None,
+        eval_solver: SolverSettings | dict | None = None,
+    ):
+        super().__init__()
+        M = get_manifold(manifold, dim) if isinstance(manifold, str) else manifold
+        self.manifold = M
+        if not (charts == "adaptive" or (isinstance(charts, int) and charts >= 1)):
+            raise ValueError(f"charts must be a positive integer or 'adaptive', got {charts!r}")
+        if chart_center not in ("point", "origin"):
+            raise ValueError(f"chart_center must be 'point' or 'origin', got {chart_center!r}")
+        if chart_center == "origin" and charts == "adaptive":
+            raise ValueError("the adaptive mode re-centres charts; it needs chart_center='point'")
+        if noise not in ("rademacher", "gaussian"):
+            raise ValueError(f"unknown Hutchinson noise {noise!r}; valid: rademacher, gaussian")
+        if conc <= 0:
+            raise ValueError(f"conc must be positive, got {conc}")
+        self.charts, self.chart_center, self.noise_kind = charts, chart_center, noise
+        self.chart_radius = chart_radius or (M.injectivity_radius / 2 if M.name == "Sphere" else 3.0)
+        self.conc = float(conc)
+        to_settings = lambda s, d: (
+            s if isinstance(s, SolverSettings) else SolverSettings(**{**d, **(s or {})})
+        )
+        self.train_solver = to_settings(train_solver, {})
+        self.eval_solver = to_settings(eval_solver, dict(atol=1e-7, rtol=1e-7))
+        self.field = VectorField(M, hidden, n_hidden, activation)
+        self.dynamics = ChartDynamics(M, self.field, divergence)
+        self.config = dict(
+            manifold=M.name, dim=M.dim, hidden=hidden, n_hidden=n_hidden, activation=activation,
+            charts=charts, chart_radius=chart_radius, chart_center=chart_center, conc=self.conc,
+            divergence=divergence, noise=noise, train_solver=asdict(self.train_solver),
+            eval_solver=asdict(self.eval_solver),
+        )  # fmt: skip
+        self.nfe_forward = 0
+        self.n_charts_used = 0
+
+    # -- base distribution --------------------------------------------------------------------
+    def base(self, dtype=None, device=None):
+        """The base distribution at ``t = 1`` (wrapped normal std 1 / vMF(conc) at the origin)."""
+        M = self.manifold
+        dtype = dtype or next(self.parameters()).dtype
+        device = device or next(self.parameters()).device
+        o = M.origin(dtype=dtype, device=device)
+        if M.name == "Hyperboloid":
+            return WrappedNormal(M, o, torch.ones((), dtype=dtype, device=device))
+        if M.name == "Sphere":
+            return VonMisesFisher(o, self.conc)
+        return StandardNormal(M)
+
+    @property
+    def solver(self) -> SolverSettings:
+        return self.train_solver if self.training else self.eval_solver
+
+    # -- integration ----------------------------------------------------------------------------
+    def _solve(self, state0, t0, t1, s: SolverSettings, event_fn=None):
+        kw = s.odeint_kwargs()
+        if s.adjoint:
+            kw["adjoint_params"] = tuple(self.field.parameters())
+        ode = odeint_adjoint if s.adjoint else odeint
+        if event_fn is None:
+            tt = torch.tensor([t0, t1], dtype=state0[0].dtype, device=state0[0].device)
+            sol = ode(self.dynamics, state0, tt, **kw)
+            return t1, tuple(x[-1] for x in sol)
+        t0t = torch.tensor(t0, dtype=state0[0].dtype, device=state0[0].device)
+        t_ev, sol = odeint_event(
+            self.dynamics, state0, t0t, event_fn=event_fn, reverse_time=t1 < t0, odeint_interface=ode, **kw
+        )
+        return float(t_ev), tuple(x[-1] for x in sol)
+
+    def _segment(self, x, t0, t1, s, adaptive: bool):
+        """Integrate from ``x`` at ``t0`` towards ``t1`` in one chart.
+
+        Returns ``(y, D, t_end)`` with ``D = log p(x) - log p(y)`` for the flow's density.
+        """
+        M = self.manifold
+        p = M.origin(*x.shape[:-1], dtype=x.dtype, device=x.device) if self.chart_center == "origin" else x
+        E = M.tangent_basis(p)
+        v0 = torch.zeros_like(x[..., : M.dim]) if self.chart_center == "point" else M.chart_inverse(p, x, E)
+        state0 = (v0, torch.zeros_like(x[..., 0]), p)
+        event_fn = None
+        if adaptive:
+            radius, forward = self.chart_radius, t1 > t0
+
+            def event_fn(t, state):
+                remaining = (t1 - t) if forward else (t - t1)
+                return torch.minimum(radius - state[0].norm(dim=-1).max(), remaining)
+
+        t_end, (v1, integral, _) = self._solve(state0, t0, t1, s, event_fn)
+        y = M.projx(M.chart(p, v1, E))
+        D = integral
+        if self.dynamics.with_div:
+            D = D + M.logdetexp(p, M.from_coords(p, v1, E)) - M.logdetexp(p, M.from_coords(p, v0, E))
+        return y, D, t_end
+
+    def _flow(self, x, t0: float, t1: float, with_div: bool = True):
+        """Flow points from time ``t0`` to ``t1``; returns ``(y, sum of D)``."""
+        s = self.solver
+        dyn = self.dynamics
+        dyn.nfe, dyn.max_nfe, dyn.with_div = 0, s.max_nfe, with_div
+        if dyn.divergence == "hutchinson" and with_div:
+            dyn.noise = div_mod.sample_noise(
+                x[..., : self.manifold.dim].shape, self.noise_kind, dtype=x.dtype, device=x.device
+            )
+        D = torch.zeros_like(x[..., 0])
+        if self.charts == "adaptive":
+            t, n = t0, 0
+            while abs(t1 - t) > 1e-9 * max(1.0, abs(t1)):
+                if n >= 1000:
+                    raise SolverError("adaptive charts: more than 1000 chart switches")
+                # The event locator stops within ~atol of t1; close such a sliver with a plain solve.
+                near_end = abs(t1 - t) < 1e-3 * abs(t1 - t0)
+                x, d, t = self._segment(x, t, t1, s, adaptive=not near_end)
+                D, n = D + d, n + 1
+            self.n_charts_used = n
+        else:
+            knots = torch.linspace(t0, t1, self.charts + 1).tolist()
+            for a, b in zip(knots[:-1], knots[1:], strict=True):
+                x, d, _ = self._segment(x, a, b, s, adaptive=False)
+                D = D + d
+            self.n_charts_used = self.charts
+        self.nfe_forward = dyn.nfe
+        return x, D
+
+    # -- public API -----------------------------------------------------------------------------
+    def forward(self, x):
+        """Map data ``x`` ``(B, n+1)`` to base points: ``(z, delta_logp)``.
+
+        ``log p(x) = base.log_prob(z) + delta_logp`` (DESIGN.md sign convention).
+        """
+        return self._flow(x, 0.0, 1.0, with_div=True)
+
+    def log_prob(self, x):
+        """Model log-density ``(B,)`` in nats w.r.t. the Riemannian volume."""
+        z, delta = self(x)
+        return self.base(x.dtype, x.device).log_prob(z) + delta
+
+    def inverse(self, z, return_delta: bool = False):
+        """Map base points to data space (integrate from ``t = 1`` back to ``0``).
+
+        With ``return_delta`` also ``delta`` such that ``log p(x) = log p_base(z) + delta``.
+        """
+        x, D = self._flow(z, 1.0, 0.0, with_div=return_delta)
+        return (x, -D) if return_delta else x
+
+    @torch.no_grad()
+    def sample(self, n: int, generator=None, return_log_prob: bool = False):
+        """``n`` samples ``(n, n+1)`` of the model (base samples flowed backwards)."""
+        p = next(self.parameters())
+        base = self.base(p.dtype, p.device)
+        if isinstance(base, WrappedNormal):
+            z = base.rsample(n, generator=generator)
+        elif isinstance(base, VonMisesFisher):
+            z = base.sample(n, generator=generator).to(p)
+        else:
+            z = base.sample(n, generator=generator, dtype=p.dtype, device=p.device)
+        if not return_log_prob:
+            return self.inverse(z)
+        with torch.enable_grad():
+            x, delta = self.inverse(z, return_delta=True)
+        return x.detach(), (base.log_prob(z) + delta).detach()
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path, **extra):
+        """Write ``{"model_config", "model"}`` (plus ``extra``) to ``path`` with ``torch.save``."""
+        torch.save({"model_config": self.config, "model": self.state_dict(), **extra}, path)
+
+
+def load_model(path, map_location="cpu") -> MCNF:
+    """Load a trained :class:`MCNF` (on CPU, eval mode) from a checkpoint of ``main_density.py``."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path} is not an MCNF checkpoint (no model_config/model entries)")
+    model = MCNF(**ckpt["model_config"])
+    dtype = next(iter(ckpt["model"].values())).dtype
+    model.to(dtype)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
