@@ -127,6 +127,10 @@ class ChartDynamics(nn.Module):
         return g, div, torch.zeros_like(p)
 
 
+def _settings(s, defaults) -> SolverSettings:
+    return s if isinstance(s, SolverSettings) else SolverSettings(**{**defaults, **(s or {})})
+
+
 class MCNF(nn.Module):
     """Manifold continuous normalizing flow with multi-chart integration.
 
@@ -180,11 +184,8 @@ class MCNF(nn.Module):
         self.charts, self.chart_center, self.noise_kind = charts, chart_center, noise
         self.chart_radius = chart_radius or (M.injectivity_radius / 2 if M.name == "Sphere" else 3.0)
         self.conc = float(conc)
-        to_settings = lambda s, d: (
-            s if isinstance(s, SolverSettings) else SolverSettings(**{**d, **(s or {})})
-        )
-        self.train_solver = to_settings(train_solver, {})
-        self.eval_solver = to_settings(eval_solver, dict(atol=1e-7, rtol=1e-7))
+        self.train_solver = _settings(train_solver, {})
+        self.eval_solver = _settings(eval_solver, dict(atol=1e-7, rtol=1e-7))
         self.field = VectorField(M, hidden, n_hidden, activation)
         self.dynamics = ChartDynamics(M, self.field, divergence)
         self.config = dict(
