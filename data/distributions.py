@@ -21,6 +21,12 @@ def _normal_log_prob(v, scale):
     return (-0.5 * (v / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
+def _as_float_tensor(x):
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x
+    return torch.as_tensor(x, dtype=torch.get_default_dtype())
+
+
 class WrappedNormal:
     """Wrapped normal ``N_W(loc, diag(scale^2))`` on a manifold (DESIGN.md).
 
@@ -37,8 +43,8 @@ class WrappedNormal:
 
     def __init__(self, manifold, loc, scale):
         self.manifold = manifold
-        self.loc = torch.as_tensor(loc, dtype=torch.get_default_dtype())
-        scale = torch.as_tensor(scale, dtype=self.loc.dtype)
+        self.loc = _as_float_tensor(loc)
+        scale = torch.as_tensor(scale, dtype=self.loc.dtype, device=self.loc.device)
         self.scale = scale.expand(manifold.dim).clone()
         if (self.scale <= 0).any():
             raise ValueError("WrappedNormal scale must be positive")
@@ -119,7 +125,7 @@ class VonMisesFisher:
     """
 
     def __init__(self, loc, concentration: float):
-        self.loc = torch.as_tensor(loc, dtype=torch.get_default_dtype())
+        self.loc = _as_float_tensor(loc)
         self.loc = self.loc / self.loc.norm()
         self.concentration = float(concentration)
         self.dim = self.loc.shape[-1]

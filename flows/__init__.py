@@ -1,6 +1,7 @@
 """Manifold continuous normalizing flows: vector field, divergence, multi-chart integration."""
 
 from .divergence import DIVERGENCES
+from .evaluation import evaluate, model_integral, model_log_prob
 from .mcnf import MCNF, ChartDynamics, SolverError, SolverSettings, load_model
 from .vector_field import VectorField
 
@@ -12,4 +13,7 @@ __all__ = [
     "VectorField",
     "load_model",
     "DIVERGENCES",
+    "evaluate",
+    "model_integral",
+    "model_log_prob",
 ]

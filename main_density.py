@@ -1,0 +1,444 @@
+"""Train a Manifold Continuous Normalizing Flow on a density on the sphere or the hyperboloid.
+
+The reference's command line works verbatim, e.g.::
+
+    python main_density.py --epochs 300 --dev cuda --lr 1e-2 --dataset 5gaussians --M Hyperboloid --save
+
+This file holds argument parsing and the training loop only; the mathematics lives in
+``manifolds/``, ``data/`` and ``flows/``, the figures in ``viz/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import utils
+from utils import UserError
+
+TEST_SEED = 20_201_206  # the test set does not depend on the training seed
+FIGURE_TOL = 1e-4  # solver tolerance for density figures: errors far below what a colour map shows
+
+# Per manifold: (the reference's own configuration, this project's default)
+REFERENCE_SETTINGS = {
+    "Sphere": dict(charts=4, solver="rk4", step_size=1 / 16, adjoint=True, divergence="exact_autograd",
+                   chart_center="point", atol=1e-5, rtol=1e-5),
+    "Hyperboloid": dict(charts=1, solver="dopri5", step_size=None, adjoint=True, divergence="exact_autograd",
+                        chart_center="origin", atol=1e-3, rtol=1e-3),
+}  # fmt: skip
+DEFAULT_SETTINGS = {
+    "Sphere": dict(charts=4, solver="rk4", step_size=1 / 4, adjoint=False, divergence="exact",
+                   chart_center="point", atol=1e-5, rtol=1e-5),
+    "Hyperboloid": dict(charts=1, solver="rk4", step_size=1 / 4, adjoint=False, divergence="exact",
+                        chart_center="point", atol=1e-5, rtol=1e-5),
+}  # fmt: skip
+MODEL_KEYS = ("charts", "solver", "step_size", "adjoint", "divergence", "chart_center", "atol", "rtol")
+# flags that may change when a run is resumed; everything else comes from the checkpoint
+RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save", "contsave", "save_freq",
+             "samples", "res", "resume", "test_size"}  # fmt: skip
+
+
+def positive_int(s):
+    v = int(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def nonneg_int(s):
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {s}")
+    return v
+
+
+def positive_float(s):
+    v = float(s)
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
+def nonneg_float(s):
+    v = float(s)
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {s}")
+    return v
+
+
+def charts_arg(s):
+    if s == "adaptive":
+        return s
+    try:
+        return positive_int(s)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'adaptive', got {s}") from None
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Report a bad flag in one line (no usage dump) with exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog="main_density.py",
+        description="Neural Manifold ODEs (Lou et al., NeurIPS 2020): density estimation on S^n and H^n.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ref = p.add_argument_group("reference flags (same names, meanings and defaults as the published code)")
+    ref.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    ref.add_argument("--weight_decay", type=nonneg_float, default=1e-5, help="Adam weight decay")
+    ref.add_argument("--dataset", default="1wrapped", help="target density (see --help of data.get_density)")
+    ref.add_argument("--epochs", type=positive_int, default=10, help="training steps, one fresh batch each")
+    ref.add_argument("--batch_size", type=positive_int, default=200)
+    ref.add_argument(
+        "--num_drops", type=nonneg_int, default=2, help="learning-rate drops by 0.1, evenly spaced"
+    )
+    ref.add_argument(
+        "--flow_hidden_size", type=positive_int, default=32, help="width of the vector field MLP"
+    )
+    ref.add_argument("--save", action="store_true", help="write the density figure {dataset}_{M}.png")
+    ref.add_argument(
+        "--conc", type=positive_float, default=1.0, help="concentration of the sphere's vMF base"
+    )
+    ref.add_argument("--dev", default="cuda", help="device; plain 'cuda' falls back to the CPU")
+    ref.add_argument("--M", default="Hyperboloid", choices=["Hyperboloid", "Sphere"], help="manifold")
+    ref.add_argument("--contsave", action="store_true", help="save a density frame every --save_freq epochs")
+    ref.add_argument("--save_freq", type=positive_int, default=5)
+
+    mod = p.add_argument_group("model and solver (defaults: fastest measured; see README)")
+    mod.add_argument("--dim", type=positive_int, default=2, help="intrinsic dimension n of S^n / H^n")
+    mod.add_argument("--n_hidden", type=positive_int, default=3, help="hidden layers of the MLP")
+    mod.add_argument("--charts", type=charts_arg, default=None, help="time segments (charts), or 'adaptive'")
+    mod.add_argument("--chart_center", choices=["point", "origin"], default=None)
+    mod.add_argument("--solver", default=None, help="torchdiffeq method: dopri5, rk4, midpoint, euler, ...")
+    mod.add_argument("--step_size", type=positive_float, default=None, help="step of fixed-step solvers")
+    mod.add_argument("--atol", type=positive_float, default=None, help="training atol (adaptive solvers)")
+    mod.add_argument("--rtol", type=positive_float, default=None, help="training rtol (adaptive solvers)")
+    mod.add_argument("--eval_tol", type=positive_float, default=1e-5,
+                     help="atol = rtol of evaluation (dopri5, float64)")  # fmt: skip
+    mod.add_argument("--divergence", choices=["exact", "hutchinson", "exact_autograd"], default=None)
+    mod.add_argument("--adjoint", action=argparse.BooleanOptionalAction, default=None,
+                     help="adjoint method for gradients (default: direct backprop)")  # fmt: skip
+    mod.add_argument("--dtype", choices=list(utils.DTYPES), default="float32")
+    mod.add_argument("--reference_settings", action="store_true",
+                     help="the published code's exact solver/chart/divergence configuration")  # fmt: skip
+
+    run = p.add_argument_group("run, evaluation and output")
+    run.add_argument("--seed", type=int, default=0, help="training seed (the test set has its own)")
+    run.add_argument("--out", default=None, help="output folder (default results/{dataset}_{M})")
+    run.add_argument(
+        "--test_size", type=positive_int, default=20000, help="held-out samples of the true density"
+    )
+    run.add_argument(
+        "--eval_freq", type=positive_int, default=100, help="evaluate every N epochs (and at the end)"
+    )
+    run.add_argument("--resume", default=None, help="continue from this checkpoint.pt")
+    run.add_argument("--stop_after", type=positive_int, default=None,
+                     help="train at most N epochs in this invocation, checkpoint, and exit (resume later)")  # fmt: skip
+    run.add_argument("--samples", type=nonneg_int, default=0, help="draw N samples from the trained model")
+    run.add_argument("--res", type=positive_int, default=500, help="figure grid resolution (res x res)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar; one log line per evaluation")
+    return p
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # which flags did the user give explicitly? (parse again with every default suppressed)
+    quiet_parser = build_parser()
+    for a in quiet_parser._actions:
+        a.default = argparse.SUPPRESS
+    args.explicit = set(vars(quiet_parser.parse_args(argv)))
+    return args
+
+
+def fill_settings(args):
+    """Solver/chart settings: explicit flags win, then --reference_settings, then the defaults."""
+    table = REFERENCE_SETTINGS if args.reference_settings else DEFAULT_SETTINGS
+    for k, v in table[args.M].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.solver in ("rk4", "midpoint", "euler") and args.step_size is None:
+        args.step_size = 1 / 8
+
+
+def build_model(args):
+    from flows import MCNF
+
+    try:
+        return MCNF(
+            args.M, dim=args.dim, hidden=args.flow_hidden_size, n_hidden=args.n_hidden, charts=args.charts,
+            chart_center=args.chart_center, conc=args.conc, divergence=args.divergence,
+            train_solver=dict(method=args.solver, atol=args.atol, rtol=args.rtol, step_size=args.step_size,
+                              adjoint=args.adjoint),
+            eval_solver=dict(method="dopri5", atol=args.eval_tol, rtol=args.eval_tol),
+        )  # fmt: skip
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def build_density(args):
+    from data import get_density
+
+    if args.dim != 2:
+        raise UserError(
+            f"the synthetic densities are defined on 2-dimensional manifolds; got --dim {args.dim}"
+        )
+    try:
+        return get_density(args.M, args.dataset)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def load_checkpoint(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--resume: checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or not a torch file
+        raise UserError(
+            f"--resume: {str(path)!r} is not a readable checkpoint ({type(e).__name__})"
+        ) from None
+    needed = {"model", "model_config", "optimizer", "scheduler", "epoch", "args", "rng", "train_rng"}
+    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
+        raise UserError(f"--resume: {str(path)!r} is not a checkpoint written by main_density.py")
+    return ckpt
+
+
+def make_scheduler(opt, epochs, num_drops):
+    milestones = [round(epochs * (i + 1) / (num_drops + 1)) for i in range(num_drops)]
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+
+
+class Trainer:
+    def __init__(self, args):
+        self.args = args
+
+    def setup(self):
+        args = self.args
+        ckpt = None
+        if args.resume:
+            ckpt = load_checkpoint(args.resume)
+            saved = ckpt["args"]
+            for k, v in saved.items():
+                if k not in RESUMABLE and k != "explicit":
+                    setattr(args, k, v)
+            for k in ("epochs", "out", "eval_freq", "test_size"):
+                if k not in args.explicit:
+                    setattr(args, k, saved.get(k, getattr(args, k)))
+        fill_settings(args)
+        self.device = utils.resolve_device(args.dev)
+        self.dtype = utils.DTYPES[args.dtype]
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # the true density is built and sampled in float64
+        try:
+            self.density = build_density(args)
+            self.x_test = self.density.sample(
+                args.test_size, generator=torch.Generator().manual_seed(TEST_SEED)
+            )
+        finally:
+            torch.set_default_dtype(prev)
+        self.out = utils.ensure_writable_dir(args.out or f"results/{args.dataset}_{args.M}")
+        args.out = str(self.out)
+
+        utils.seed_everything(args.seed)
+        self.model = build_model(args).to(device=self.device, dtype=self.dtype)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.sched = make_scheduler(self.opt, args.epochs, args.num_drops)
+        self.train_gen = torch.Generator().manual_seed(args.seed)
+        self.start_epoch, self.history, self.losses, self.train_seconds = 0, [], [], 0.0
+        self.nfe = {"forward": 0, "backward": 0}
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.sched.load_state_dict(ckpt["scheduler"])
+            self.train_gen.set_state(ckpt["train_rng"])
+            utils.set_rng_state(ckpt["rng"])
+            self.start_epoch = ckpt["epoch"]
+            self.history = ckpt.get("history", [])
+            self.losses = ckpt.get("losses", [])
+            self.train_seconds = ckpt.get("train_seconds", 0.0)
+            if self.start_epoch >= args.epochs:
+                raise UserError(f"--resume: the checkpoint has already trained {self.start_epoch} epochs; "
+                                f"pass --epochs larger than that")  # fmt: skip
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoint(self, epoch):
+        args = {k: v for k, v in vars(self.args).items() if k != "explicit"}
+        utils.atomic_torch_save(
+            {
+                "model": self.model.state_dict(), "model_config": self.model.config,
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "epoch": epoch, "args": args, "rng": utils.rng_state(), "train_rng": self.train_gen.get_state(),
+                "history": self.history, "losses": self.losses, "train_seconds": self.train_seconds,
+            },
+            self.out / "checkpoint.pt",
+        )  # fmt: skip
+
+    def evaluate(self, epoch, loss):
+        from flows import evaluate
+
+        t0 = time.perf_counter()
+        m = evaluate(self.eval_model(), self.density.log_prob, self.x_test.to(self.device))
+        m.update(epoch=epoch, train_loss=loss, lr=self.opt.param_groups[0]["lr"],
+                 train_seconds=self.train_seconds, eval_seconds=time.perf_counter() - t0)  # fmt: skip
+        self.history.append(m)
+        with open(self.out / "history.jsonl", "a") as f:
+            f.write(json.dumps(m) + "\n")
+        return m
+
+    def train(self):
+        from tqdm import tqdm
+
+        args, model = self.args, self.model
+        stop = (
+            args.epochs if args.stop_after is None else min(args.epochs, self.start_epoch + args.stop_after)
+        )
+        if self.start_epoch == 0:
+            (self.out / "history.jsonl").unlink(missing_ok=True)
+            if args.contsave:
+                # as the reference, start from an empty frame folder (only inside our own output folder)
+                shutil.rmtree(self.out / "contsave", ignore_errors=True)
+        bar = tqdm(range(self.start_epoch, stop), initial=self.start_epoch, total=args.epochs,
+                   disable=args.quiet, dynamic_ncols=True, desc=f"{args.dataset} on {args.M}")  # fmt: skip
+        loss_val = float("nan")
+        for epoch in bar:
+            model.train()
+            t0 = time.perf_counter()
+            x = self.density.sample(args.batch_size, generator=self.train_gen).to(self.device, self.dtype)
+            try:
+                loss = -model.log_prob(x).mean()  # a true mean NLL in nats per sample
+                nfe_f = model.dynamics.nfe
+                self.opt.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError("loss is not finite")
+                loss.backward()
+            except (FloatingPointError, RuntimeError) as e:
+                return self.fail(epoch, e)
+            nfe_b = model.dynamics.nfe - nfe_f
+            self.opt.step()
+            self.sched.step()
+            self.train_seconds += time.perf_counter() - t0
+            self.nfe["forward"] += nfe_f
+            self.nfe["backward"] += nfe_b
+            loss_val = loss.item()
+            self.losses.append((epoch + 1, loss_val))
+            bar.set_postfix(nll=f"{loss_val:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", nfe=nfe_f)
+            done = epoch + 1
+            if args.contsave and done % args.save_freq == 0:
+                self.save_frame(done)
+            if done % args.eval_freq == 0 or done == args.epochs:
+                m = self.evaluate(done, loss_val)
+                msg = (f"epoch {done}: train NLL {loss_val:.4f}  test NLL {m['test_nll']:.4f}  "
+                       f"entropy {m['entropy']:.4f}  KL {m['kl']:.4f} +- {m['kl_stderr']:.4f}")  # fmt: skip
+                (bar.write if not args.quiet else print)(msg)
+                self.checkpoint(done)
+        if stop < args.epochs:
+            self.checkpoint(stop)
+            print(
+                f"stopped after epoch {stop} of {args.epochs}; continue with --resume {self.out / 'checkpoint.pt'}"
+            )
+            return 0
+        self.finish()
+        return 0
+
+    def fail(self, epoch, err):
+        print(f"error: training diverged at epoch {epoch + 1}: {err}. The last good checkpoint "
+              f"(if any) is kept in {self.out / 'checkpoint.pt'}; try a lower --lr.", file=sys.stderr)  # fmt: skip
+        return 3
+
+    def eval_model(self, tol=None):
+        """A float64 copy of the model in eval mode, for evaluation, figures and sampling.
+
+        Float32 round-off in the ambient coordinates of far points (hyperboloid ``x_0 ~ cosh r``)
+        is larger than tight tolerances, which then make adaptive solvers crawl; float64 avoids it.
+        """
+        from flows import SolverSettings
+
+        m = copy.deepcopy(self.model).to(torch.float64).eval()
+        tol = tol or self.args.eval_tol
+        m.eval_solver = SolverSettings(method="dopri5", atol=tol, rtol=tol)
+        return m
+
+    def figure_log_prob(self):
+        m = self.eval_model(tol=max(self.args.eval_tol, FIGURE_TOL))
+        return lambda x: m.log_prob(x.to(self.device, torch.float64))
+
+    def save_frame(self, epoch):
+        from viz.figures import density_figure
+
+        folder = self.out / "contsave"
+        folder.mkdir(exist_ok=True)
+        density_figure({f"epoch {epoch}": self.figure_log_prob()}, self.args.M, folder / f"{epoch:06d}.png",
+                       res=min(self.args.res, 200))  # fmt: skip
+
+    def finish(self):
+        args = self.args
+        last = self.history[-1]
+        metrics = {
+            **{k: last[k] for k in ("test_nll", "test_nll_stderr", "entropy", "kl", "kl_stderr")},
+            "epochs": args.epochs, "train_seconds": self.train_seconds,
+            "seconds_per_epoch": self.train_seconds / max(args.epochs - self.start_epoch, 1),
+            "nfe_forward": self.nfe["forward"] / max(args.epochs - self.start_epoch, 1),
+            "nfe_backward": self.nfe["backward"] / max(args.epochs - self.start_epoch, 1),
+            "device": str(self.device), "args": {k: v for k, v in vars(args).items() if k != "explicit"},
+        }  # fmt: skip
+        from viz import figures
+
+        losses = np.array(self.losses).reshape(-1, 2).T
+        figures.training_curve(self.history, self.out / "training_curve.png", losses=losses)
+        if args.save:
+            t0 = time.perf_counter()
+            figures.density_figure(
+                {"ground truth": self.density.log_prob, "model": self.figure_log_prob()}, args.M,
+                self.out / f"{args.dataset}_{args.M}.png", res=args.res, progress=not args.quiet,
+            )  # fmt: skip
+            metrics["figure_seconds"] = time.perf_counter() - t0
+        if args.contsave:
+            frames = sorted((self.out / "contsave").glob("*.png"))
+            metrics["gif_frames"] = figures.make_gif(frames, self.out / "training.gif")
+        if args.samples:
+            x = self.eval_model().sample(args.samples).cpu()
+            np.save(self.out / "samples.npy", x.numpy())
+            truth = self.density.sample(args.samples, generator=torch.Generator().manual_seed(TEST_SEED + 1))
+            figures.samples_figure(
+                {"model samples": x, "true samples": truth}, args.M, self.out / "samples.png"
+            )
+        utils.atomic_write_json(metrics, self.out / "metrics.json")
+        print(f"done: test NLL {metrics['test_nll']:.4f}, entropy {metrics['entropy']:.4f}, "
+              f"KL {metrics['kl']:.4f} +- {metrics['kl_stderr']:.4f} in {self.train_seconds:.1f} s; "
+              f"results in {self.out}")  # fmt: skip
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        trainer = Trainer(args)
+        trainer.setup()
+        return trainer.train()
+    except UserError as e:
+        print(f"main_density.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""main_density.py as a user runs it: short runs in a subprocess, bad input, resume, determinism."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--test_size", "300", "--quiet", "--eval_freq", "2"]
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, str(ROOT / "main_density.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=env, timeout=600)  # fmt: skip
+
+
+def test_reference_demo_command_short(tmp_path):
+    # the README demo with a few epochs; no GPU here, so 'cuda' must fall back with a one-line warning
+    r = run("--epochs", 3, "--dev", "cuda", "--lr", "1e-2", "--dataset", "5gaussians", "--M", "Hyperboloid",
+            "--save", "--res", 40, "--out", tmp_path, *FAST)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    if not torch.cuda.is_available():
+        assert "falling back to the CPU" in r.stderr and "Traceback" not in r.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    for k in [
+        "test_nll",
+        "entropy",
+        "kl",
+        "kl_stderr",
+        "epochs",
+        "train_seconds",
+        "nfe_forward",
+        "nfe_backward",
+    ]:
+        assert k in m and math.isfinite(m[k]), k
+    assert m["epochs"] == 3 and m["args"]["lr"] == 1e-2
+    assert abs(m["kl"] - (m["test_nll"] - m["entropy"])) < 1e-9
+    assert (tmp_path / "5gaussians_Hyperboloid.png").is_file() and (tmp_path / "training_curve.png").is_file()
+    from flows import load_model
+
+    model = load_model(tmp_path / "checkpoint.pt")
+    x = model.manifold.random(4).to(next(model.parameters()).dtype)
+    with torch.no_grad():
+        assert torch.isfinite(model.log_prob(x)).all()
+
+
+def _final_weights(out):
+    return torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+
+
+def test_resume_is_bit_exact_and_seed_deterministic(tmp_path):
+    common = ["--M", "Sphere", "--dataset", "4wrapped", "--epochs", 6, "--seed", 3, "--dev", "cpu", *FAST]
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run(*common, "--out", a).returncode == 0
+    assert run(*common, "--out", c).returncode == 0
+    r = run(*common, "--out", b, "--stop_after", 3)
+    assert r.returncode == 0, r.stderr
+    assert _final_weights(b) and torch.load(b / "checkpoint.pt", weights_only=False)["epoch"] == 3
+    r = run("--resume", b / "checkpoint.pt", "--quiet")
+    assert r.returncode == 0, r.stderr
+    wa, wb = _final_weights(a), _final_weights(b)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    ma, mc = (json.loads((d / "metrics.json").read_text()) for d in (a, c))
+    assert ma["test_nll"] == mc["test_nll"] and ma["kl"] == mc["kl"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset", "4wrapped", "--M", "Hyperboloid"], "valid: 1wrapped, 5gaussians"),
+        (["--epochs", "0"], "--epochs"),
+        (["--batch_size", "-5"], "--batch_size"),
+        (["--lr", "0"], "--lr"),
+        (["--flow_hidden_size", "0"], "--flow_hidden_size"),
+        (["--charts", "0"], "--charts"),
+        (["--weight_decay", "-1"], "--weight_decay"),
+        (["--num_drops", "-1"], "--num_drops"),
+        (["--M", "Torus"], "--M"),
+        (["--dev", "cuda:7"], "cuda:7"),
+        (["--dev", "banana"], "banana"),
+        (["--solver", "leapfrog"], "leapfrog"),
+    ],
+)
+def test_bad_input_one_line_exit_2(tmp_path, args, message):
+    if args == ["--dev", "cuda:7"] and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    r = run(*args, "--epochs" if "--epochs" not in args else "--quiet", *(["1"] if "--epochs" not in args else []),
+            "--out", tmp_path / "o", "--quiet", "--test_size", 10)  # fmt: skip
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and message in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("usage")]
+    assert len(lines) <= 2, r.stderr
+    assert not (tmp_path / "o" / "checkpoint.pt").exists()
+
+
+def test_unwritable_out_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = run("--epochs", 1, "--out", blocker / "sub", "--quiet", "--test_size", 10, "--dev", "cpu")
+    assert r.returncode == 2 and "cannot be written" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign"])
+def test_bad_resume_file_is_reported_and_untouched(tmp_path, kind):
+    path = tmp_path / "checkpoint.pt"
+    if kind == "truncated":
+        torch.save({"model": {"w": torch.zeros(1000)}, "args": {}}, path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif kind == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    before = path.read_bytes() if path.exists() else None
+    r = run("--resume", path, "--quiet", "--dev", "cpu")
+    assert r.returncode == 2 and "--resume" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    # a first healthy run leaves a checkpoint; the resumed run with an absurd lr blows up
+    assert (
+        run(
+            "--M", "Sphere", "--dataset", "1wrapped", "--epochs", 2, "--dev", "cpu", "--out", out, *FAST
+        ).returncode
+        == 0
+    )
+    good = (out / "checkpoint.pt").read_bytes()
+    r = run("--M", "Sphere", "--dataset", "1wrapped", "--epochs", 30, "--lr", "1e12", "--dev", "cpu",
+            "--out", out, "--quiet", "--test_size", 50, "--eval_freq", 1000, "--solver", "euler", "--step_size", 0.5)  # fmt: skip
+    assert r.returncode not in (0, 2) and "diverged at epoch" in r.stderr and "Traceback" not in r.stderr, (
+        r.stderr
+    )
+    assert (out / "checkpoint.pt").read_bytes() == good
+
+
+def test_help_groups_reference_flags():
+    r = run("--help")
+    assert r.returncode == 0
+    assert (
+        "reference flags" in r.stdout
+        and "--flow_hidden_size" in r.stdout
+        and "--reference_settings" in r.stdout
+    )

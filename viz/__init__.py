@@ -1,0 +1,1 @@
+"""Figures only (no model code): densities on the Poincare disk and on Mollweide maps."""

@@ -1,0 +1,243 @@
+"""The paper's figures: densities on the Poincare disk (H^2) and on Mollweide maps (S^2).
+
+Everything here takes arrays or callables (``log_prob(x) -> (N,)`` on points ``(N, 3)``), never
+training state. Cartopy is imported lazily (a hyperboloid run never needs it); without it the
+sphere falls back to matplotlib's own ``mollweide`` projection, with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from manifolds import Hyperboloid, Sphere  # noqa: E402
+
+PANEL_INCHES = 4.0
+DPI = 100
+CMAP = "magma"
+
+
+# -- grids -----------------------------------------------------------------------------------------
+def poincare_grid(res: int, radius: float = 0.995):
+    """Cell centres of a ``res x res`` grid on ``[-1, 1]^2``; returns ``(px, py, x, inside)``.
+
+    ``x`` ``(res*res, 3)`` are hyperboloid points (float64) for the cells inside the disk of
+    ``radius`` (others get the origin and are masked by ``inside``).
+    """
+    c = (np.arange(res) + 0.5) / res * 2 - 1
+    px, py = np.meshgrid(c, c, indexing="xy")
+    p = torch.from_numpy(np.stack([px, py], -1).reshape(-1, 2))
+    inside = (p.norm(dim=-1) < radius).numpy()
+    p = torch.where(torch.from_numpy(inside)[:, None], p, torch.zeros_like(p))
+    return px, py, Hyperboloid.from_poincare(p), inside
+
+
+def lonlat_grid(res: int):
+    """Cell centres in (longitude, latitude) degrees, ``res`` x ``res``; returns ``(lon, lat, x)``."""
+    lon = (np.arange(res) + 0.5) / res * 360 - 180
+    lat = (np.arange(res) + 0.5) / res * 180 - 90
+    LON, LAT = np.meshgrid(lon, lat, indexing="xy")
+    x = Sphere.lonlat_to_xyz(torch.from_numpy(np.radians(LON)), torch.from_numpy(np.radians(LAT)))
+    return LON, LAT, x.reshape(-1, 3)
+
+
+@torch.no_grad()
+def evaluate_on_grid(log_prob, x, chunk: int = 20000, progress: bool = False, desc: str = "grid"):
+    """``exp(log_prob)`` on points ``x`` in chunks, without autograd graphs; numpy float64."""
+    from tqdm import tqdm
+
+    out = np.empty(x.shape[0])
+    for i in tqdm(range(0, x.shape[0], chunk), disable=not progress, desc=desc, leave=False):
+        out[i : i + chunk] = log_prob(x[i : i + chunk]).double().exp().cpu().numpy()
+    return np.nan_to_num(out, nan=0.0, posinf=0.0)
+
+
+def density_values(log_prob, manifold: str, res: int, progress: bool = False):
+    """The 2-D array that a density figure shows.
+
+    Hyperboloid: ``p(x) J(log_o x)`` on the Poincare disk grid, i.e. the density pulled back to the
+    tangent plane at the origin (as in the paper's figures, so five equal Gaussians look equal);
+    zero outside the disk. Sphere: ``p(x)`` w.r.t. area on the (lon, lat) grid.
+    """
+    if manifold == "Hyperboloid":
+        _, _, x, inside = poincare_grid(res)
+        H = Hyperboloid(2)
+        o = H.origin(dtype=x.dtype)
+        log_j = H.logdetexp(o, H.logmap(o, x))
+        vals = evaluate_on_grid(lambda y: log_prob(y), x[inside], progress=progress)
+        full = np.zeros(res * res)
+        full[inside] = vals * log_j[inside].exp().numpy()
+        return full.reshape(res, res)
+    if manifold == "Sphere":
+        _, _, x = lonlat_grid(res)
+        return evaluate_on_grid(log_prob, x, progress=progress).reshape(res, res)
+    raise ValueError(f"no figure for manifold {manifold!r}; valid: Hyperboloid, Sphere")
+
+
+# -- axes ------------------------------------------------------------------------------------------
+def _cartopy():
+    try:
+        import cartopy.crs as ccrs
+
+        return ccrs
+    except Exception as e:  # ImportError, or a broken GEOS/PROJ install
+        warnings.warn(f"Cartopy unavailable ({e}); using matplotlib's mollweide projection", stacklevel=3)
+        return None
+
+
+def _sphere_axes(fig, rect, ccrs):
+    if ccrs is not None:
+        return fig.add_axes(rect, projection=ccrs.Mollweide())
+    ax = fig.add_axes(rect, projection="mollweide")
+    ax.set_xticklabels([])
+    ax.set_yticklabels([])
+    return ax
+
+
+def _draw_sphere(ax, values, res, ccrs, vmax, scatter=None, stock=False):
+    lon = np.linspace(-180, 180, res + 1)
+    lat = np.linspace(-90, 90, res + 1)
+    if ccrs is not None:
+        ax.set_global()
+        if stock:
+            ax.stock_img()
+        if values is not None:
+            ax.pcolormesh(lon, lat, values, cmap=CMAP, vmin=0, vmax=vmax, transform=ccrs.PlateCarree(),
+                          shading="flat", rasterized=True, alpha=0.85 if stock else 1.0)  # fmt: skip
+        if scatter is not None:
+            ax.scatter(scatter[:, 0], scatter[:, 1], s=3, c="tab:cyan", transform=ccrs.PlateCarree(), lw=0)
+        ax.gridlines(color="white", alpha=0.25, linewidth=0.5)
+    else:
+        if values is not None:
+            ax.pcolormesh(np.radians(lon), np.radians(lat), values, cmap=CMAP, vmin=0, vmax=vmax,
+                          shading="flat", rasterized=True)  # fmt: skip
+        if scatter is not None:
+            ax.scatter(np.radians(scatter[:, 0]), np.radians(scatter[:, 1]), s=3, c="tab:cyan", lw=0)
+        ax.grid(color="white", alpha=0.25, linewidth=0.5)
+        if values is not None:
+            ax.set_facecolor(plt.get_cmap(CMAP)(0.0))
+
+
+def _draw_disk(ax, values, vmax, scatter=None):
+    c = np.linspace(-1, 1, values.shape[0] + 1) if values is not None else None
+    if values is not None:
+        ax.pcolormesh(c, c, values, cmap=CMAP, vmin=0, vmax=vmax, shading="flat", rasterized=True)
+    else:
+        ax.add_patch(plt.Circle((0, 0), 1.0, color=plt.get_cmap(CMAP)(0.0)))
+    if scatter is not None:
+        ax.scatter(scatter[:, 0], scatter[:, 1], s=3, c="tab:cyan", lw=0)
+    ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="black", lw=1.0))
+    ax.set_xlim(-1.02, 1.02)
+    ax.set_ylim(-1.02, 1.02)
+    ax.set_aspect("equal")
+    ax.axis("off")
+
+
+def panel_size(manifold: str):
+    """(width, height) in inches of one panel: square for the disk, 2:1 for Mollweide."""
+    return (PANEL_INCHES, PANEL_INCHES) if manifold == "Hyperboloid" else (2 * PANEL_INCHES, PANEL_INCHES)
+
+
+def plot_panels(panels, manifold: str, path, suptitle=None, shared_scale=True, stock=False):
+    """Draw ``panels`` side by side and save to ``path``.
+
+    ``panels``: list of dicts with ``values`` (2-D array from :func:`density_values`, or None),
+    optional ``scatter`` (``(N, 2)``: Poincare coordinates, or (lon, lat) in degrees) and ``title``.
+    With ``shared_scale`` all panels use one colour scale (0 to the largest value shown).
+    The figure is ``len(panels) * panel_size`` inches at ``DPI``.
+    """
+    w, h = panel_size(manifold)
+    k = len(panels)
+    fig = plt.figure(figsize=(w * k, h), dpi=DPI)
+    vals = [p["values"] for p in panels if p.get("values") is not None]
+    vmax_all = max((float(np.max(v)) for v in vals), default=1.0) or 1.0
+    ccrs = _cartopy() if manifold == "Sphere" else None
+    top = 0.88 if any(p.get("title") for p in panels) or suptitle else 0.98
+    for i, p in enumerate(panels):
+        rect = [i / k + 0.01 / k, 0.02, 0.98 / k, top - 0.02]
+        v = p.get("values")
+        vmax = vmax_all if shared_scale or v is None else (float(np.max(v)) or 1.0)
+        if manifold == "Hyperboloid":
+            ax = fig.add_axes(rect)
+            _draw_disk(ax, v, vmax, p.get("scatter"))
+        else:
+            ax = _sphere_axes(fig, rect, ccrs)
+            _draw_sphere(ax, v, v.shape[0] if v is not None else 0, ccrs, vmax, p.get("scatter"), stock=stock)
+        if p.get("title"):
+            fig.text((i + 0.5) / k, 0.93, p["title"], ha="center", va="center", fontsize=11)
+    if suptitle:
+        fig.text(0.5, 0.985, suptitle, ha="center", va="top", fontsize=10)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def density_figure(
+    log_probs: dict, manifold: str, path, res: int = 500, progress: bool = False, suptitle=None
+):
+    """Ground truth and model (or any named log-densities) side by side, one colour scale.
+
+    ``log_probs``: ``{"title": callable}``; e.g. ``{"ground truth": density.log_prob, "model": f}``.
+    On the hyperboloid the colour is the density pulled back to the tangent plane at the origin,
+    ``p(x) J(log_o x)``; on the sphere it is the density w.r.t. area (Mollweide is equal-area).
+    """
+    panels = [dict(title=t, values=density_values(f, manifold, res, progress)) for t, f in log_probs.items()]
+    return plot_panels(panels, manifold, path, suptitle=suptitle)
+
+
+def to_plane(x, manifold: str):
+    """Points ``(N, 3)`` to plot coordinates: Poincare disk, or (lon, lat) in degrees."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if manifold == "Hyperboloid":
+        return Hyperboloid.to_poincare(x).numpy()
+    lon, lat = Sphere.xyz_to_lonlat(x)
+    return np.degrees(np.stack([lon.numpy(), lat.numpy()], -1))
+
+
+def samples_figure(samples: dict, manifold: str, path):
+    """Scatter plots of point sets side by side, e.g. ``{"model samples": x, "true samples": y}``."""
+    panels = [dict(title=t, values=None, scatter=to_plane(x, manifold)) for t, x in samples.items()]
+    return plot_panels(panels, manifold, path)
+
+
+def training_curve(history, path, losses=None, entropy=None):
+    """Training loss and test NLL against epochs, with the true entropy as a floor line.
+
+    ``history``: evaluation records (``epoch``, ``test_nll``); ``losses``: ``(epochs, nll)`` arrays.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=DPI)
+    if losses is not None and len(losses[0]):
+        ax.plot(losses[0], losses[1], lw=0.8, alpha=0.7, label="training NLL (batch)")
+    if history:
+        ax.plot([h["epoch"] for h in history], [h["test_nll"] for h in history], "o-", label="test NLL")
+        entropy = entropy if entropy is not None else history[-1].get("entropy")
+    if entropy is not None:
+        ax.axhline(entropy, color="k", ls="--", lw=1, label=f"true entropy {entropy:.3f} (floor)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per sample")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def make_gif(frames, path, duration_ms: int = 200):
+    """Assemble PNG frames (in the given order) into an animated GIF; returns the frame count."""
+    from PIL import Image
+
+    frames = [Path(f) for f in frames]
+    if not frames:
+        return 0
+    images = [Image.open(f).convert("P", palette=Image.Palette.ADAPTIVE) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0, disposal=2)
+    return len(images)
