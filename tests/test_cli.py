@@ -147,3 +147,16 @@ def test_help_groups_reference_flags():
         and "--flow_hidden_size" in r.stdout
         and "--reference_settings" in r.stdout
     )
+
+
+def test_contsave_gif_has_one_frame_per_saved_epoch(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "contsave").mkdir()
+    (tmp_path / "contsave" / "stale.png").write_bytes(b"old frame from an earlier run")
+    r = run("--M", "Sphere", "--dataset", "1wrapped", "--epochs", 4, "--contsave", "--save_freq", 2, "--res", 24,
+            "--dev", "cpu", "--out", tmp_path, *FAST)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    frames = sorted((tmp_path / "contsave").glob("*.png"))
+    assert [f.name for f in frames] == ["000002.png", "000004.png"]
+    assert Image.open(tmp_path / "training.gif").n_frames == 2

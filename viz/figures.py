@@ -145,6 +145,25 @@ def panel_size(manifold: str):
     return (PANEL_INCHES, PANEL_INCHES) if manifold == "Hyperboloid" else (2 * PANEL_INCHES, PANEL_INCHES)
 
 
+def draw_panel(fig, rect, manifold: str, values=None, scatter=None, vmax=None, title=None, stock=False):
+    """Draw one density/scatter panel into ``rect`` (figure fraction) of ``fig``; returns the axes."""
+    vmax = vmax if vmax is not None else (float(np.max(values)) if values is not None else 1.0) or 1.0
+    if manifold == "Hyperboloid":
+        ax = fig.add_axes(rect)
+        _draw_disk(ax, values, vmax, scatter)
+    elif manifold == "Sphere":
+        ccrs = _cartopy()
+        ax = _sphere_axes(fig, rect, ccrs)
+        _draw_sphere(
+            ax, values, values.shape[0] if values is not None else 0, ccrs, vmax, scatter, stock=stock
+        )
+    else:
+        raise ValueError(f"no figure for manifold {manifold!r}; valid: Hyperboloid, Sphere")
+    if title:
+        ax.set_title(title, fontsize=11)
+    return ax
+
+
 def plot_panels(panels, manifold: str, path, suptitle=None, shared_scale=True, stock=False):
     """Draw ``panels`` side by side and save to ``path``.
 
@@ -158,20 +177,12 @@ def plot_panels(panels, manifold: str, path, suptitle=None, shared_scale=True, s
     fig = plt.figure(figsize=(w * k, h), dpi=DPI)
     vals = [p["values"] for p in panels if p.get("values") is not None]
     vmax_all = max((float(np.max(v)) for v in vals), default=1.0) or 1.0
-    ccrs = _cartopy() if manifold == "Sphere" else None
     top = 0.88 if any(p.get("title") for p in panels) or suptitle else 0.98
     for i, p in enumerate(panels):
         rect = [i / k + 0.01 / k, 0.02, 0.98 / k, top - 0.02]
         v = p.get("values")
-        vmax = vmax_all if shared_scale or v is None else (float(np.max(v)) or 1.0)
-        if manifold == "Hyperboloid":
-            ax = fig.add_axes(rect)
-            _draw_disk(ax, v, vmax, p.get("scatter"))
-        else:
-            ax = _sphere_axes(fig, rect, ccrs)
-            _draw_sphere(ax, v, v.shape[0] if v is not None else 0, ccrs, vmax, p.get("scatter"), stock=stock)
-        if p.get("title"):
-            fig.text((i + 0.5) / k, 0.93, p["title"], ha="center", va="center", fontsize=11)
+        vmax = vmax_all if shared_scale or v is None else None
+        draw_panel(fig, rect, manifold, v, p.get("scatter"), vmax, p.get("title"), stock=stock)
     if suptitle:
         fig.text(0.5, 0.985, suptitle, ha="center", va="top", fontsize=10)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
