@@ -27,34 +27,37 @@ import torch
 DIVERGENCES = ("exact", "hutchinson", "exact_autograd")
 
 
-def chart_divergence(manifold, field, t, p, v, y, basis, noise=None):
+def chart_divergence(manifold, field, t, p, v, basis, noise=None):
     """``(g, tr(dg/dv))`` at chart coordinates ``v`` ``(B, n)`` of the chart at ``p``.
 
     ``noise`` ``(B, n)`` switches to the Hutchinson estimator.
     """
     M = manifold
+    coef = M.chart_coefficients(p, v, basis)
+    y = coef["y"]
     Ey = M.tangent_basis(y)  # (B, n, n+1)
     dirs = Ey if noise is None else (noise.unsqueeze(-1) * Ey).sum(-2, keepdim=True)
     h, dh = field.ambient_jvp(t, y, dirs)
     f = M.proj_field(y, h)
     df = M.proj_field_jvp(y.unsqueeze(-2), h.unsqueeze(-2), dirs, dh)  # D_{e_i} f
     div_f = M.inner(y.unsqueeze(-2), dirs, df).sum(-1)  # sum_i <e_i, D_{e_i} f>
-    g = M.chart_velocity(p, v, f, basis)
-    div = div_f - (M.grad_logdetexp(p, v) * g).sum(-1)
+    g = M.chart_velocity(p, v, f, basis, coef)
+    div = div_f - (M.grad_logdetexp(p, v, coef) * g).sum(-1)
     return g, div
 
 
 def exact_autograd(g_fn, v):
-    """``(g, tr(dg/dv))`` by ``n`` reverse-mode passes (``create_graph`` for training)."""
+    """``(g, tr(dg/dv))`` by ``n`` reverse-mode passes (graphs kept only when grad is enabled)."""
+    outer = torch.is_grad_enabled()
     with torch.enable_grad():
-        if not v.requires_grad:
+        if not (outer and v.requires_grad):  # evaluation, or the adjoint's forward solve
             v = v.detach().requires_grad_(True)
         g = g_fn(v)
         div = 0.0
         for i in range(v.shape[-1]):
-            (col,) = torch.autograd.grad(g[..., i].sum(), v, create_graph=True)
+            (col,) = torch.autograd.grad(g[..., i].sum(), v, create_graph=outer, retain_graph=True)
             div = div + col[..., i]
-    return g, div
+    return (g, div) if outer else (g.detach(), div.detach())
 
 
 def sample_noise(shape, kind: str = "rademacher", dtype=None, device=None, generator=None):

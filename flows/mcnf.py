@@ -96,12 +96,12 @@ class ChartDynamics(nn.Module):
         self.noise = None
         self.nfe = 0
         self.max_nfe = None
+        self.basis = None
 
     def velocity(self, t, v, p, E):
         """``g(t, v)``: the vector field in chart coordinates, shape ``(B, n)``."""
-        M = self.manifold
-        y = M.chart(p, v, E)
-        return M.chart_velocity(p, v, self.field(t, y), E)
+        coef = self.manifold.chart_coefficients(p, v, E)
+        return self.manifold.chart_velocity(p, v, self.field(t, coef["y"]), E, coef)
 
     def forward(self, t, state):
         v, _, p = state
@@ -112,16 +112,15 @@ class ChartDynamics(nn.Module):
                 "loosen atol/rtol, use a fixed-step solver, or lower the learning rate"
             )
         M = self.manifold
-        E = M.tangent_basis(p)
+        # the chart basis is fixed on a segment; only the adjoint needs it rebuilt from the state
+        E = self.basis if self.basis is not None else M.tangent_basis(p)
         if not self.with_div:
             g, div = self.velocity(t, v, p, E), torch.zeros_like(v[..., 0])
         elif self.divergence == "exact_autograd":
             g, div = div_mod.exact_autograd(lambda vv: self.velocity(t, vv, p, E), v)
         else:
-            y = M.chart(p, v, E)
-            g, div = div_mod.chart_divergence(
-                M, self.field, t, p, v, y, E, noise=self.noise if self.divergence == "hutchinson" else None
-            )
+            noise = self.noise if self.divergence == "hutchinson" else None
+            g, div = div_mod.chart_divergence(M, self.field, t, p, v, E, noise=noise)
         if not (torch.isfinite(g).all() and torch.isfinite(div).all()):
             raise SolverError(f"non-finite ODE state at t={float(t):.4f}")
         return g, div, torch.zeros_like(p)
@@ -240,6 +239,7 @@ class MCNF(nn.Module):
         E = M.tangent_basis(p)
         v0 = torch.zeros_like(x[..., : M.dim]) if self.chart_center == "point" else M.chart_inverse(p, x, E)
         state0 = (v0, torch.zeros_like(x[..., 0]), p)
+        self.dynamics.basis = None if s.adjoint else E
         event_fn = None
         if adaptive:
             radius, forward = self.chart_radius, t1 > t0
@@ -264,6 +264,13 @@ class MCNF(nn.Module):
             dyn.noise = div_mod.sample_noise(
                 x[..., : self.manifold.dim].shape, self.noise_kind, dtype=x.dtype, device=x.device
             )
+        try:
+            return self._flow_segments(x, t0, t1, s)
+        finally:  # drop per-solve tensors (they hold autograd graphs; deepcopy/pickle must not see them)
+            dyn.basis = dyn.noise = None
+
+    def _flow_segments(self, x, t0, t1, s):
+        dyn = self.dynamics
         D = torch.zeros_like(x[..., 0])
         if self.charts == "adaptive":
             t, n = t0, 0

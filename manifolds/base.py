@@ -79,7 +79,16 @@ class Manifold(torch.nn.Module):
         return self.coords(x, self.logmap(x, y), basis)
 
     # -- chart calculus used by the flow (closed forms in each subclass) ------------------------
-    def chart_velocity(self, x, v, w, basis):
+    def chart_coefficients(self, x, v, basis):
+        """Quantities of the chart point ``y = phi_x(v)`` shared by the flow's computations.
+
+        Returns a dict with ``u`` (the tangent vector at ``x``), ``y`` and, in the curved
+        subclasses, the radial coefficients of ``r2 = |v|^2`` (so that each is computed once).
+        """
+        u = self.from_coords(x, v, basis)
+        return {"u": u, "y": self.expmap(x, u)}
+
+    def chart_velocity(self, x, v, w, basis, coef=None):
         """Pull a tangent vector back through the chart: ``E (D exp_x(u))^(-1) w``.
 
         ``v`` ``(..., n)`` are chart coordinates of ``y = phi_x(v)``, ``w`` ``(..., n+1)`` a tangent
@@ -92,7 +101,7 @@ class Manifold(torch.nn.Module):
         _, d = jvp(lambda yy: self.logmap(x, yy), (y,), (w,))
         return self.coords(x, d, basis)
 
-    def grad_logdetexp(self, x, v):
+    def grad_logdetexp(self, x, v, coef=None):
         """``grad_v log J(v)`` in chart coordinates, shape ``(..., n)``."""
         raise NotImplementedError
 

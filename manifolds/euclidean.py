@@ -37,13 +37,16 @@ class Euclidean(Manifold):
     def logdetexp(self, x, u):
         return torch.zeros_like(u[..., 0])
 
-    def chart_velocity(self, x, v, w, basis):
+    def chart_coefficients(self, x, v, basis):
+        return {"u": v, "y": x + v}
+
+    def chart_velocity(self, x, v, w, basis, coef=None):
         return w
 
     def proj_field_jvp(self, y, h, dy, dh):
         return dh
 
-    def grad_logdetexp(self, x, v):
+    def grad_logdetexp(self, x, v, coef=None):
         return torch.zeros_like(v)
 
     def origin(self, *size, dtype=None, device=None):

@@ -62,36 +62,61 @@ class Hyperboloid(Manifold):
         r2 = minkowski(u, u).clamp(min=0)
         return (self.dim - 1) * log_sinhc_sq(r2)
 
-    def chart_velocity(self, x, v, w, basis):
+    def chart_coefficients(self, x, v, basis):
+        r2 = (v * v).sum(-1, keepdim=True)
+        u = self.from_coords(x, v, basis)
+        c, s = cosh_sq(r2), sinhc_sq(r2)
+        return {"u": u, "y": c * x + s * u, "r2": r2, "C": c, "S": s, "q": one_minus_xcothx_over_x2_sq(r2)}
+
+    def chart_velocity(self, x, v, w, basis, coef=None):
         """Closed form of ``E (D exp_x(u))^(-1) w`` on the hyperboloid (``r = |v|``).
 
         ``D exp_x(u)`` maps ``u`` to ``rho = cosh(r) u + r sinh(r) x`` and scales the directions
         orthogonal to ``x`` and ``u`` by ``sinh(r)/r``; with ``<e_i, x>_L = 0`` this gives
         ``<E, w>_L r/sinh(r) + (1 - r coth r)/r^2 <w, rho>_L v``.
         """
-        r2 = (v * v).sum(-1, keepdim=True)
-        u = self.from_coords(x, v, basis)
-        s = sinhc_sq(r2)
-        rho = cosh_sq(r2) * u + r2 * s * x
+        coef = coef or self.chart_coefficients(x, v, basis)
+        r2 = coef["r2"]
+        rho = coef["C"] * coef["u"] + r2 * coef["S"] * x
         wr = minkowski(w, rho, keepdim=True)
-        return self.coords(x, w, basis) / s + one_minus_xcothx_over_x2_sq(r2) * wr * v
+        return self.coords(x, w, basis) / coef["S"] + coef["q"] * wr * v
 
-    def grad_logdetexp(self, x, v):
-        """``grad_v (n-1) log(sinh r / r) = (n-1) (r coth r - 1)/r^2 v``."""
-        return -(self.dim - 1) * one_minus_xcothx_over_x2_sq((v * v).sum(-1, keepdim=True)) * v
+    def grad_logdetexp(self, x, v, coef=None):
+        """``grad_v log J(v) = -(n-1) q(r^2) v``, ``q = (1 - r coth r) / r^2``."""
+        q = coef["q"] if coef else one_minus_xcothx_over_x2_sq((v * v).sum(-1, keepdim=True))
+        return -(self.dim - 1) * q * v
+
+    #: How an ambient network output becomes a tangent vector field (see :meth:`proj_field`).
+    field_map = "transport"
 
     def proj_field(self, y, h):
-        """Euclidean-orthogonal projection of ``h`` onto ``T_y H^n`` (normal ``Jy``, ``J = diag(-1, 1..)``).
+        """Turn an ambient vector ``h`` at ``y`` into a tangent vector, for vector fields.
 
-        Unlike the Minkowski-orthogonal ``proju`` (whose output grows like ``cosh(dist(o, y))``
-        for a bounded ``h``), the result satisfies ``|f|_L <= |f|_2 <= |h|_2``: a bounded network
-        gives a field of bounded speed, whose flow exists for all time (no escape to infinity).
+        ``"transport"`` (default): read ``h_(1:)`` as a tangent vector ``(0, h_(1:))`` at the origin
+        and parallel-transport it to ``y``; an isometry, so ``|f|_L = |h_(1:)|`` everywhere.
+        ``"euclidean"``: the Euclidean-orthogonal projection (normal ``Jy``, ``J = diag(-1, 1..)``),
+        ``|f|_L <= |h|_2``, but radial speeds shrink like ``1 / cosh(r)`` far from the origin.
+        The Minkowski-orthogonal ``proju`` is not offered: for a bounded ``h`` its speed grows like
+        ``cosh(r)``, far points escape to infinity in finite time and the density does not
+        integrate to 1.
         """
+        if self.field_map == "transport":
+            o = self.origin(dtype=y.dtype, device=y.device)
+            return self.transp(o, y, torch.cat([torch.zeros_like(h[..., :1]), h[..., 1:]], -1))
         ny = torch.cat([-y[..., :1], y[..., 1:]], -1)
         return h - (ny * h).sum(-1, keepdim=True) / (ny * ny).sum(-1, keepdim=True) * ny
 
     def proj_field_jvp(self, y, h, dy, dh):
-        """Derivative of :meth:`proj_field`."""
+        """Derivative of :meth:`proj_field` when ``(y, h)`` moves by ``(dy, dh)``."""
+        if self.field_map == "transport":
+            # T = u + a / b (o + y), a = <y, u>_L, b = 1 + y_0, u = (0, h_(1:))
+            u = torch.cat([torch.zeros_like(h[..., :1]), h[..., 1:]], -1)
+            du = torch.cat([torch.zeros_like(dh[..., :1]), dh[..., 1:]], -1)
+            o = self.origin(dtype=y.dtype, device=y.device)
+            a, b = minkowski(y, u, keepdim=True), 1 + y[..., :1]
+            da = minkowski(dy, u, keepdim=True) + minkowski(y, du, keepdim=True)
+            db = dy[..., :1]
+            return du + (da * b - a * db) / (b * b) * (o + y) + a / b * dy
         ny = torch.cat([-y[..., :1], y[..., 1:]], -1)
         dny = torch.cat([-dy[..., :1], dy[..., 1:]], -1)
         a, b = (ny * h).sum(-1, keepdim=True), (ny * ny).sum(-1, keepdim=True)

@@ -64,23 +64,29 @@ class Sphere(Manifold):
         r2 = (u * u).sum(-1)
         return (self.dim - 1) * log_sinc_sq(r2)
 
-    def chart_velocity(self, x, v, w, basis):
+    def chart_coefficients(self, x, v, basis):
+        r2 = (v * v).sum(-1, keepdim=True)
+        u = self.from_coords(x, v, basis)
+        c, s = cos_sq(r2), sinc_sq(r2)
+        return {"u": u, "y": c * x + s * u, "r2": r2, "C": c, "S": s, "q": one_minus_xcotx_over_x2_sq(r2)}
+
+    def chart_velocity(self, x, v, w, basis, coef=None):
         """Closed form of ``E (D exp_x(u))^(-1) w`` on the sphere (``u = E^T v``, ``r = |v|``).
 
         ``D exp_x(u)`` maps ``u`` to ``rho = cos(r) u - r sin(r) x`` (the radial velocity) and
         scales directions orthogonal to ``x`` and ``u`` by ``sin(r)/r``. Inverting both parts and
         using ``E x = 0`` gives ``E w r/sin(r) + (1 - r cot r)/r^2 <w, rho> v``.
         """
-        r2 = (v * v).sum(-1, keepdim=True)
-        u = self.from_coords(x, v, basis)
-        s = sinc_sq(r2)
-        rho = cos_sq(r2) * u - r2 * s * x
+        coef = coef or self.chart_coefficients(x, v, basis)
+        r2 = coef["r2"]
+        rho = coef["C"] * coef["u"] - r2 * coef["S"] * x
         wr = (w * rho).sum(-1, keepdim=True)
-        return self.coords(x, w, basis) / s + one_minus_xcotx_over_x2_sq(r2) * wr * v
+        return self.coords(x, w, basis) / coef["S"] + coef["q"] * wr * v
 
-    def grad_logdetexp(self, x, v):
-        """``grad_v (n-1) log(sin r / r) = (n-1) (r cot r - 1)/r^2 v``."""
-        return -(self.dim - 1) * one_minus_xcotx_over_x2_sq((v * v).sum(-1, keepdim=True)) * v
+    def grad_logdetexp(self, x, v, coef=None):
+        """``grad_v log J(v) = -(n-1) q(r^2) v``, ``q = (1 - r cot r) / r^2``."""
+        q = coef["q"] if coef else one_minus_xcotx_over_x2_sq((v * v).sum(-1, keepdim=True))
+        return -(self.dim - 1) * q * v
 
     def proj_field_jvp(self, y, h, dy, dh):
         """Derivative of ``h - <y, h> y``."""
