@@ -1,7 +1,7 @@
 """Manifold continuous normalizing flows: vector field, divergence, multi-chart integration."""
 
 from .divergence import DIVERGENCES
-from .evaluation import evaluate, model_integral, model_log_prob
+from .evaluation import FIGURE_SOLVER, evaluate, figure_model, model_integral, model_log_prob
 from .mcnf import MCNF, ChartDynamics, SolverError, SolverSettings, load_model
 from .vector_field import VectorField
 
@@ -14,6 +14,8 @@ __all__ = [
     "load_model",
     "DIVERGENCES",
     "evaluate",
+    "figure_model",
+    "FIGURE_SOLVER",
     "model_integral",
     "model_log_prob",
 ]

@@ -8,6 +8,27 @@ import torch
 
 from manifolds import integrate
 
+#: Fixed-step solvers for density figures, where the adaptive dopri5 spends most of its steps on
+#: accuracy no colour map shows. Measured against dopri5 at tol 1e-7 on trained demo models, the
+#: largest error relative to the peak density is 2e-4 (sphere, rk4 step 1/4) and 1.3e-3
+#: (hyperboloid, rk4 step 1/8); float32 suffices with fixed steps.
+FIGURE_SOLVER = {
+    "Sphere": dict(method="rk4", step_size=1 / 4),
+    "Hyperboloid": dict(method="rk4", step_size=1 / 8),
+    "Euclidean": dict(method="rk4", step_size=1 / 8),
+}
+
+
+def figure_model(model, dtype=torch.float32):
+    """A copy of ``model`` (eval mode, ``dtype``) that solves with :data:`FIGURE_SOLVER`."""
+    import copy
+
+    from .mcnf import SolverSettings
+
+    m = copy.deepcopy(model).to(dtype).eval()
+    m.eval_solver = SolverSettings(**FIGURE_SOLVER[m.manifold.name])
+    return m
+
 
 @torch.no_grad()
 def model_log_prob(model, x, chunk: int = 5000):

@@ -40,22 +40,22 @@ def paper_grid(runs, path, res: int = 200, progress: bool = False):
 def runs_from_dirs(dirs):
     """Load ``(title, manifold, true_log_prob, model_log_prob)`` from run folders."""
     from data import get_density
-    from flows import SolverSettings, load_model
+    from flows import figure_model, load_model
 
     runs = []
     for d in dirs:
         d = Path(d)
         ckpt = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False)
         args = ckpt["args"]
-        model = load_model(d / "checkpoint.pt").double()
-        model.eval_solver = SolverSettings(atol=1e-4, rtol=1e-4)
+        model = figure_model(load_model(d / "checkpoint.pt"))
         prev = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)
         try:
             density = get_density(args["M"], args["dataset"])
         finally:
             torch.set_default_dtype(prev)
-        runs.append((f"{args['M']} {args['dataset']}", args["M"], density.log_prob, model.log_prob))
+        runs.append((f"{args['M']} {args['dataset']}", args["M"], density.log_prob,
+                     lambda x, m=model: m.log_prob(x.float())))  # fmt: skip
     return runs
 
 

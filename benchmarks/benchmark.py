@@ -1,0 +1,248 @@
+"""Speed benchmark: this project's default configuration against the reference configuration.
+
+    python benchmarks/benchmark.py [--dev cpu] [--reps 5] [--steps 5] [--ttq_epochs 300]
+
+Measured side by side in one process (repetitions interleaved, medians reported):
+seconds per training step at batch 200, NFE forward/backward per step, peak memory, for each
+manifold and for the default configuration, the reference configuration reproduced with this code
+(sphere: rk4 step 1/16, 4 charts, adjoint, per-dimension autograd divergence; hyperboloid: dopri5
+atol=rtol=1e-3, one chart at the origin, adjoint), Hutchinson instead of exact divergence, and the
+adjoint instead of direct backprop; seconds to evaluate a 500x500 figure grid; and time-to-quality
+(wall seconds of training until the test KL first drops below 0.1 nats). Writes a JSON file and
+the markdown table docs/benchmark.md (or docs/benchmark_{device}.md for accelerators).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from main_density import DEFAULT_SETTINGS, REFERENCE_SETTINGS  # noqa: E402
+
+DATASET = {"Sphere": "4wrapped", "Hyperboloid": "5gaussians"}
+
+
+def configs():
+    out = {}
+    for M in ("Sphere", "Hyperboloid"):
+        d, r = DEFAULT_SETTINGS[M], REFERENCE_SETTINGS[M]
+        out[f"{M}/default"] = (M, d)
+        out[f"{M}/reference"] = (M, r)
+        out[f"{M}/default+hutchinson"] = (M, {**d, "divergence": "hutchinson"})
+        out[f"{M}/default+adjoint"] = (M, {**d, "adjoint": True})
+    return out
+
+
+def build(M, s, device, seed=0):
+    from flows import MCNF
+
+    torch.manual_seed(seed)
+    m = MCNF(M, charts=s["charts"], chart_center=s["chart_center"], divergence=s["divergence"],
+             train_solver=dict(method=s["solver"], step_size=s["step_size"], atol=s["atol"], rtol=s["rtol"],
+                               adjoint=s["adjoint"]))  # fmt: skip
+    return m.to(device).train()
+
+
+def density(M):
+    from data import get_density
+
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return get_density(M, DATASET[M])
+    finally:
+        torch.set_default_dtype(prev)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step(model, opt, x):
+    loss = -model.log_prob(x).mean()
+    nfe_f = model.dynamics.nfe
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return nfe_f, model.dynamics.nfe - nfe_f
+
+
+def time_steps(reps, steps, device):
+    cfgs = configs()
+    state = {}
+    for name, (M, s) in cfgs.items():
+        model = build(M, s, device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        den = density(M)
+        g = torch.Generator().manual_seed(1)
+        batches = [den.sample(200, generator=g).to(device, torch.float32) for _ in range(steps)]
+        step(model, opt, batches[0])  # warm-up
+        state[name] = (model, opt, batches, [], [])
+    for _ in range(reps):  # interleaved: every configuration sees the same machine conditions
+        for model, opt, batches, times, nfes in state.values():
+            sync(device)
+            t0 = time.perf_counter()
+            for x in batches:
+                nfes.append(step(model, opt, x))
+            sync(device)
+            times.append((time.perf_counter() - t0) / len(batches))
+    res = {}
+    for name, (_, _, _, times, nfes) in state.items():
+        res[name] = dict(sec_per_step=statistics.median(times), sec_per_step_all=times,
+                         nfe_forward=statistics.mean(n[0] for n in nfes),
+                         nfe_backward=statistics.mean(n[1] for n in nfes))  # fmt: skip
+    return res
+
+
+def peak_memory(name, device):
+    """Peak memory of 3 training steps of one configuration, measured in a fresh process (MiB)."""
+    cmd = [sys.executable, __file__, "--probe", name, "--dev", str(device)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    try:
+        return float(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return float("nan")
+
+
+def _probe(name, device):
+    M, s = configs()[name]
+    m = build(M, s, device)
+    opt = torch.optim.Adam(m.parameters())
+    xs = [density(M).sample(200).to(device, torch.float32) for _ in range(3)]
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for x in xs:
+        step(m, opt, x)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # ru_maxrss is in KiB
+
+
+def grid_seconds(device, res=500):
+    from viz.figures import density_values
+
+    out = {}
+    for M in ("Sphere", "Hyperboloid"):
+        from flows import figure_model
+
+        m = figure_model(build(M, DEFAULT_SETTINGS[M], device))
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            density_values(lambda x: m.log_prob(x.to(device, torch.float32)), M, res)
+        sync(device)
+        out[M] = time.perf_counter() - t0
+    return out
+
+
+def time_to_quality(M, s, device, max_epochs, threshold=0.1, eval_every=10, lr=1e-2):
+    """Wall seconds of training (evaluation excluded) until the test KL first drops below threshold."""
+    import copy
+
+    from flows import SolverSettings, evaluate
+
+    model = build(M, s, device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
+    den = density(M)
+    g = torch.Generator().manual_seed(0)
+    x_test = den.sample(4000, generator=torch.Generator().manual_seed(123))
+    wall = 0.0
+    for epoch in range(1, max_epochs + 1):
+        x = den.sample(200, generator=g).to(device, torch.float32)
+        sync(device)
+        t0 = time.perf_counter()
+        step(model, opt, x)
+        sync(device)
+        wall += time.perf_counter() - t0
+        if epoch % eval_every == 0:
+            ev = copy.deepcopy(model).double().eval()
+            ev.eval_solver = SolverSettings(atol=1e-5, rtol=1e-5)
+            kl = evaluate(ev, den.log_prob, x_test.to(device))["kl"]
+            if kl < threshold:
+                return dict(seconds=wall, epochs=epoch, kl=kl)
+    return dict(
+        seconds=None, epochs=None, kl=kl, note=f"KL >= {threshold} after {max_epochs} epochs ({wall:.0f} s)"
+    )
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dev", default="cpu")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--ttq_epochs", type=int, default=300, help="epoch cap for time-to-quality (0: skip)")
+    p.add_argument("--json", default=None)
+    p.add_argument("--md", default=None)
+    p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    device = torch.device(a.dev)
+    if a.probe:
+        print(_probe(a.probe, device))
+        return 0
+    name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    res = dict(
+        device=name, torch=torch.__version__, threads=torch.get_num_threads(), platform=platform.platform()
+    )
+    print(f"timing training steps on {name} ...", flush=True)
+    res["steps"] = time_steps(a.reps, a.steps, device)
+    for k in res["steps"]:
+        res["steps"][k]["peak_mib"] = peak_memory(k, device)
+    print("grid evaluation ...", flush=True)
+    res["grid_500_seconds"] = grid_seconds(device)
+    res["time_to_kl_0.1"] = {}
+    if a.ttq_epochs:
+        for M in ("Sphere", "Hyperboloid"):
+            for label, s in [("default", DEFAULT_SETTINGS[M]), ("reference", REFERENCE_SETTINGS[M])]:
+                print(f"time to quality {M} {label} ...", flush=True)
+                res["time_to_kl_0.1"][f"{M}/{label}"] = time_to_quality(M, s, device, a.ttq_epochs)
+    tag = "" if device.type == "cpu" else "_" + device.type
+    json_path = Path(a.json or ROOT / f"benchmarks/results{tag}.json")
+    md_path = Path(a.md or ROOT / f"docs/benchmark{tag}.md")
+    json_path.write_text(json.dumps(res, indent=2) + "\n")
+    md = render(res)
+    md_path.parent.mkdir(exist_ok=True)
+    md_path.write_text(md)
+    print(md)
+    return 0
+
+
+def render(res):
+    s = res["steps"]
+    lines = [f"# Benchmark on {res['device']}", "",
+             f"Produced by `python benchmarks/benchmark.py` (torch {res['torch']}, {res['threads']} threads). "
+             "Batch 200, float32; medians over interleaved repetitions. Peak memory: growth of the "
+             "process's peak RSS during 3 steps (CPU) or `torch.cuda.max_memory_allocated` (GPU).", "",
+             "| configuration | s / step | NFE fwd | NFE bwd | peak MiB | speed-up vs reference |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for k, v in s.items():
+        ref = s[k.split("/")[0] + "/reference"]["sec_per_step"]
+        lines.append(f"| {k} | {v['sec_per_step']:.4f} | {v['nfe_forward']:.0f} | {v['nfe_backward']:.0f} | "
+                     f"{v['peak_mib']:.0f} | {ref / v['sec_per_step']:.1f}x |")  # fmt: skip
+    lines += ["", "500x500 density grid (`flows.FIGURE_SOLVER`, float32, random-init model):", ""]
+    lines += [f"- {k}: {v:.1f} s" for k, v in res["grid_500_seconds"].items()]
+    if res["time_to_kl_0.1"]:
+        lines += ["", "Time to quality (training wall seconds until test KL < 0.1 nats, lr 1e-2, evaluated every "
+                  "10 epochs on 4000 test points; evaluation time excluded):", "",
+                  "| run | seconds | epochs | KL at stop |", "|---|---|---|---|"]  # fmt: skip
+        for k, v in res["time_to_kl_0.1"].items():
+            sec = f"{v['seconds']:.1f}" if v["seconds"] is not None else v.get("note", "not reached")
+            lines.append(f"| {k} | {sec} | {v['epochs']} | {v['kl']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
