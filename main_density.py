@@ -44,7 +44,7 @@ DEFAULT_SETTINGS = {
 MODEL_KEYS = ("charts", "solver", "step_size", "adjoint", "divergence", "chart_center", "atol", "rtol")
 # flags that may change when a run is resumed; everything else comes from the checkpoint
 RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save", "contsave", "save_freq",
-             "samples", "res", "resume", "test_size"}  # fmt: skip
+             "samples", "res", "resume", "test_size", "data_dir"}  # fmt: skip
 
 
 def positive_int(s):
@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--reference_settings", action="store_true",
                      help="the published code's exact solver/chart/divergence configuration")  # fmt: skip
 
+    earth = p.add_argument_group("Earth event data (--M Sphere --dataset volcano|earthquake|flood|fire)")
+    earth.add_argument("--data_dir", default=None,
+                       help="folder with volerup.csv, quakes_all.csv, flood.csv, fire.csv "
+                            "(default $MANIFOLD_ODE_EARTH_DATA or data/earth)")  # fmt: skip
+    earth.add_argument("--split_seed", type=int, default=0, help="seed of the random 80/10/10 split")
+
     run = p.add_argument_group("run, evaluation and output")
     run.add_argument("--seed", type=int, default=0, help="training seed (the test set has its own)")
     run.add_argument("--out", default=None, help="output folder (default results/{dataset}_{M})")
@@ -200,6 +206,26 @@ def build_density(args):
     try:
         return get_density(args.M, args.dataset)
     except ValueError as e:
+        extra = "; Earth data on the Sphere: volcano, earthquake, flood, fire" if args.M == "Sphere" else ""
+        raise UserError(f"{e}{extra}") from None
+
+
+def is_earth(dataset) -> bool:
+    from data.earth import EARTH
+
+    return dataset in EARTH
+
+
+def build_earth(args):
+    from data.earth import EarthData
+
+    if args.M != "Sphere" or args.dim != 2:
+        raise UserError(
+            f"the Earth datasets live on the 2-sphere; use --M Sphere --dim 2 with --dataset {args.dataset}"
+        )
+    try:
+        return EarthData(args.dataset, args.data_dir, args.split_seed)
+    except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
 
 
@@ -243,15 +269,20 @@ class Trainer:
         fill_settings(args)
         self.device = utils.resolve_device(args.dev)
         self.dtype = utils.DTYPES[args.dtype]
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)  # the true density is built and sampled in float64
-        try:
-            self.density = build_density(args)
-            self.x_test = self.density.sample(
-                args.test_size, generator=torch.Generator().manual_seed(TEST_SEED)
-            )
-        finally:
-            torch.set_default_dtype(prev)
+        self.earth = self.density = None
+        if is_earth(args.dataset):
+            self.earth = build_earth(args)
+            self.x_val, self.x_test = self.earth.val, self.earth.test
+        else:
+            prev = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float64)  # the true density is built and sampled in float64
+            try:
+                self.density = build_density(args)
+                self.x_test = self.density.sample(
+                    args.test_size, generator=torch.Generator().manual_seed(TEST_SEED)
+                )
+            finally:
+                torch.set_default_dtype(prev)
         self.out = utils.ensure_writable_dir(args.out or f"results/{args.dataset}_{args.M}")
         args.out = str(self.out)
 
@@ -261,7 +292,7 @@ class Trainer:
         self.sched = make_scheduler(self.opt, args.epochs, args.num_drops)
         self.train_gen = torch.Generator().manual_seed(args.seed)
         self.start_epoch, self.history, self.losses, self.train_seconds = 0, [], [], 0.0
-        self.nfe = {"forward": 0, "backward": 0}
+        self.nfe = {"forward": 0, "backward": 0, "steps": 0}
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optimizer"])
@@ -293,7 +324,16 @@ class Trainer:
         from flows import evaluate
 
         t0 = time.perf_counter()
-        m = evaluate(self.eval_model(), self.density.log_prob, self.x_test.to(self.device))
+        if self.earth is not None:  # model selection on the validation split; the test split waits
+            v = evaluate(self.eval_model(), None, self.x_val.to(self.device))
+            m = {"val_nll": v["test_nll"], "val_nll_stderr": v["test_nll_stderr"]}
+            best = self.history and min(h["val_nll"] for h in self.history)
+            if not self.history or m["val_nll"] < best:
+                m["best"] = True
+                utils.atomic_torch_save({"model": self.model.state_dict(), "model_config": self.model.config,
+                                         "epoch": epoch, "val_nll": m["val_nll"]}, self.out / "best.pt")  # fmt: skip
+        else:
+            m = evaluate(self.eval_model(), self.density.log_prob, self.x_test.to(self.device))
         m.update(epoch=epoch, train_loss=loss, lr=self.opt.param_groups[0]["lr"],
                  train_seconds=self.train_seconds, eval_seconds=time.perf_counter() - t0)  # fmt: skip
         self.history.append(m)
@@ -319,23 +359,25 @@ class Trainer:
         for epoch in bar:
             model.train()
             t0 = time.perf_counter()
-            x = self.density.sample(args.batch_size, generator=self.train_gen).to(self.device, self.dtype)
-            try:
-                loss = -model.log_prob(x).mean()  # a true mean NLL in nats per sample
-                nfe_f = model.dynamics.nfe
-                self.opt.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError("loss is not finite")
-                loss.backward()
-            except (FloatingPointError, RuntimeError) as e:
-                return self.fail(epoch, e)
-            nfe_b = model.dynamics.nfe - nfe_f
-            self.opt.step()
+            losses, nfe_f = [], 0
+            for x in self.epoch_batches():
+                try:
+                    loss = -model.log_prob(x.to(self.device, self.dtype)).mean()  # true mean NLL, nats/sample
+                    nfe_f = model.dynamics.nfe
+                    self.opt.zero_grad(set_to_none=True)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError("loss is not finite")
+                    loss.backward()
+                except (FloatingPointError, RuntimeError) as e:
+                    return self.fail(epoch, e)
+                self.nfe["forward"] += nfe_f
+                self.nfe["backward"] += model.dynamics.nfe - nfe_f
+                self.nfe["steps"] += 1
+                self.opt.step()
+                losses.append(loss.item())
             self.sched.step()
             self.train_seconds += time.perf_counter() - t0
-            self.nfe["forward"] += nfe_f
-            self.nfe["backward"] += nfe_b
-            loss_val = loss.item()
+            loss_val = sum(losses) / len(losses)
             self.losses.append((epoch + 1, loss_val))
             bar.set_postfix(nll=f"{loss_val:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", nfe=nfe_f)
             done = epoch + 1
@@ -343,8 +385,11 @@ class Trainer:
                 self.save_frame(done)
             if done % args.eval_freq == 0 or done == args.epochs:
                 m = self.evaluate(done, loss_val)
-                msg = (f"epoch {done}: train NLL {loss_val:.4f}  test NLL {m['test_nll']:.4f}  "
-                       f"entropy {m['entropy']:.4f}  KL {m['kl']:.4f} +- {m['kl_stderr']:.4f}")  # fmt: skip
+                if self.earth is not None:
+                    msg = f"epoch {done}: train NLL {loss_val:.4f}  validation NLL {m['val_nll']:.4f}"
+                else:
+                    msg = (f"epoch {done}: train NLL {loss_val:.4f}  test NLL {m['test_nll']:.4f}  "
+                           f"entropy {m['entropy']:.4f}  KL {m['kl']:.4f} +- {m['kl_stderr']:.4f}")  # fmt: skip
                 (bar.write if not args.quiet else print)(msg)
                 self.checkpoint(done)
         if stop < args.epochs:
@@ -355,6 +400,12 @@ class Trainer:
             return 0
         self.finish()
         return 0
+
+    def epoch_batches(self):
+        """One epoch: a fresh batch of the true density (reference), or a pass over the training split."""
+        if self.earth is not None:
+            return self.earth.batches(self.args.batch_size, self.train_gen)
+        return [self.density.sample(self.args.batch_size, generator=self.train_gen)]
 
     def fail(self, epoch, err):
         print(f"error: training diverged at epoch {epoch + 1}: {err}. The last good checkpoint "
@@ -391,19 +442,46 @@ class Trainer:
     def finish(self):
         args = self.args
         last = self.history[-1]
+        if self.earth is not None:  # report the test split with the best validation checkpoint
+            from flows import evaluate
+
+            best = torch.load(self.out / "best.pt", map_location="cpu", weights_only=False)
+            self.model.load_state_dict(best["model"])
+            t = evaluate(self.eval_model(), None, self.x_test.to(self.device))
+            last = {**t, "val_nll": best["val_nll"], "best_epoch": best["epoch"]}
+        keys = (
+            "test_nll",
+            "test_nll_stderr",
+            "n_test",
+            "entropy",
+            "kl",
+            "kl_stderr",
+            "val_nll",
+            "best_epoch",
+        )
+        steps = max(self.nfe["steps"], 1)
         metrics = {
-            **{k: last[k] for k in ("test_nll", "test_nll_stderr", "entropy", "kl", "kl_stderr")},
+            **{k: last[k] for k in keys if k in last},
             "epochs": args.epochs, "train_seconds": self.train_seconds,
             "seconds_per_epoch": self.train_seconds / max(args.epochs - self.start_epoch, 1),
-            "nfe_forward": self.nfe["forward"] / max(args.epochs - self.start_epoch, 1),
-            "nfe_backward": self.nfe["backward"] / max(args.epochs - self.start_epoch, 1),
+            "nfe_forward": self.nfe["forward"] / steps,
+            "nfe_backward": self.nfe["backward"] / steps,
             "device": str(self.device), "args": {k: v for k, v in vars(args).items() if k != "explicit"},
         }  # fmt: skip
         from viz import figures
 
         losses = np.array(self.losses).reshape(-1, 2).T
         figures.training_curve(self.history, self.out / "training_curve.png", losses=losses)
-        if args.save:
+        if args.save and self.earth is not None:
+            t0 = time.perf_counter()
+            values = figures.density_values(
+                self.figure_log_prob(), "Sphere", args.res, progress=not args.quiet
+            )
+            figures.plot_panels([dict(title=f"{args.dataset}: model density, test events", values=values,
+                                      scatter=figures.to_plane(self.x_test, "Sphere"))], "Sphere",
+                                self.out / f"{args.dataset}_{args.M}.png", stock=True)  # fmt: skip
+            metrics["figure_seconds"] = time.perf_counter() - t0
+        elif args.save:
             t0 = time.perf_counter()
             figures.density_figure(
                 {"ground truth": self.density.log_prob, "model": self.figure_log_prob()}, args.M,
@@ -416,14 +494,23 @@ class Trainer:
         if args.samples:
             x = self.eval_model().sample(args.samples).cpu()
             np.save(self.out / "samples.npy", x.numpy())
-            truth = self.density.sample(args.samples, generator=torch.Generator().manual_seed(TEST_SEED + 1))
-            figures.samples_figure(
-                {"model samples": x, "true samples": truth}, args.M, self.out / "samples.png"
-            )
+            if self.earth is not None:
+                panels = {"model samples": x, "test events": self.x_test}
+            else:
+                gen = torch.Generator().manual_seed(TEST_SEED + 1)
+                panels = {
+                    "model samples": x,
+                    "true samples": self.density.sample(args.samples, generator=gen),
+                }
+            figures.samples_figure(panels, args.M, self.out / "samples.png")
         utils.atomic_write_json(metrics, self.out / "metrics.json")
-        print(f"done: test NLL {metrics['test_nll']:.4f}, entropy {metrics['entropy']:.4f}, "
-              f"KL {metrics['kl']:.4f} +- {metrics['kl_stderr']:.4f} in {self.train_seconds:.1f} s; "
-              f"results in {self.out}")  # fmt: skip
+        if self.earth is not None:
+            print(f"done: test NLL {metrics['test_nll']:.4f} (best validation epoch {metrics['best_epoch']}) "
+                  f"in {self.train_seconds:.1f} s; results in {self.out}")  # fmt: skip
+        else:
+            print(f"done: test NLL {metrics['test_nll']:.4f}, entropy {metrics['entropy']:.4f}, "
+                  f"KL {metrics['kl']:.4f} +- {metrics['kl_stderr']:.4f} in {self.train_seconds:.1f} s; "
+                  f"results in {self.out}")  # fmt: skip
 
 
 def main(argv=None) -> int:

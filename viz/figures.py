@@ -110,7 +110,8 @@ def _draw_sphere(ax, values, res, ccrs, vmax, scatter=None, stock=False):
             ax.stock_img()
         if values is not None:
             ax.pcolormesh(lon, lat, values, cmap=CMAP, vmin=0, vmax=vmax, transform=ccrs.PlateCarree(),
-                          shading="flat", rasterized=True, alpha=0.85 if stock else 1.0)  # fmt: skip
+                          shading="flat", rasterized=True, alpha=0.85 if stock else 1.0, antialiased=False,
+                          linewidth=0)  # fmt: skip
         if scatter is not None:
             ax.scatter(scatter[:, 0], scatter[:, 1], s=3, c="tab:cyan", transform=ccrs.PlateCarree(), lw=0)
         ax.gridlines(color="white", alpha=0.25, linewidth=0.5)
@@ -220,15 +221,19 @@ def samples_figure(samples: dict, manifold: str, path):
 
 
 def training_curve(history, path, losses=None, entropy=None):
-    """Training loss and test NLL against epochs, with the true entropy as a floor line.
+    """Training loss and test (or validation) NLL against epochs, with the true entropy as a floor.
 
-    ``history``: evaluation records (``epoch``, ``test_nll``); ``losses``: ``(epochs, nll)`` arrays.
+    ``history``: evaluation records (``epoch``, ``test_nll`` or ``val_nll``); ``losses``:
+    ``(epochs, nll)`` arrays.
     """
     fig, ax = plt.subplots(figsize=(6, 4), dpi=DPI)
     if losses is not None and len(losses[0]):
         ax.plot(losses[0], losses[1], lw=0.8, alpha=0.7, label="training NLL (batch)")
+    for key, label in [("test_nll", "test NLL"), ("val_nll", "validation NLL")]:
+        pts = [(h["epoch"], h[key]) for h in history if key in h]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", label=label)
     if history:
-        ax.plot([h["epoch"] for h in history], [h["test_nll"] for h in history], "o-", label="test NLL")
         entropy = entropy if entropy is not None else history[-1].get("entropy")
     if entropy is not None:
         ax.axhline(entropy, color="k", ls="--", lw=1, label=f"true entropy {entropy:.3f} (floor)")

@@ -1,0 +1,96 @@
+"""The four Earth event datasets on the sphere S^2 (volcano, earthquake, flood, fire).
+
+The project does not ship the files. ``load_earth(name, data_dir)`` reads ``data_dir/<file>``;
+``data_dir`` defaults to ``$MANIFOLD_ODE_EARTH_DATA`` or ``data/earth`` in the working folder.
+Each file lists (latitude, longitude) in degrees, after comment lines (``#``) and an optional
+header; a point maps to ``x = (cos lat cos lon, cos lat sin lon, sin lat)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from manifolds import Sphere
+
+#: dataset -> (file name, expected number of events, public source)
+EARTH = {
+    "volcano": ("volerup.csv", 827, "NOAA NCEI significant volcanic eruptions database (www.ngdc.noaa.gov)"),
+    "earthquake": ("quakes_all.csv", 6120, "NOAA NCEI significant earthquake database (www.ngdc.noaa.gov)"),
+    "flood": ("flood.csv", 4875, "Dartmouth Flood Observatory archive (floodobservatory.colorado.edu)"),
+    "fire": ("fire.csv", 12809, "NASA FIRMS active fire data (earthdata.nasa.gov)"),
+}
+ENV_VAR = "MANIFOLD_ODE_EARTH_DATA"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(ENV_VAR, "data/earth"))
+
+
+def read_lat_lon(path) -> torch.Tensor:
+    """(latitude, longitude) rows in degrees, shape ``(N, 2)`` float64; comments and headers skipped."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split(",")
+            try:
+                rows.append((float(parts[0]), float(parts[1])))
+            except (ValueError, IndexError):
+                if rows:  # a malformed line after the data started is an error, not a header
+                    raise ValueError(f"{path}: cannot parse line {line!r}") from None
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def load_earth(name: str, data_dir=None) -> torch.Tensor:
+    """Events of dataset ``name`` as points on S^2, shape ``(N, 3)`` float64.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+        FileNotFoundError: the file is missing (the message names it and where to get it).
+    """
+    if name not in EARTH:
+        raise ValueError(f"unknown Earth dataset {name!r}; valid: {', '.join(EARTH)}")
+    fname, _, source = EARTH[name]
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    path = data_dir / fname
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Earth dataset {name!r} needs {path} (from the {source}); point --data_dir or ${ENV_VAR} "
+            "at a folder holding volerup.csv, quakes_all.csv, flood.csv and fire.csv"
+        )
+    ll = read_lat_lon(path)
+    if ll.numel() == 0:
+        raise ValueError(f"{path} holds no (latitude, longitude) rows")
+    lat, lon = ll[:, 0] * (math.pi / 180), ll[:, 1] * (math.pi / 180)
+    return Sphere.lonlat_to_xyz(lon, lat)
+
+
+def split_indices(n: int, seed: int, fractions=(0.8, 0.1, 0.1)):
+    """A random partition of ``range(n)`` into train/val/test index tensors, deterministic in ``seed``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    return perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
+
+
+class EarthData:
+    """A finite dataset with its train/val/test split (80/10/10 by ``split_seed``)."""
+
+    def __init__(self, name: str, data_dir=None, split_seed: int = 0):
+        self.name = name
+        self.manifold = Sphere(2)
+        self.x = load_earth(name, data_dir)
+        tr, va, te = split_indices(len(self.x), split_seed)
+        self.train, self.val, self.test = self.x[tr], self.x[va], self.x[te]
+
+    def batches(self, batch_size: int, generator):
+        """Shuffled minibatches covering the training split once (one epoch)."""
+        perm = torch.randperm(len(self.train), generator=generator)
+        for i in range(0, len(perm), batch_size):
+            yield self.train[perm[i : i + batch_size]]

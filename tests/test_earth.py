@@ -1,0 +1,82 @@
+"""Earth event data: loader, known places, splits, clear errors, and a short training run."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.earth import EARTH, EarthData, load_earth, read_lat_lon, split_indices
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "earth"
+needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/earth is not present")
+
+
+@needs_data
+@pytest.mark.parametrize("name", list(EARTH))
+def test_loader_counts_and_unit_norm(name):
+    x = load_earth(name, SHARED)
+    assert x.shape == (EARTH[name][1], 3)
+    torch.testing.assert_close(x.norm(dim=-1), torch.ones(len(x)))
+
+
+def test_known_places(tmp_path):
+    (tmp_path / "volerup.csv").write_text("# comment\nLatitude,Longitude\n90,17\n0,0\n0,90\n-90,0\n0,180\n")
+    x = load_earth("volcano", tmp_path)
+    expected = torch.tensor([[0.0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 0, -1], [-1, 0, 0]])
+    torch.testing.assert_close(x, expected, atol=1e-12, rtol=0)
+    (tmp_path / "fire.csv").write_text("# no header\n10.5,20.25\n")
+    assert read_lat_lon(tmp_path / "fire.csv").tolist() == [[10.5, 20.25]]
+
+
+def test_split_is_a_deterministic_partition():
+    a = split_indices(827, seed=3)
+    b = split_indices(827, seed=3)
+    c = split_indices(827, seed=4)
+    allidx = torch.cat(a).sort().values
+    assert torch.equal(allidx, torch.arange(827))
+    assert [len(s) for s in a] == [662, 83, 82]
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_missing_file_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"quakes_all.csv.*NOAA"):
+        load_earth("earthquake", tmp_path)
+    with pytest.raises(ValueError, match="volcano"):
+        load_earth("tsunami", tmp_path)
+
+
+def _run(*args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, str(ROOT / "main_density.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=600)  # fmt: skip
+
+
+def test_cli_missing_data_is_a_clear_error(tmp_path):
+    r = _run("--M", "Sphere", "--dataset", "flood", "--data_dir", tmp_path, "--epochs", 1, "--dev", "cpu",
+             "--out", tmp_path / "o", "--quiet")  # fmt: skip
+    assert r.returncode == 2 and "flood.csv" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = _run("--M", "Hyperboloid", "--dataset", "volcano", "--data_dir", tmp_path, "--epochs", 1, "--quiet")
+    assert r.returncode == 2 and "--M Sphere" in r.stderr
+
+
+@needs_data
+def test_short_volcano_run_finite_and_normalized(tmp_path):
+    r = _run("--M", "Sphere", "--dataset", "volcano", "--data_dir", SHARED, "--epochs", 2, "--eval_freq", 1,
+             "--dev", "cpu", "--out", tmp_path, "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert math.isfinite(m["test_nll"]) and math.isfinite(m["val_nll"]) and m["best_epoch"] in (1, 2)
+    assert (tmp_path / "best.pt").is_file()
+    from flows import load_model, model_integral
+
+    model = load_model(tmp_path / "checkpoint.pt").double()
+    assert abs(model_integral(model, n_radial=60, n_angular=120) - 1) < 5e-3
+    d = EarthData("volcano", SHARED, split_seed=0)
+    assert m["n_test"] == len(d.test)
