@@ -16,8 +16,9 @@ _ACTIVATIONS = {
 class VectorField(nn.Module):
     """``f(t, x) = proj_field(x, h(x, t))``: an MLP on ``[x, t]`` projected onto ``T_x M``.
 
-    The projection is the Euclidean-orthogonal one (``proju`` on the sphere; see
-    :meth:`manifolds.Hyperboloid.proj_field` for why not the Minkowski one on the hyperboloid).
+    On the sphere this is the orthogonal projection ``proju``; on the hyperboloid the output is
+    parallel-transported from the origin (see :meth:`manifolds.Hyperboloid.proj_field` for why not
+    the Minkowski projection: its speed grows like ``cosh r`` and mass escapes to infinity).
 
     Args:
         manifold: the manifold, for the projection and the ambient dimension.
