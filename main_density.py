@@ -250,9 +250,22 @@ def make_scheduler(opt, epochs, num_drops):
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
 
 
+class MeanNLL(torch.nn.Module):
+    """``-mean log p(x)``: the training loss, as a module so that DistributedDataParallel wraps it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return -self.model.log_prob(x).mean()
+
+
 class Trainer:
     def __init__(self, args):
         self.args = args
+        self.rank, self.world, self.local_rank = utils.dist_env()
+        self.is_main = self.rank == 0
 
     def setup(self):
         args = self.args
@@ -268,6 +281,14 @@ class Trainer:
                     setattr(args, k, saved.get(k, getattr(args, k)))
         fill_settings(args)
         self.device = utils.resolve_device(args.dev)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
         self.dtype = utils.DTYPES[args.dtype]
         self.earth = self.density = None
         if is_earth(args.dataset):
@@ -283,11 +304,18 @@ class Trainer:
                 )
             finally:
                 torch.set_default_dtype(prev)
-        self.out = utils.ensure_writable_dir(args.out or f"results/{args.dataset}_{args.M}")
+        out = Path(args.out or f"results/{args.dataset}_{args.M}")
+        self.out = utils.ensure_writable_dir(out) if self.is_main else out  # only rank 0 writes
         args.out = str(self.out)
 
         utils.seed_everything(args.seed)
         self.model = build_model(args).to(device=self.device, dtype=self.dtype)
+        self.loss_fn = MeanNLL(self.model)
+        if self.world > 1:  # every rank starts from rank 0's weights; DDP averages the gradients
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_fn = DistributedDataParallel(self.loss_fn, device_ids=ids)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         self.sched = make_scheduler(self.opt, args.epochs, args.num_drops)
         self.train_gen = torch.Generator().manual_seed(args.seed)
@@ -309,6 +337,8 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self, epoch):
+        if not self.is_main:
+            return
         args = {k: v for k, v in vars(self.args).items() if k != "explicit"}
         utils.atomic_torch_save(
             {
@@ -320,25 +350,33 @@ class Trainer:
             self.out / "checkpoint.pt",
         )  # fmt: skip
 
-    def evaluate(self, epoch, loss):
-        from flows import evaluate
+    def sharded_metrics(self, x, with_truth: bool):
+        """Evaluation metrics on ``x``, each rank evaluating its shard (then gathered in rank order)."""
+        from flows import metrics_from_log_probs, model_log_prob
 
+        shard = x.tensor_split(self.world)[self.rank]
+        lp = utils.gather_cat(model_log_prob(self.eval_model(), shard.to(self.device)), self.world)
+        truth = self.density.log_prob(x.cpu().double()).double() if with_truth else None
+        return metrics_from_log_probs(lp, truth)
+
+    def evaluate(self, epoch, loss):
         t0 = time.perf_counter()
         if self.earth is not None:  # model selection on the validation split; the test split waits
-            v = evaluate(self.eval_model(), None, self.x_val.to(self.device))
+            v = self.sharded_metrics(self.x_val, with_truth=False)
             m = {"val_nll": v["test_nll"], "val_nll_stderr": v["test_nll_stderr"]}
             best = self.history and min(h["val_nll"] for h in self.history)
-            if not self.history or m["val_nll"] < best:
+            if (not self.history or m["val_nll"] < best) and self.is_main:
                 m["best"] = True
                 utils.atomic_torch_save({"model": self.model.state_dict(), "model_config": self.model.config,
                                          "epoch": epoch, "val_nll": m["val_nll"]}, self.out / "best.pt")  # fmt: skip
         else:
-            m = evaluate(self.eval_model(), self.density.log_prob, self.x_test.to(self.device))
+            m = self.sharded_metrics(self.x_test, with_truth=True)
         m.update(epoch=epoch, train_loss=loss, lr=self.opt.param_groups[0]["lr"],
                  train_seconds=self.train_seconds, eval_seconds=time.perf_counter() - t0)  # fmt: skip
         self.history.append(m)
-        with open(self.out / "history.jsonl", "a") as f:
-            f.write(json.dumps(m) + "\n")
+        if self.is_main:
+            with open(self.out / "history.jsonl", "a") as f:
+                f.write(json.dumps(m) + "\n")
         return m
 
     def train(self):
@@ -348,24 +386,28 @@ class Trainer:
         stop = (
             args.epochs if args.stop_after is None else min(args.epochs, self.start_epoch + args.stop_after)
         )
-        if self.start_epoch == 0:
+        if self.start_epoch == 0 and self.is_main:
             (self.out / "history.jsonl").unlink(missing_ok=True)
             if args.contsave:
                 # as the reference, start from an empty frame folder (only inside our own output folder)
                 shutil.rmtree(self.out / "contsave", ignore_errors=True)
         bar = tqdm(range(self.start_epoch, stop), initial=self.start_epoch, total=args.epochs,
-                   disable=args.quiet, dynamic_ncols=True, desc=f"{args.dataset} on {args.M}")  # fmt: skip
+                   disable=args.quiet or not self.is_main, dynamic_ncols=True,
+                   desc=f"{args.dataset} on {args.M}")  # fmt: skip
         loss_val = float("nan")
         for epoch in bar:
             model.train()
             t0 = time.perf_counter()
             losses, nfe_f = [], 0
             for x in self.epoch_batches():
+                # every rank draws the same global batch and keeps its shard: with equal shards the
+                # averaged gradients equal those of the whole batch in one process
+                x = x.tensor_split(self.world)[self.rank].to(self.device, self.dtype)
                 try:
-                    loss = -model.log_prob(x.to(self.device, self.dtype)).mean()  # true mean NLL, nats/sample
+                    loss = self.loss_fn(x)  # a true mean NLL in nats per sample
                     nfe_f = model.dynamics.nfe
                     self.opt.zero_grad(set_to_none=True)
-                    if not torch.isfinite(loss):
+                    if not self.all_finite(loss):
                         raise FloatingPointError("loss is not finite")
                     loss.backward()
                 except (FloatingPointError, RuntimeError) as e:
@@ -374,14 +416,14 @@ class Trainer:
                 self.nfe["backward"] += model.dynamics.nfe - nfe_f
                 self.nfe["steps"] += 1
                 self.opt.step()
-                losses.append(loss.item())
+                losses.append(self.mean_over_ranks(loss.detach()))
             self.sched.step()
             self.train_seconds += time.perf_counter() - t0
             loss_val = sum(losses) / len(losses)
             self.losses.append((epoch + 1, loss_val))
             bar.set_postfix(nll=f"{loss_val:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", nfe=nfe_f)
             done = epoch + 1
-            if args.contsave and done % args.save_freq == 0:
+            if args.contsave and done % args.save_freq == 0 and self.is_main:
                 self.save_frame(done)
             if done % args.eval_freq == 0 or done == args.epochs:
                 m = self.evaluate(done, loss_val)
@@ -390,16 +432,39 @@ class Trainer:
                 else:
                     msg = (f"epoch {done}: train NLL {loss_val:.4f}  test NLL {m['test_nll']:.4f}  "
                            f"entropy {m['entropy']:.4f}  KL {m['kl']:.4f} +- {m['kl_stderr']:.4f}")  # fmt: skip
-                (bar.write if not args.quiet else print)(msg)
+                if self.is_main:
+                    (bar.write if not args.quiet else print)(msg)
                 self.checkpoint(done)
         if stop < args.epochs:
             self.checkpoint(stop)
-            print(
-                f"stopped after epoch {stop} of {args.epochs}; continue with --resume {self.out / 'checkpoint.pt'}"
-            )
+            if self.is_main:
+                print(f"stopped after epoch {stop} of {args.epochs}; "
+                      f"continue with --resume {self.out / 'checkpoint.pt'}")  # fmt: skip
             return 0
         self.finish()
         return 0
+
+    def all_finite(self, loss) -> bool:
+        ok = torch.isfinite(loss).to(torch.float32).reshape(1)
+        if self.world > 1:  # all ranks must agree, or one would wait forever in the next all-reduce
+            import torch.distributed as dist
+
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
+
+    def mean_over_ranks(self, value) -> float:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            value = value.clone()
+            dist.all_reduce(value)
+            value = value / self.world
+        return value.item()
+
+    def ranks_in_sync(self) -> bool:
+        """True when every rank holds bit-identical parameters (DDP's promise, checked)."""
+        flat = torch.cat([p.detach().reshape(-1).double().cpu() for p in self.model.parameters()])
+        return all(torch.equal(flat, other) for other in utils.gather_cat(flat[None], self.world))
 
     def epoch_batches(self):
         """One epoch: a fresh batch of the true density (reference), or a pass over the training split."""
@@ -408,6 +473,8 @@ class Trainer:
         return [self.density.sample(self.args.batch_size, generator=self.train_gen)]
 
     def fail(self, epoch, err):
+        if not self.is_main:
+            return 3
         print(f"error: training diverged at epoch {epoch + 1}: {err}. The last good checkpoint "
               f"(if any) is kept in {self.out / 'checkpoint.pt'}; try a lower --lr.", file=sys.stderr)  # fmt: skip
         return 3
@@ -442,13 +509,18 @@ class Trainer:
     def finish(self):
         args = self.args
         last = self.history[-1]
+        in_sync = self.ranks_in_sync() if self.world > 1 else True
         if self.earth is not None:  # report the test split with the best validation checkpoint
-            from flows import evaluate
+            if self.world > 1:
+                import torch.distributed as dist
 
+                dist.barrier()  # rank 0 has written best.pt
             best = torch.load(self.out / "best.pt", map_location="cpu", weights_only=False)
             self.model.load_state_dict(best["model"])
-            t = evaluate(self.eval_model(), None, self.x_test.to(self.device))
+            t = self.sharded_metrics(self.x_test, with_truth=False)
             last = {**t, "val_nll": best["val_nll"], "best_epoch": best["epoch"]}
+        if not self.is_main:
+            return
         keys = (
             "test_nll",
             "test_nll_stderr",
@@ -466,7 +538,8 @@ class Trainer:
             "seconds_per_epoch": self.train_seconds / max(args.epochs - self.start_epoch, 1),
             "nfe_forward": self.nfe["forward"] / steps,
             "nfe_backward": self.nfe["backward"] / steps,
-            "device": str(self.device), "args": {k: v for k, v in vars(args).items() if k != "explicit"},
+            "device": str(self.device), "ranks": self.world, "ranks_in_sync": in_sync,
+            "args": {k: v for k, v in vars(args).items() if k != "explicit"},
         }  # fmt: skip
         from viz import figures
 
@@ -526,6 +599,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

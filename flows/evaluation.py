@@ -53,14 +53,19 @@ def evaluate(model, log_prob_true, x_test, chunk: int = 5000) -> dict:
         lp_model = model_log_prob(model, x_test, chunk)
     finally:
         model.train(was_training)
+    lp_true = None if log_prob_true is None else log_prob_true(x_test.cpu().double()).double()
+    return metrics_from_log_probs(lp_model, lp_true)
+
+
+def metrics_from_log_probs(lp_model, lp_true=None) -> dict:
+    """The evaluation metrics from per-sample model (and true) log-densities."""
     n = lp_model.numel()
     out = {
         "test_nll": float(-lp_model.mean()),
         "test_nll_stderr": float(lp_model.std() / math.sqrt(n)),
         "n_test": n,
     }
-    if log_prob_true is not None:
-        lp_true = log_prob_true(x_test.cpu().double()).double()
+    if lp_true is not None:
         d = lp_true - lp_model
         out.update(
             entropy=float(-lp_true.mean()), kl=float(d.mean()), kl_stderr=float(d.std() / math.sqrt(n))
