@@ -431,7 +431,10 @@ class Trainer:
             if args.contsave and done % args.save_freq == 0 and self.is_main:
                 self.save_frame(done)
             if done % args.eval_freq == 0 or done == args.epochs:
-                m = self.evaluate(done, loss_val)
+                try:
+                    m = self.evaluate(done, loss_val)
+                except (FloatingPointError, RuntimeError) as e:  # SolverError is a RuntimeError
+                    return self.fail(epoch, f"evaluation failed: {e}")
                 if self.earth is not None:
                     msg = f"epoch {done}: train NLL {loss_val:.4f}  validation NLL {m['val_nll']:.4f}"
                 else:
