@@ -28,7 +28,12 @@ sys.path.insert(0, str(ROOT))
 PAPER = [("Hyperboloid", "1wrapped"), ("Hyperboloid", "5gaussians"), ("Hyperboloid", "bigcheckerboard"),
          ("Hyperboloid", "mult_wrapped"), ("Sphere", "1wrapped"), ("Sphere", "4wrapped"),
          ("Sphere", "bigcheckerboard")]  # fmt: skip
-ANTIPODAL = [("1", ["--charts", "1"]), ("16", ["--charts", "16"]), ("adaptive", ["--charts", "adaptive"])]
+ANTIPODAL = [
+    ("1 at the origin", ["--charts", "1", "--chart_center", "origin"]),  # the paper's single chart
+    ("1", ["--charts", "1"]),  # one chart per trajectory, centred at its start point
+    ("16", ["--charts", "16"]),
+    ("adaptive", ["--charts", "adaptive"]),
+]
 
 
 def run_one(out: Path, args: list[str], epochs: int, log):
@@ -86,7 +91,7 @@ def main(argv=None):
         anti = []
         if not a.no_antipodal:
             for label, extra in ANTIPODAL:
-                out = runs / f"antipodal_charts-{label}_{a.antipodal_epochs}"
+                out = runs / f"antipodal_charts-{label.replace(' ', '-')}_{a.antipodal_epochs}"
                 m, cmd, err = run_one(out, ["--M", "Sphere", "--dataset", "antipodal", "--conc", "3", "--lr", a.lr,
                                             "--dev", a.dev, *extra], a.antipodal_epochs, log)  # fmt: skip
                 anti.append(
