@@ -39,7 +39,8 @@ ANTIPODAL = [
 def run_one(out: Path, args: list[str], epochs: int, log):
     """Train (or resume, or skip when finished); returns (metrics or None, command, error line)."""
     metrics = out / "metrics.json"
-    cmd = [sys.executable, "main_density.py", *args, "--epochs", str(epochs), "--out", str(out), "--quiet"]
+    rel = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    cmd = [sys.executable, "main_density.py", *args, "--epochs", str(epochs), "--out", str(rel), "--quiet"]
     if metrics.is_file() and json.loads(metrics.read_text())["epochs"] == epochs:
         return json.loads(metrics.read_text()), cmd, None
     run_cmd = cmd
