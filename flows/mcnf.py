@@ -227,7 +227,10 @@ class MCNF(nn.Module):
         t_ev, sol = odeint_event(
             self.dynamics, state0, t0t, event_fn=event_fn, reverse_time=t1 < t0, odeint_interface=ode, **kw
         )
-        return float(t_ev), tuple(x[-1] for x in sol)
+        # The state at the event carries the event time's gradient (odeint_event re-routes it); the
+        # next segment starts at this time as a constant, so the later segments' explicit time
+        # dependence on the switch time is not differentiated (a small bias of the adaptive mode).
+        return float(t_ev.detach()), tuple(x[-1] for x in sol)
 
     def _segment(self, x, t0, t1, s, adaptive: bool):
         """Integrate from ``x`` at ``t0`` towards ``t1`` in one chart.
