@@ -487,18 +487,13 @@ class Trainer:
               f"(if any) is kept in {self.out / 'checkpoint.pt'}; try a lower --lr.", file=sys.stderr)  # fmt: skip
         return 3
 
-    def eval_model(self, tol=None):
-        """A float64 copy of the model in eval mode, for evaluation, figures and sampling.
+    def eval_model(self):
+        """A float64 copy of the model in eval mode (its eval solver is dopri5 at ``--eval_tol``).
 
         Float32 round-off in the ambient coordinates of far points (hyperboloid ``x_0 ~ cosh r``)
         is larger than tight tolerances, which then make adaptive solvers crawl; float64 avoids it.
         """
-        from flows import SolverSettings
-
-        m = copy.deepcopy(self.model).to(torch.float64).eval()
-        tol = tol or self.args.eval_tol
-        m.eval_solver = SolverSettings(method="dopri5", atol=tol, rtol=tol)
-        return m
+        return copy.deepcopy(self.model).to(torch.float64).eval()
 
     def figure_log_prob(self):
         from flows import figure_model
