@@ -6,6 +6,7 @@ from .distributions import (
     StandardNormal,
     UniformSphere,
     VonMisesFisher,
+    VonMisesFisherKDE,
     WrappedNormal,
     vmf_log_normalizer,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "DATASETS",
     "WrappedNormal",
     "VonMisesFisher",
+    "VonMisesFisherKDE",
     "UniformSphere",
     "Mixture",
     "StandardNormal",

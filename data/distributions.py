@@ -171,6 +171,37 @@ class VonMisesFisher:
         return _householder_to(self.loc, y)
 
 
+class VonMisesFisherKDE:
+    """Equal-weight mixture of vMF kernels of one concentration centred at the rows of ``centers``.
+
+    A kernel density estimate on ``S^n``; exactly normalized, with exact samples. Used as an
+    importance-sampling proposal for sharply peaked model densities (see
+    :func:`flows.evaluation.importance_integral`).
+    """
+
+    def __init__(self, centers, concentration: float):
+        c = _as_float_tensor(centers)
+        self.centers = c / c.norm(dim=-1, keepdim=True)
+        self.concentration = float(concentration)
+        self.dim = self.centers.shape[-1]
+        self.manifold = Sphere(self.dim - 1)
+        self._kernel = VonMisesFisher(self.centers[0], self.concentration)
+
+    def log_prob(self, x):
+        lp = self.concentration * (x @ self.centers.to(x).T) + self._kernel.log_normalizer
+        return torch.logsumexp(lp, -1) - math.log(self.centers.shape[0])
+
+    def sample(self, n: int, generator=None):
+        idx = torch.randint(0, self.centers.shape[0], (n,), generator=generator)
+        mu = self.centers[idx]
+        w = self._kernel._sample_w(n, generator).to(mu).clamp(-1.0, 1.0)
+        # a uniform direction orthogonal to each centre
+        v = torch.randn(n, self.dim, generator=generator, dtype=mu.dtype)
+        v = v - (v * mu).sum(-1, keepdim=True) * mu
+        v = v / v.norm(dim=-1, keepdim=True)
+        return w[:, None] * mu + torch.sqrt(1 - w * w)[:, None] * v
+
+
 class UniformSphere:
     """Uniform distribution on ``S^n``: ``log p = -log area(S^n)``."""
 

@@ -4,9 +4,12 @@ from .divergence import DIVERGENCES
 from .evaluation import (
     FIGURE_SOLVER,
     evaluate,
+    defensive_proposal,
     figure_model,
+    importance_integral,
     metrics_from_log_probs,
     model_integral,
+    model_integral_is,
     model_log_prob,
 )
 from .mcnf import MCNF, ChartDynamics, SolverError, SolverSettings, load_model
@@ -25,5 +28,8 @@ __all__ = [
     "figure_model",
     "FIGURE_SOLVER",
     "model_integral",
+    "importance_integral",
+    "defensive_proposal",
+    "model_integral_is",
     "model_log_prob",
 ]

@@ -79,3 +79,57 @@ def model_integral(model, chunk: int = 20000, **grid) -> float:
     model.eval()
     p = next(model.parameters())
     return integrate(lambda x: model.log_prob(x.to(p)), model.manifold, chunk=chunk, **grid)
+
+
+@torch.no_grad()
+def importance_integral(log_prob, proposal, n: int = 100_000, chunk: int = 20000, generator=None):
+    """Unbiased Monte Carlo estimate of ``integral_M exp(log_prob(x)) dvol(x)`` and its standard error.
+
+    Draws ``x_i ~ proposal`` (an exactly normalized distribution with ``sample`` and ``log_prob``)
+    and averages ``p(x_i) / q(x_i)``. Unlike a fixed quadrature grid, this stays exact in
+    expectation for densities with peaks narrower than any grid cell, provided the proposal covers
+    them: use a defensive mixture such as ``Mixture([UniformSphere(), VonMisesFisherKDE(data, k)])``,
+    whose uniform half bounds the weights by ``2 area(M) max p``.
+    Returns ``(estimate, stderr)``.
+    """
+    ws = []
+    for i in range(0, n, chunk):
+        x = proposal.sample(min(chunk, n - i), generator=generator)
+        ws.append((log_prob(x).double().cpu() - proposal.log_prob(x).double().cpu()).exp())
+    w = torch.cat(ws)
+    return float(w.mean()), float(w.std() / math.sqrt(w.numel()))
+
+
+def defensive_proposal(centers, concentrations=(30.0, 300.0, 3000.0, 30000.0)):
+    """Importance proposal on ``S^n`` for densities concentrated near ``centers`` (``(K, n+1)``):
+    an equal-weight mixture of the uniform distribution and one vMF kernel density estimate at the
+    centres per concentration. Exactly normalized whatever the centres are; the uniform part bounds
+    the weights ``p / q`` by ``(1 + len(concentrations)) area(S^n) max p``."""
+    from data.distributions import Mixture, UniformSphere, VonMisesFisherKDE
+
+    centers = centers.double().cpu()
+    kdes = [VonMisesFisherKDE(centers, k) for k in concentrations]
+    return Mixture([UniformSphere(centers.shape[-1] - 1), *kdes])
+
+
+@torch.no_grad()
+def model_integral_is(model, n: int = 40_000, n_centers: int = 4000, generator=None, chunk: int = 10000):
+    """Importance-sampling integral of a sphere model's density, with its standard error.
+
+    The proposal is :func:`defensive_proposal` centred at ``n_centers`` samples of the model itself,
+    so it follows the model's mass however sharp its peaks are (a fixed quadrature grid does not:
+    a 200x400 grid has cells of 0.9 degrees). The samples only place the proposal; the estimate is
+    unbiased whatever they are. Returns ``(estimate, stderr)``.
+    """
+    if model.manifold.name != "Sphere":
+        raise ValueError("model_integral_is needs a compact manifold (Sphere)")
+    model.eval()
+    centers = torch.cat([model.sample(min(chunk, n_centers - i), generator=generator)
+                         for i in range(0, n_centers, chunk)])  # fmt: skip
+    proposal = defensive_proposal(centers)
+    p = next(model.parameters())
+
+    def log_prob(x):
+        return torch.cat([model.log_prob(x[i : i + chunk].to(p)) for i in range(0, x.shape[0], chunk)])
+
+    return importance_integral(log_prob, proposal, n=n, chunk=n, generator=generator)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from data import DATASETS, UniformSphere, VonMisesFisher, WrappedNormal, get_density
+from data import DATASETS, UniformSphere, VonMisesFisher, VonMisesFisherKDE, WrappedNormal, get_density
 from data.distributions import vmf_mean_resultant_length
 from manifolds import Hyperboloid, Sphere, integrate
 
@@ -147,3 +147,22 @@ def test_uniform_sphere():
     assert abs(u.log_prob(torch.tensor([[0.0, 0, 1]])).item() + math.log(4 * math.pi)) < 1e-12
     assert abs(integrate(u.log_prob, Sphere(2)) - 1) < 1e-5
     assert u.sample(7).shape == (7, 3)
+
+
+def test_vmf_kde_is_normalized_and_sampled_exactly():
+    g = torch.Generator().manual_seed(0)
+    centers = Sphere(2).random(7, generator=g)
+    kde = VonMisesFisherKDE(centers, 40.0)
+    total = integrate(kde.log_prob, Sphere(2), n_radial=200, n_angular=400)
+    assert abs(total - 1) < 1e-6, total
+    one = VonMisesFisherKDE(centers[:1], 40.0)  # one kernel is the vMF itself
+    x = Sphere(2).random(100, generator=g)
+    torch.testing.assert_close(one.log_prob(x), VonMisesFisher(centers[0], 40.0).log_prob(x))
+    s = one.sample(40000, generator=g)
+    torch.testing.assert_close(s.norm(dim=-1), torch.ones(40000, dtype=s.dtype))
+    r = (s @ centers[0]).mean().item()
+    assert abs(r - vmf_mean_resultant_length(3, 40.0)) < 4 * 0.025 / math.sqrt(40000) + 1e-4
+    # the mixture samples each kernel equally often: nearest centre counts are balanced
+    s = kde.sample(70000, generator=g)
+    counts = torch.bincount((s @ centers.T).argmax(-1), minlength=7).double()
+    assert (counts / 10000 - 1).abs().max() < 0.05, counts

@@ -243,3 +243,29 @@ def test_bad_arguments():
     assert isinstance(MCNF("Sphere").manifold, Sphere) and isinstance(
         MCNF("Hyperboloid").manifold, Hyperboloid
     )
+
+
+def test_importance_integral_resolves_peaks_a_grid_misses():
+    from data import VonMisesFisherKDE
+    from flows import defensive_proposal, importance_integral
+
+    g = torch.Generator().manual_seed(0)
+    centers = Sphere(2).random(20, generator=g)
+    sharp = VonMisesFisherKDE(centers, 1e4)  # kernels of 0.6 degree: a 60x120 grid misses them
+    coarse = integrate(sharp.log_prob, Sphere(2), n_radial=60, n_angular=120)
+    est, se = importance_integral(sharp.log_prob, defensive_proposal(centers), n=40000, generator=g)
+    assert abs(coarse - 1) > 0.1, coarse
+    assert se < 0.02 and abs(est - 1) < 4 * se, (est, se)
+    est2, se2 = importance_integral(lambda x: sharp.log_prob(x) + math.log(2), defensive_proposal(centers),
+                                    n=40000, generator=g)  # fmt: skip
+    assert abs(est2 - 2) < 4 * se2, (est2, se2)
+
+
+def test_model_integral_is_of_a_trained_looking_model():
+    from flows import model_integral_is
+
+    m = make("Sphere", SCALE["Sphere"], charts=4, eval_solver=dict(atol=1e-6, rtol=1e-6))
+    est, se = model_integral_is(m, n=4000, n_centers=500, generator=torch.Generator().manual_seed(0))
+    assert se < 0.02 and abs(est - 1) < 4 * se, (est, se)
+    with pytest.raises(ValueError, match="compact"):
+        model_integral_is(make("Hyperboloid"), n=10)
