@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = p.add_argument_group("run, evaluation and output")
     run.add_argument("--seed", type=int, default=0, help="training seed (the test set has its own)")
+    run.add_argument(
+        "--max_grad_norm",
+        type=positive_float,
+        default=None,
+        help="clip the gradient to this global norm before each step (default: no clipping)",
+    )
     run.add_argument("--out", default=None, help="output folder (default results/{dataset}_{M})")
     run.add_argument(
         "--test_size", type=positive_int, default=20000, help="held-out samples of the true density"
@@ -422,6 +428,8 @@ class Trainer:
                 self.nfe["forward"] += nfe_f
                 self.nfe["backward"] += model.dynamics.nfe - nfe_f
                 self.nfe["steps"] += 1
+                if args.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 self.opt.step()
                 losses.append(self.mean_over_ranks(loss.detach()))
             self.sched.step()

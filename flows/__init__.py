@@ -3,8 +3,8 @@
 from .divergence import DIVERGENCES
 from .evaluation import (
     FIGURE_SOLVER,
-    evaluate,
     defensive_proposal,
+    evaluate,
     figure_model,
     importance_integral,
     metrics_from_log_probs,
