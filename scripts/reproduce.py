@@ -36,13 +36,15 @@ ANTIPODAL = [
 ]
 
 
-def run_one(out: Path, args: list[str], epochs: int, log):
+def run_one(out: Path, args: list[str], epochs: int, log, train: bool = True):
     """Train (or resume, or skip when finished); returns (metrics or None, command, error line)."""
     metrics = out / "metrics.json"
     rel = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
     cmd = [sys.executable, "main_density.py", *args, "--epochs", str(epochs), "--out", str(rel), "--quiet"]
     if metrics.is_file() and json.loads(metrics.read_text())["epochs"] == epochs:
         return json.loads(metrics.read_text()), cmd, None
+    if not train:
+        return None, cmd, "not run (--assemble)"
     run_cmd = cmd
     if (out / "checkpoint.pt").is_file():
         run_cmd = [sys.executable, "main_density.py", "--resume", str(out / "checkpoint.pt"), "--quiet"]
@@ -71,21 +73,23 @@ def main(argv=None):
     p.add_argument("--lr", default="1e-2")
     p.add_argument("--dev", default="cuda")
     p.add_argument("--runs", default="results/reproduce", help="folder for the runs")
-    p.add_argument("--only", nargs="*", default=None, help="subset, e.g. Sphere/4wrapped")
+    p.add_argument("--only", nargs="*", default=None, help="subset in this order, e.g. Sphere/4wrapped")
     p.add_argument("--antipodal_epochs", type=int, default=1000)
     p.add_argument("--no_antipodal", action="store_true")
     p.add_argument("--res", type=int, default=150, help="figure grid resolution")
     p.add_argument("--md", default="docs/reproduction.md")
+    p.add_argument("--assemble", action="store_true", help="train nothing; tabulate the finished runs")
     a = p.parse_args(argv)
     runs = ROOT / a.runs
     runs.mkdir(parents=True, exist_ok=True)
-    todo = [pd for pd in PAPER if a.only is None or f"{pd[0]}/{pd[1]}" in a.only]
+    todo = PAPER if a.only is None else [pd for o in a.only for pd in PAPER if f"{pd[0]}/{pd[1]}" == o]
     rows, dirs = [], []
     with open(runs / "log.txt", "a") as log:
         for M, ds in todo:
             out = runs / f"{M}_{ds}_{a.epochs}"
             m, cmd, err = run_one(out, ["--M", M, "--dataset", ds, "--lr", a.lr, "--dev", a.dev,
-                                        "--eval_freq", str(max(a.epochs // 5, 1))], a.epochs, log)  # fmt: skip
+                                        "--eval_freq", str(max(a.epochs // 5, 1))], a.epochs, log,
+                                       not a.assemble)  # fmt: skip
             rows.append((M, ds, a.epochs, m, None if m is None else integral(out), cmd, err))
             if m is not None:
                 dirs.append(out)
@@ -94,7 +98,8 @@ def main(argv=None):
             for label, extra in ANTIPODAL:
                 out = runs / f"antipodal_charts-{label.replace(' ', '-')}_{a.antipodal_epochs}"
                 m, cmd, err = run_one(out, ["--M", "Sphere", "--dataset", "antipodal", "--conc", "3", "--lr", a.lr,
-                                            "--dev", a.dev, *extra], a.antipodal_epochs, log)  # fmt: skip
+                                            "--dev", a.dev, *extra], a.antipodal_epochs, log,
+                                           not a.assemble)  # fmt: skip
                 anti.append(
                     (label, a.antipodal_epochs, m, None if m is None else integral(out), cmd, err, out)
                 )
@@ -116,7 +121,8 @@ def main(argv=None):
 def _fmt_row(name_cells, epochs, m, integ, cmd, err):
     cmd_s = "`" + shlex.join(["python", *cmd[1:]]) + "`"
     if m is None:
-        return f"| {' | '.join(name_cells)} | {epochs} | failed: {err} | | | | | | {cmd_s} |"
+        status = err if err.startswith("not run") else f"failed: {err}"
+        return f"| {' | '.join(name_cells)} | {epochs} | {status} | | | | | | {cmd_s} |"
     return (f"| {' | '.join(name_cells)} | {epochs} | {m['test_nll']:.4f} | {m['entropy']:.4f} | "
             f"{m['kl']:.4f} +- {m['kl_stderr']:.4f} | {integ:.4f} | {m['nfe_forward']:.0f} / {m['nfe_backward']:.0f} | "
             f"{m['train_seconds']:.0f} | {cmd_s} |")  # fmt: skip

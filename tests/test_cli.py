@@ -86,6 +86,7 @@ def test_resume_is_bit_exact_and_seed_deterministic(tmp_path):
         (["--dev", "cuda:7"], "cuda:7"),
         (["--dev", "banana"], "banana"),
         (["--solver", "leapfrog"], "leapfrog"),
+        (["--max_grad_norm", "0"], "--max_grad_norm"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, args, message):
@@ -160,3 +161,16 @@ def test_contsave_gif_has_one_frame_per_saved_epoch(tmp_path):
     frames = sorted((tmp_path / "contsave").glob("*.png"))
     assert [f.name for f in frames] == ["000002.png", "000004.png"]
     assert Image.open(tmp_path / "training.gif").n_frames == 2
+
+
+def test_max_grad_norm_clips_the_update(tmp_path):
+    common = ["--M", "Sphere", "--dataset", "4wrapped", "--epochs", 2, "--dev", "cpu", "--lr", "1e-2", *FAST]
+    outs = {}
+    for name, extra in [("free", []), ("loose", ["--max_grad_norm", 1e6]), ("tight", ["--max_grad_norm", 1e-4])]:
+        r = run(*common, *extra, "--out", tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        outs[name] = _final_weights(tmp_path / name)
+    for k in outs["free"]:  # a bound the gradient never reaches changes nothing
+        assert torch.equal(outs["free"][k], outs["loose"][k]), k
+    # Adam normalizes the step size, so a tight bound still moves the weights, but differently
+    assert any(not torch.equal(outs["free"][k], outs["tight"][k]) for k in outs["free"])
