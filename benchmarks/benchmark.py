@@ -19,6 +19,7 @@ import argparse
 import json
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -184,17 +185,24 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--ttq_epochs", type=int, default=300, help="epoch cap for time-to-quality (0: skip)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None)
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     device = torch.device(a.dev)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.probe:
         print(_probe(a.probe, device))
         return 0
     name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
     res = dict(
-        device=name, torch=torch.__version__, threads=torch.get_num_threads(), platform=platform.platform()
+        device=name,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        platform=platform.platform(),
+        command=shlex.join(["python", "benchmarks/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
     )
     print(f"timing training steps on {name} ...", flush=True)
     res["steps"] = time_steps(a.reps, a.steps, device)
@@ -222,7 +230,8 @@ def main(argv=None):
 def render(res):
     s = res["steps"]
     lines = [f"# Benchmark on {res['device']}", "",
-             f"Produced by `python benchmarks/benchmark.py` (torch {res['torch']}, {res['threads']} threads). "
+             f"Produced by `{res.get('command', 'python benchmarks/benchmark.py')}` (torch {res['torch']}, "
+             f"{res['threads']} threads). "
              "Batch 200, float32; medians over interleaved repetitions. Peak memory: peak RSS of a fresh "
              "process that builds the model and runs 3 steps (CPU; includes Python and torch, about "
              "300 MiB before any step), or `torch.cuda.max_memory_allocated` (GPU).", "",
