@@ -20,13 +20,19 @@ FIGURE_SOLVER = {
 
 
 def figure_model(model, dtype=torch.float32):
-    """A copy of ``model`` (eval mode, ``dtype``) that solves with :data:`FIGURE_SOLVER`."""
+    """A copy of ``model`` (eval mode, ``dtype``) that solves with :data:`FIGURE_SOLVER`, or with the
+    model's own fixed training step where that is finer."""
     import copy
 
     from .mcnf import SolverSettings
 
     m = copy.deepcopy(model).to(dtype).eval()
-    m.eval_solver = SolverSettings(**FIGURE_SOLVER[m.manifold.name])
+    settings = dict(FIGURE_SOLVER[m.manifold.name])
+    train = m.train_solver
+    if train.step_size is not None and train.method == settings["method"]:
+        # never coarser than the steps the model was trained with (sharp models, e.g. Earth data)
+        settings["step_size"] = min(settings["step_size"], train.step_size)
+    m.eval_solver = SolverSettings(**settings)
     return m
 
 

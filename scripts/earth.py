@@ -33,6 +33,7 @@ PUBLISHED = [  # ../shared/data/earth/README.md (Riemannian score-based generati
     ("Riemannian score-based", "-4.92 ± 0.25", "-0.19 ± 0.07", "0.48 ± 0.09", "-1.33 ± 0.06"),
 ]
 DATASETS = ["volcano", "earthquake", "flood", "fire"]
+LOG_RANGE = 8.0
 
 
 def main(argv=None):
@@ -51,6 +52,10 @@ def main(argv=None):
     p.add_argument("--runs", default="results/earth")
     p.add_argument("--md", default="docs/earth.md")
     p.add_argument("--integral_samples", type=int, default=40000)
+    p.add_argument(
+        "--figures", default="docs/figures", help="map of each dataset's first split ('' for none)"
+    )
+    p.add_argument("--res", type=int, default=300, help="map resolution (res x res lon/lat grid)")
     p.add_argument("extra", nargs="*", help="further main_density.py flags, after --")
     a = p.parse_args(argv)
     import torch
@@ -89,11 +94,39 @@ def main(argv=None):
                     model, a.integral_samples, generator=gen
                 )
                 ij.write_text(json.dumps({k: m[k] for k in ("integral", "integral_stderr")}))
+            fig = ROOT / a.figures / f"earth_{ds}.png" if a.figures else None
+            if fig is not None and seed == a.seeds[0] and not fig.is_file():
+                draw_map(out, ds, fig, a.res, a.data_dir, seed)
             m["cmd"] = "python " + shlex.join(cmd)
             m["n_train"] = n_train
             results.setdefault(ds, []).append(m)
     write(ROOT / a.md, results, a)
     print(f"wrote {a.md}")
+
+
+def draw_map(out, ds, path, res, data_dir, seed):
+    """The best-validation model's density on a Mollweide map with the test events on top."""
+    import numpy as np
+    import torch
+
+    from data.earth import EarthData
+    from flows import figure_model, load_model
+    from viz import figures
+
+    model = load_model(out / "checkpoint.pt")
+    model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
+    fm = figure_model(model)
+    with torch.no_grad():
+        values = figures.density_values(lambda x: fm.log_prob(x.float()), "Sphere", res)
+    # log scale over the top 8 nats, transparent below, so that the continents stay visible
+    values = np.log(np.maximum(values, 1e-300)) - (np.log(values.max()) - LOG_RANGE)
+    values[values < 0.25] = np.nan
+    test = EarthData(ds, data_dir, seed).test
+    path.parent.mkdir(parents=True, exist_ok=True)
+    title = f"{ds} (split {seed}): model log-density (top {LOG_RANGE:.0f} nats), test events"
+    figures.plot_panels([dict(title=title, values=values,
+                              scatter=figures.to_plane(test, "Sphere"))], "Sphere", path, stock=True)  # fmt: skip
+    print(f"wrote {path}", flush=True)
 
 
 def write(path, results, a):
@@ -127,6 +160,16 @@ def write(path, results, a):
         "|---|---|---|---|---|",
     ]
     lines += [f"| {' | '.join(row)} |" for row in PUBLISHED]
+    if a.figures:
+        lines += [
+            "",
+            "Model densities of split "
+            + str(a.seeds[0])
+            + " (best validation checkpoint) with its test events:",
+            "",
+        ]
+        lines += [f"![{ds}](figures/earth_{ds}.png)" for ds in results
+                  if (ROOT / a.figures / f"earth_{ds}.png").is_file()]  # fmt: skip
     lines += ["", "Commands of the runs:", ""]
     lines += [f"- `{m['cmd']}`" for ms in results.values() for m in ms]
     Path(path).write_text("\n".join(lines) + "\n")

@@ -148,7 +148,7 @@ def panel_size(manifold: str):
 
 def draw_panel(fig, rect, manifold: str, values=None, scatter=None, vmax=None, title=None, stock=False):
     """Draw one density/scatter panel into ``rect`` (figure fraction) of ``fig``; returns the axes."""
-    vmax = vmax if vmax is not None else (float(np.max(values)) if values is not None else 1.0) or 1.0
+    vmax = vmax if vmax is not None else (float(np.nanmax(values)) if values is not None else 1.0) or 1.0
     if manifold == "Hyperboloid":
         ax = fig.add_axes(rect)
         _draw_disk(ax, values, vmax, scatter)
@@ -177,7 +177,7 @@ def plot_panels(panels, manifold: str, path, suptitle=None, shared_scale=True, s
     k = len(panels)
     fig = plt.figure(figsize=(w * k, h), dpi=DPI)
     vals = [p["values"] for p in panels if p.get("values") is not None]
-    vmax_all = max((float(np.max(v)) for v in vals), default=1.0) or 1.0
+    vmax_all = max((float(np.nanmax(v)) for v in vals), default=1.0) or 1.0
     top = 0.88 if any(p.get("title") for p in panels) or suptitle else 0.98
     for i, p in enumerate(panels):
         rect = [i / k + 0.01 / k, 0.02, 0.98 / k, top - 0.02]
