@@ -32,6 +32,12 @@ TEST_SEED = 20_201_206  # the test set does not depend on the training seed
 REFERENCE_SETTINGS = {
     "Sphere": dict(charts=4, solver="rk4", step_size=1 / 16, adjoint=True, divergence="exact_autograd",
                    chart_center="point", atol=1e-5, rtol=1e-5),
+    "Hyperboloid": dict(charts=1, solver="dopri5", step_size=None, adjoint=True, divergence="exact_autograd",
+                        chart_center="origin", atol=1e-3, rtol=1e-3),
+}  # fmt: skip
+DEFAULT_SETTINGS = {
+    "Sphere": dict(charts=4, solver="rk4", step_size=1 / 4, adjoint=False, divergence="exact",
+                   chart_center="point", atol=1e-5, rtol=1e-5),
     "Hyperboloid": dict(charts=1, solver="rk4", step_size=1 / 8, adjoint=False, divergence="exact",
                         chart_center="point", atol=1e-5, rtol=1e-5),
 }  # fmt: skip
