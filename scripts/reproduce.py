@@ -43,8 +43,9 @@ def run_one(out: Path, args: list[str], epochs: int, log, train: bool = True):
     cmd = [sys.executable, "main_density.py", *args, "--epochs", str(epochs), "--out", str(rel), "--quiet"]
     if metrics.is_file() and json.loads(metrics.read_text())["epochs"] == epochs:
         return json.loads(metrics.read_text()), cmd, None
+    failed = out / "failed.txt"
     if not train:
-        return None, cmd, "not run (--assemble)"
+        return None, cmd, failed.read_text().strip() if failed.is_file() else "not run (--assemble)"
     run_cmd = cmd
     if (out / "checkpoint.pt").is_file():
         run_cmd = [sys.executable, "main_density.py", "--resume", str(out / "checkpoint.pt"), "--quiet"]
@@ -53,7 +54,10 @@ def run_one(out: Path, args: list[str], epochs: int, log, train: bool = True):
     log.write(f"$ {shlex.join(run_cmd)}\n{r.stdout}\n{r.stderr}\n")
     if r.returncode != 0:
         err = [line for line in r.stderr.splitlines() if "error" in line.lower()] or ["failed"]
+        out.mkdir(parents=True, exist_ok=True)
+        failed.write_text(err[-1] + "\n")
         return None, cmd, err[-1]
+    failed.unlink(missing_ok=True)
     return json.loads(metrics.read_text()), cmd, None
 
 
@@ -145,12 +149,14 @@ def write_markdown(path, rows, anti, a):
     head = ("| manifold | dataset | epochs | test NLL | entropy | KL +- stderr | integral | NFE fwd / bwd per step | "
             "train s | command |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     lines = ["# Reproduction of the paper's density experiments", "",
-             f"Produced by `python scripts/reproduce.py --epochs {a.epochs} --lr {a.lr} --dev {a.dev}` "
+             f"Produced by `python scripts/reproduce.py --epochs {a.epochs} --lr {a.lr} --dev {a.dev} "
+             f"--antipodal_epochs {a.antipodal_epochs}` "
              "(each run is a `main_density.py` command, shown in the last column). Test NLL, entropy and KL on "
              "20,000 held-out samples of the exact density (KL = NLL - entropy, stderr of the paired "
              "differences); integral: quadrature of the model density over the manifold (sphere: midpoint rule "
              "200x400 in (theta, phi); hyperboloid: geodesic polar grid to r = 8). Times are CPU seconds of "
-             "training on this project's 2-core machine unless the command says otherwise.", "", head]  # fmt: skip
+             "training on this project's 2-core machine unless the command says otherwise; runs shared the two cores "
+             "with up to three other jobs, so equal work can show up to 2x different times.", "", head]  # fmt: skip
     lines += [_fmt_row([M, ds], ep, m, integ, cmd, err) for M, ds, ep, m, integ, cmd, err in rows]
     lines += ["", "![paper-style grid](reproduction.png)", ""]
     if anti:
