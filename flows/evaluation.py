@@ -138,4 +138,4 @@ def model_integral_is(model, n: int = 40_000, n_centers: int = 4000, generator=N
     def log_prob(x):
         return torch.cat([model.log_prob(x[i : i + chunk].to(p)) for i in range(0, x.shape[0], chunk)])
 
-    return importance_integral(log_prob, proposal, n=n, chunk=n, generator=generator)
+    return importance_integral(log_prob, proposal, n=n, chunk=chunk, generator=generator)
