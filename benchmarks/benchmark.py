@@ -6,8 +6,7 @@ Measured side by side in one process (repetitions interleaved, medians reported)
 seconds per training step at batch 200, NFE forward/backward per step, peak memory, for each
 manifold and for the default configuration, the reference configuration reproduced with this code
 (sphere: rk4 step 1/16, 4 charts, adjoint, per-dimension autograd divergence; hyperboloid: dopri5
-atol=rtol=1e-3, one chart at the origin, adjoint; the hyperboloid default keeps its solver and
-tolerances and differs in the divergence, the field map, the chart centre and direct backprop), Hutchinson instead of exact divergence, and the
+atol=rtol=1e-3, one chart at the origin, adjoint), Hutchinson instead of exact divergence, and the
 adjoint instead of direct backprop; seconds to evaluate a 500x500 figure grid; and time-to-quality
 (wall seconds of training until the test KL first drops below 0.1 nats). Writes a JSON file and
 the markdown table docs/benchmark.md (or docs/benchmark_{device}.md for accelerators).

@@ -63,7 +63,7 @@ def main(argv=None):
     import torch
 
     from data.earth import EarthData
-    from flows import load_model, model_integral_is
+    from flows import model_integral_is
 
     results = {}
     for ds in a.datasets:
@@ -88,9 +88,7 @@ def main(argv=None):
             if ij.is_file():
                 m.update(json.loads(ij.read_text()))
             else:  # the best-validation model, float64, the evaluation solver
-                model = load_model(out / "checkpoint.pt").double()
-                best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"]
-                model.load_state_dict({k: v.double() for k, v in best.items()})
+                model = best_model(out).double()
                 gen = torch.Generator().manual_seed(seed)
                 m["integral"], m["integral_stderr"] = model_integral_is(
                     model, a.integral_samples, generator=gen
@@ -106,18 +104,27 @@ def main(argv=None):
     print(f"wrote {a.md}")
 
 
+def best_model(out):
+    """The run's model with the weights of its best validation epoch (``best.pt``)."""
+    import torch
+
+    from flows import load_model
+
+    model = load_model(out / "checkpoint.pt")
+    model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
+    return model
+
+
 def draw_map(out, ds, path, res, data_dir, seed):
     """The best-validation model's density on a Mollweide map with the test events on top."""
     import numpy as np
     import torch
 
     from data.earth import EarthData
-    from flows import figure_model, load_model
+    from flows import figure_model
     from viz import figures
 
-    model = load_model(out / "checkpoint.pt")
-    model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
-    fm = figure_model(model)
+    fm = figure_model(best_model(out))
     with torch.no_grad():
         values = figures.density_values(lambda x: fm.log_prob(x.float()), "Sphere", res)
     # log scale over the top 8 nats, transparent below, so that the continents stay visible

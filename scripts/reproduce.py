@@ -63,25 +63,18 @@ def run_one(out: Path, args: list[str], epochs: int, log, train: bool = True):
 
 def integral(out: Path) -> float:
     """Quadrature integral of the run's final model, cached in ``integral.json`` beside it."""
-    from flows import load_model
+    from flows import SolverSettings, load_model, model_integral
 
-    cache = out / "integral.json"
-    ckpt = out / "checkpoint.pt"
+    cache, ckpt = out / "integral.json", out / "checkpoint.pt"
     if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
         return json.loads(cache.read_text())["integral"]
-    value = _integral(load_model(ckpt))
-    cache.write_text(json.dumps({"integral": value}))
-    return value
-
-
-def _integral(model) -> float:
-    from flows import SolverSettings, model_integral
-
-    model = model.double()
+    model = load_model(ckpt).double()
     model.eval_solver = SolverSettings(atol=1e-6, rtol=1e-6)
     grid = dict(n_radial=200, n_angular=400) if model.manifold.name == "Sphere" else dict(
         n_radial=240, n_angular=360, r_max=8.0)  # fmt: skip
-    return model_integral(model, **grid)
+    value = model_integral(model, **grid)
+    cache.write_text(json.dumps({"integral": value}))
+    return value
 
 
 def main(argv=None):
