@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     mod = p.add_argument_group("model and solver (defaults: fastest measured; see README)")
     mod.add_argument("--dim", type=positive_int, default=2, help="intrinsic dimension n of S^n / H^n")
     mod.add_argument("--n_hidden", type=positive_int, default=3, help="hidden layers of the MLP")
+    mod.add_argument("--activation", choices=["tanh", "softplus", "silu"], default="tanh",
+                     help="hidden activation of the MLP (reference: tanh)")  # fmt: skip
+    mod.add_argument("--max_speed", type=positive_float, default=None,
+                     help="bound of the field's speed (default: 10 on the hyperboloid for softplus/silu, "
+                          "none otherwise; tanh fields are bounded already)")  # fmt: skip
     mod.add_argument("--charts", type=charts_arg, default=None, help="time segments (charts), or 'adaptive'")
     mod.add_argument("--chart_center", choices=["point", "origin"], default=None)
     mod.add_argument("--solver", default=None, help="torchdiffeq method: dopri5, rk4, midpoint, euler, ...")
@@ -202,6 +207,7 @@ def build_model(args):
     try:
         return MCNF(
             args.M, dim=args.dim, hidden=args.flow_hidden_size, n_hidden=args.n_hidden, charts=args.charts,
+            activation=args.activation, max_speed=args.max_speed,
             chart_center=args.chart_center, conc=args.conc, divergence=args.divergence,
             train_solver=dict(method=args.solver, atol=args.atol, rtol=args.rtol, step_size=args.step_size,
                               adjoint=args.adjoint),

@@ -55,7 +55,18 @@ class WrappedNormal:
         return self
 
     def _origin(self):
-        return self.manifold.origin(dtype=self.loc.dtype, device=self.loc.device)
+        """Where the scale axes ``(0, e_i)`` are defined before transport to ``loc``.
+
+        The origin ``o``, except on the sphere for a ``loc`` near the antipode ``-o``, where
+        transport from ``o`` divides by ``1 + <o, loc>`` (0 at ``-o``: NaN samples and densities).
+        There the axes are transported from ``-o`` (where ``(0, e_i)`` is tangent too). The switch
+        at ``1 + <o, loc> < 1/4`` leaves every ``loc`` at least 41 degrees from ``-o`` (all the
+        paper's densities) exactly as before; isotropic laws do not depend on the frame at all.
+        """
+        o = self.manifold.origin(dtype=self.loc.dtype, device=self.loc.device)
+        if self.manifold.name == "Sphere" and float(1 + (o * self.loc).sum()) < 0.25:
+            return -o
+        return o
 
     def rsample(self, n: int, generator=None):
         """Reparameterized samples, shape ``(n, n+1)``."""

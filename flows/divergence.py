@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from manifolds.special import sum_last
+
 DIVERGENCES = ("exact", "hutchinson", "exact_autograd")
 
 
@@ -40,9 +42,9 @@ def chart_divergence(manifold, field, t, p, v, basis, noise=None):
     h, dh = field.ambient_jvp(t, y, dirs)
     f = M.proj_field(y, h)
     df = M.proj_field_jvp(y.unsqueeze(-2), h.unsqueeze(-2), dirs, dh)  # D_{e_i} f
-    div_f = M.inner(y.unsqueeze(-2), dirs, df).sum(-1)  # sum_i <e_i, D_{e_i} f>
+    div_f = sum_last(M.inner(y.unsqueeze(-2), dirs, df))  # sum_i <e_i, D_{e_i} f>
     g = M.chart_velocity(p, v, f, basis, coef)
-    div = div_f - (M.grad_logdetexp(p, v, coef) * g).sum(-1)
+    div = div_f - sum_last(M.grad_logdetexp(p, v, coef) * g)
     return g, div
 
 

@@ -17,11 +17,24 @@ contributes (DESIGN.md, "Change of variables across charts")
 and ``log p(x) = log p_base(z) + sum_k delta_k``.
 
 Charts:
-- ``charts=K`` (int): ``K`` equal segments of ``[0, 1]``.
+- ``charts=K`` (int): ``K`` equal segments of ``[0, 1]``. On the sphere a fixed chart is guarded:
+  if a trajectory's ``|v|`` passes ``3 pi / 4`` (three quarters of the injectivity radius, where
+  the chart velocity's ``r / sin r`` is 3.3 and grows without bound towards ``pi``), that segment
+  is redone with adaptive re-centring, so no solve approaches the cut locus (``n_recentred``
+  counts such segments; an unguarded solve there turns stiff or non-finite).
 - ``charts="adaptive"``: a segment ends when the largest ``|v|`` in the batch reaches
-  ``chart_radius`` (an event located by torchdiffeq's ``odeint_event``); the next chart is centred
+  ``chart_radius`` (an event located by torchdiffeq's event handling); the next chart is centred
   at the current points. The cost is one root-finding (a few interpolations) per switch and a
-  number of charts that depends on how far the batch moves.
+  number of charts that depends on how far the batch moves. Gradients are exact: the switch
+  time is not differentiated, and need not be, because the flow map does not depend on where the
+  chart changes (see ``MCNF._solve``).
+- ``chart_center="origin"`` (every chart at the origin, the reference's hyperboloid choice) is
+  offered on the hyperboloid only, whose exponential chart is global.
+
+Precision: the state and the chart geometry run in ``manifold.compute_dtype(x)``: float64 for a
+float32 hyperboloid model, whose Minkowski products cancel terms of size ``cosh^2 r`` (in float32
+log p is off by 1e-3 relative at geodesic radius 4 and every digit is lost beyond r ~ 8). The
+network keeps its own dtype (its inputs are cast); results are returned in the input's dtype.
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torchdiffeq import odeint, odeint_adjoint, odeint_event
+from torchdiffeq import odeint, odeint_adjoint
 
 from data.distributions import StandardNormal, VonMisesFisher, WrappedNormal
 from manifolds import get_manifold
@@ -44,6 +57,10 @@ FIXED_STEP = ("rk4", "midpoint", "euler")
 
 class SolverError(RuntimeError):
     """A solve that ran past its step limit or produced non-finite values."""
+
+
+class _ChartExit(Exception):
+    """Raised inside a fixed-chart solve when ``|v|`` passes the chart guard (caught by MCNF)."""
 
 
 @dataclass
@@ -97,6 +114,7 @@ class ChartDynamics(nn.Module):
         self.nfe = 0
         self.max_nfe = None
         self.basis = None
+        self.guard = None  # a fixed chart's bound on |v| (set by MCNF during a forward solve)
 
     def velocity(self, t, v, p, E):
         """``g(t, v)``: the vector field in chart coordinates, shape ``(B, n)``."""
@@ -111,6 +129,8 @@ class ChartDynamics(nn.Module):
                 f"ODE solve exceeded {self.max_nfe} function evaluations (stiff or diverging dynamics); "
                 "loosen atol/rtol, use a fixed-step solver, or lower the learning rate"
             )
+        if self.guard is not None and bool((v.detach().norm(dim=-1) > self.guard).any()):
+            raise _ChartExit
         M = self.manifold
         # the chart basis is fixed on a segment; only the adjoint needs it rebuilt from the state
         E = self.basis if self.basis is not None else M.tangent_basis(p)
@@ -147,6 +167,8 @@ class MCNF(nn.Module):
         noise: Hutchinson noise, ``"rademacher"`` or ``"gaussian"``; drawn once per solve.
         train_solver, eval_solver: :class:`SolverSettings` (or dicts) used in ``train()`` and
             ``eval()`` mode respectively; evaluation defaults to tighter tolerances.
+        max_speed: bound of the field's speed limiter (see :class:`flows.VectorField`; ``None``:
+            10 for unbounded activations on the hyperboloid, no limiter otherwise).
 
     ``forward(x) -> (z, delta_logp)`` with ``log p(x) = base.log_prob(z) + delta_logp``.
     """
@@ -166,6 +188,7 @@ class MCNF(nn.Module):
         noise: str = "rademacher",
         train_solver: SolverSettings | dict | None = None,
         eval_solver: SolverSettings | dict | None = None,
+        max_speed: float | None = None,
     ):
         super().__init__()
         M = get_manifold(manifold, dim) if isinstance(manifold, str) else manifold
@@ -176,6 +199,13 @@ class MCNF(nn.Module):
             raise ValueError(f"chart_center must be 'point' or 'origin', got {chart_center!r}")
         if chart_center == "origin" and charts == "adaptive":
             raise ValueError("the adaptive mode re-centres charts; it needs chart_center='point'")
+        if chart_center == "origin" and M.injectivity_radius < float("inf"):
+            raise ValueError(
+                f"chart_center='origin' needs a global chart; on the {M.name} the chart at the origin is "
+                "singular at its antipode (the paper's single-chart failure): use chart_center='point'"
+            )
+        if chart_radius is not None and not (0 < chart_radius < M.injectivity_radius):
+            raise ValueError(f"chart_radius must be in (0, {M.injectivity_radius}), got {chart_radius}")
         if noise not in ("rademacher", "gaussian"):
             raise ValueError(f"unknown Hutchinson noise {noise!r}; valid: rademacher, gaussian")
         if conc <= 0:
@@ -185,13 +215,17 @@ class MCNF(nn.Module):
         self.conc = float(conc)
         self.train_solver = _settings(train_solver, {})
         self.eval_solver = _settings(eval_solver, dict(atol=1e-7, rtol=1e-7))
-        self.field = VectorField(M, hidden, n_hidden, activation)
+        # Fixed charts on a manifold with a cut locus: a trajectory whose |v| passes the guard
+        # (r / sin r = 3.3 on the sphere) ends the fixed segment, which is redone with re-centring.
+        self.chart_guard = 0.75 * M.injectivity_radius if M.injectivity_radius < float("inf") else None
+        self.n_recentred = 0
+        self.field = VectorField(M, hidden, n_hidden, activation, max_speed=max_speed)
         self.dynamics = ChartDynamics(M, self.field, divergence)
         self.config = dict(
             manifold=M.name, dim=M.dim, hidden=hidden, n_hidden=n_hidden, activation=activation,
             charts=charts, chart_radius=chart_radius, chart_center=chart_center, conc=self.conc,
             divergence=divergence, noise=noise, train_solver=asdict(self.train_solver),
-            eval_solver=asdict(self.eval_solver),
+            eval_solver=asdict(self.eval_solver), max_speed=max_speed,
         )  # fmt: skip
         self.nfe_forward = 0
         self.n_charts_used = 0
@@ -223,13 +257,14 @@ class MCNF(nn.Module):
             tt = torch.tensor([t0, t1], dtype=state0[0].dtype, device=state0[0].device)
             sol = ode(self.dynamics, state0, tt, **kw)
             return t1, tuple(x[-1] for x in sol)
-        t0t = torch.tensor(t0, dtype=state0[0].dtype, device=state0[0].device)
-        t_ev, sol = odeint_event(
-            self.dynamics, state0, t0t, event_fn=event_fn, reverse_time=t1 < t0, odeint_interface=ode, **kw
-        )
-        # The state at the event carries the event time's gradient (odeint_event re-routes it); the
-        # next segment starts at this time as a constant, so the later segments' explicit time
-        # dependence on the switch time is not differentiated (a small bias of the adaptive mode).
+        # Locate the switch with torchdiffeq's own event handling, which does not differentiate the
+        # event time. That is exact, not an approximation: the flow map x(t1) does not depend on where
+        # the chart changes (a switch is a change of coordinates), so d log p / d theta at a fixed
+        # switch time is the total derivative. (``odeint_event`` would instead re-route the event
+        # time's gradient into the state, which is only right if the next segment's start time
+        # carried the compensating gradient; with a detached restart it gave wrong gradients.)
+        tt = torch.tensor([t0, t1], dtype=state0[0].dtype, device=state0[0].device)
+        t_ev, sol = ode(self.dynamics, state0, tt, event_fn=event_fn, **kw)
         return float(t_ev.detach()), tuple(x[-1] for x in sol)
 
     def _segment(self, x, t0, t1, s, adaptive: bool):
@@ -251,7 +286,12 @@ class MCNF(nn.Module):
                 remaining = (t1 - t) if forward else (t - t1)
                 return torch.minimum(radius - state[0].norm(dim=-1).max(), remaining)
 
-        t_end, (v1, integral, _) = self._solve(state0, t0, t1, s, event_fn)
+        dyn = self.dynamics
+        dyn.guard = self.chart_guard if not adaptive else None
+        try:
+            t_end, (v1, integral, _) = self._solve(state0, t0, t1, s, event_fn)
+        finally:  # the guards act on forward solves only (an adjoint's backward solve retraces them)
+            dyn.guard = None
         y = M.projx(M.chart(p, v1, E))
         D = integral
         if self.dynamics.with_div:
@@ -259,10 +299,17 @@ class MCNF(nn.Module):
         return y, D, t_end
 
     def _flow(self, x, t0: float, t1: float, with_div: bool = True):
-        """Flow points from time ``t0`` to ``t1``; returns ``(y, sum of D)``."""
+        """Flow points from time ``t0`` to ``t1``; returns ``(y, sum of D)`` in the compute dtype.
+
+        ``x`` is first cast to :meth:`manifolds.Manifold.compute_dtype` (float64 for a float32
+        hyperboloid model); the public methods cast their results back to the input's dtype.
+        """
         s = self.solver
         dyn = self.dynamics
         dyn.nfe, dyn.max_nfe, dyn.with_div = 0, s.max_nfe, with_div
+        cdtype = self.manifold.compute_dtype(x)
+        if cdtype != x.dtype:  # a float32 point at r = 12 is off the sheet by ~1e3 in <x,x>_L: re-project
+            x = self.manifold.projx(x.to(cdtype))
         if dyn.divergence == "hutchinson" and with_div:
             dyn.noise = div_mod.sample_noise(
                 x[..., : self.manifold.dim].shape, self.noise_kind, dtype=x.dtype, device=x.device
@@ -272,40 +319,56 @@ class MCNF(nn.Module):
         finally:  # drop per-solve tensors (they hold autograd graphs; deepcopy/pickle must not see them)
             dyn.basis = dyn.noise = None
 
+    def _adaptive_segments(self, x, t0, t1, s):
+        """Charts re-centred whenever ``|v|`` reaches ``chart_radius``; returns ``(y, D, n charts)``."""
+        D = torch.zeros_like(x[..., 0])
+        t, n = t0, 0
+        while abs(t1 - t) > 1e-9 * max(1.0, abs(t1)):
+            if n >= 1000:
+                raise SolverError("adaptive charts: more than 1000 chart switches")
+            # The event locator stops within ~atol of t1; close such a sliver with a plain solve.
+            near_end = abs(t1 - t) < 1e-3 * abs(t1 - t0)
+            x, d, t = self._segment(x, t, t1, s, adaptive=not near_end)
+            D, n = D + d, n + 1
+        return x, D, n
+
     def _flow_segments(self, x, t0, t1, s):
         dyn = self.dynamics
-        D = torch.zeros_like(x[..., 0])
         if self.charts == "adaptive":
-            t, n = t0, 0
-            while abs(t1 - t) > 1e-9 * max(1.0, abs(t1)):
-                if n >= 1000:
-                    raise SolverError("adaptive charts: more than 1000 chart switches")
-                # The event locator stops within ~atol of t1; close such a sliver with a plain solve.
-                near_end = abs(t1 - t) < 1e-3 * abs(t1 - t0)
-                x, d, t = self._segment(x, t, t1, s, adaptive=not near_end)
-                D, n = D + d, n + 1
-            self.n_charts_used = n
+            x, D, self.n_charts_used = self._adaptive_segments(x, t0, t1, s)
         else:
+            D = torch.zeros_like(x[..., 0])
             knots = torch.linspace(t0, t1, self.charts + 1).tolist()
+            self.n_charts_used = self.n_recentred = 0
             for a, b in zip(knots[:-1], knots[1:], strict=True):
-                x, d, _ = self._segment(x, a, b, s, adaptive=False)
-                D = D + d
-            self.n_charts_used = self.charts
+                try:
+                    y, d, _ = self._segment(x, a, b, s, adaptive=False)
+                    n = 1
+                except _ChartExit:
+                    # a trajectory neared the chart's cut locus: redo this segment with re-centring
+                    y, d, n = self._adaptive_segments(x, a, b, s)
+                    self.n_recentred += 1
+                x, D, self.n_charts_used = y, D + d, self.n_charts_used + n
         self.nfe_forward = dyn.nfe
         return x, D
 
     # -- public API -----------------------------------------------------------------------------
     def forward(self, x):
-        """Map data ``x`` ``(B, n+1)`` to base points: ``(z, delta_logp)``.
+        """Map data ``x`` ``(B, n+1)`` to base points: ``(z, delta_logp)`` (in ``x``'s dtype).
 
         ``log p(x) = base.log_prob(z) + delta_logp`` (DESIGN.md sign convention).
         """
-        return self._flow(x, 0.0, 1.0, with_div=True)
+        z, delta = self._flow(x, 0.0, 1.0, with_div=True)
+        return z.to(x.dtype), delta.to(x.dtype)
 
     def log_prob(self, x):
-        """Model log-density ``(B,)`` in nats w.r.t. the Riemannian volume."""
-        z, delta = self(x)
-        return self.base(x.dtype, x.device).log_prob(z) + delta
+        """Model log-density ``(B,)`` in nats w.r.t. the Riemannian volume (in ``x``'s dtype).
+
+        The base density is evaluated in the compute dtype before the cast, so a float32
+        hyperboloid model is accurate far from the origin (see ``Hyperboloid.compute_dtype``).
+        """
+        z, delta = self._flow(x, 0.0, 1.0, with_div=True)
+        return (self.base(z.dtype, z.device).log_prob(z) + delta).to(x.dtype)
 
     def inverse(self, z, return_delta: bool = False):
         """Map base points to data space (integrate from ``t = 1`` back to ``0``).
@@ -313,7 +376,7 @@ class MCNF(nn.Module):
         With ``return_delta`` also ``delta`` such that ``log p(x) = log p_base(z) + delta``.
         """
         x, D = self._flow(z, 1.0, 0.0, with_div=return_delta)
-        return (x, -D) if return_delta else x
+        return (x.to(z.dtype), (-D).to(z.dtype)) if return_delta else x.to(z.dtype)
 
     @torch.no_grad()
     def sample(self, n: int, generator=None, return_log_prob: bool = False):

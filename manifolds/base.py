@@ -33,6 +33,14 @@ class Manifold(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
 
+    def compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The dtype the flow's state and geometry use for the points ``x`` (``x.dtype`` here).
+
+        The hyperboloid overrides it: its ambient coordinates grow like ``cosh r`` and Minkowski
+        products cancel catastrophically in float32 far from the origin.
+        """
+        return x.dtype
+
     # -- metric -------------------------------------------------------------------------------
     def inner(self, x, u, v, keepdim: bool = False):
         """Riemannian inner product ``<u, v>_x`` of tangent vectors at ``x``; shape ``(...)``."""

@@ -79,6 +79,8 @@ def _chart_jacobian_logdet(m, x0):
 @pytest.mark.parametrize("charts,center", [(1, "point"), (4, "point"), (1, "origin")])
 @pytest.mark.parametrize("divergence", ["exact", "exact_autograd"])
 def test_delta_logp_matches_brute_force_jacobian(manifold, charts, center, divergence):
+    if manifold == "Sphere" and center == "origin":
+        pytest.skip("refused on the sphere (tests/test_correctness.py)")
     m = make(manifold, 3.0, charts=charts, chart_center=center, divergence=divergence, eval_solver=TIGHT)
     xs = m.manifold.random(3, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
