@@ -132,6 +132,8 @@ def _fmt_row(name_cells, epochs, m, integ, cmd, err):
     cmd_s = "`" + shlex.join(["python", *cmd[1:]]) + "`"
     if m is None:
         status = err if err.startswith("not run") else f"failed: {err}"
+        if "chart_center='origin'" in err:
+            status = f"refused: {err}"
         return f"| {' | '.join(name_cells)} | {epochs} | {status} | | | | | | {cmd_s} |"
     return (f"| {' | '.join(name_cells)} | {epochs} | {m['test_nll']:.4f} | {m['entropy']:.4f} | "
             f"{m['kl']:.4f} +- {m['kl_stderr']:.4f} | {integ:.4f} | {m['nfe_forward']:.0f} / {m['nfe_backward']:.0f} | "
@@ -158,8 +160,11 @@ def write_markdown(path, rows, anti, a):
                   "concentration 3 (`--conc 3`). The mass must travel about pi, the sphere's injectivity "
                   "radius; the paper reports that one chart fails and 16 charts learn the density. "
                   "`1 at the origin` is a single chart at the base's mean, whose cut locus is the target's "
-                  "mode; `1` is one chart per trajectory centred at its start point (this project's "
-                  "default chart placement).", "",
+                  "mode: the code refuses it (exit 2, message in the table) instead of failing with a "
+                  "non-finite state mid-training. `1` is one chart per trajectory centred at its start "
+                  "point (this project's default chart placement); a trajectory that passes 3 pi/4 in it is "
+                  "re-centred (fixed-chart guard). The adaptive row was trained with exact gradients "
+                  "across chart switches (earlier versions of this table used wrong ones).", "",
                   head.replace("| manifold | dataset |", "| charts |").replace("|---|---|---|", "|---|---|", 1)]  # fmt: skip
         lines += [_fmt_row([lab], ep, m, integ, cmd, err) for lab, ep, m, integ, cmd, err, _ in anti]
         lines += ["", "![antipodal](antipodal.png)", ""]
