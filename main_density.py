@@ -14,7 +14,7 @@ import argparse
 import copy
 import json
 import math
-import shutil
+import os
 import sys
 import time
 import warnings
@@ -53,7 +53,20 @@ DEFAULT_SETTINGS = {
 # default.
 # flags that may change when a run is resumed; everything else comes from the checkpoint
 RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save", "contsave", "save_freq",
-             "samples", "res", "resume", "test_size", "data_dir"}  # fmt: skip
+             "samples", "res", "resume", "test_size", "data_dir", "overwrite"}  # fmt: skip
+#: Upper bounds on sizes (beyond them a run would exhaust memory or never finish): one-line errors.
+LIMITS = {
+    "batch_size": 10**7,
+    "test_size": 10**7,
+    "samples": 10**7,
+    "res": 10_000,
+    "flow_hidden_size": 65_536,
+    "n_hidden": 1000,
+    "dim": 1000,
+    "epochs": 10**9,
+}
+#: Files that mark a folder as holding a run (the ones a run writes first and reads on resume).
+RUN_FILES = ("checkpoint.pt", "metrics.json", "history.jsonl")
 
 
 def positive_int(s):
@@ -164,7 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="clip the gradient to this global norm before each step (default: no clipping)",
     )
-    run.add_argument("--out", default=None, help="output folder (default results/{dataset}_{M})")
+    run.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: results/{dataset}_{M}, or the first free results/{dataset}_{M}_N "
+        "when that holds a run); a folder holding another run is refused unless --overwrite",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let this run replace the files of the run already in --out (other files are kept)",
+    )
     run.add_argument(
         "--test_size", type=positive_int, default=20000, help="held-out samples of the true density"
     )
@@ -251,19 +274,94 @@ def build_earth(args):
 
 
 def load_checkpoint(path):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--resume: checkpoint {str(path)!r} does not exist")
+    """The training checkpoint at ``path``, loaded safely (tensors and plain data only)."""
+    from flows import CheckpointError, read_checkpoint
+
+    needed = ("model", "model_config", "optimizer", "scheduler", "epoch", "args", "rng", "train_rng")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or not a torch file
+        ckpt = read_checkpoint(path, required=needed, what="--resume: checkpoint")
+    except CheckpointError as e:
         raise UserError(
-            f"--resume: {str(path)!r} is not a readable checkpoint ({type(e).__name__})"
+            str(e).replace("not an MCNF checkpoint", "not a checkpoint written by main_density.py")
         ) from None
-    needed = {"model", "model_config", "optimizer", "scheduler", "epoch", "args", "rng", "train_rng"}
-    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
-        raise UserError(f"--resume: {str(path)!r} is not a checkpoint written by main_density.py")
+    if not isinstance(ckpt["args"], dict) or not isinstance(ckpt["epoch"], int):
+        raise UserError(
+            f"--resume: {str(path)!r} is not a checkpoint written by main_density.py (bad args/epoch)"
+        )
     return ckpt
+
+
+def check_limits(args):
+    for k, limit in LIMITS.items():
+        v = getattr(args, k, None)
+        if v is not None and v > limit:
+            raise UserError(f"--{k} {v} is too large (at most {limit:,})")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be in [0, 2^63), got {args.seed}")
+    for k in ("atol", "rtol", "eval_tol"):
+        v = getattr(args, k, None)
+        if v is not None and not 1e-14 <= v <= 1.0:
+            raise UserError(f"--{k} {v:g} is outside [1e-14, 1] (float64 cannot resolve tighter tolerances)")
+
+
+def holds_run(folder: Path) -> bool:
+    return any((folder / f).exists() for f in RUN_FILES)
+
+
+def choose_out(args, resume_path) -> Path:
+    """The output folder, by the overwrite/resume rules (README, "Output folders"); writes nothing.
+
+    - no ``--out``: ``results/{dataset}_{M}``, or the first ``results/{dataset}_{M}_N`` (N = 2, 3, ...)
+      that does not hold a run;
+    - a folder holding a run is refused unless it is the folder of the checkpoint being resumed or
+      ``--overwrite`` is given.
+    """
+    if args.out is None and resume_path is None:
+        base = Path(f"results/{args.dataset}_{args.M}")
+        out, n = base, 2
+        while holds_run(out):
+            out, n = Path(f"{base}_{n}"), n + 1
+        return out
+    out = Path(args.out) if args.out is not None else resume_path.parent
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} exists and is not a folder")
+    own = resume_path is not None and out.resolve() == resume_path.parent.resolve()
+    if holds_run(out) and not own and not args.overwrite:
+        what = (
+            "continue it with --resume {}, ".format(out / "checkpoint.pt")
+            if (out / "checkpoint.pt").exists()
+            else ""
+        )
+        raise UserError(f"--out {str(out)!r} holds another run; {what}pass --overwrite to replace it, "
+                        "or choose another --out")  # fmt: skip
+    return out
+
+
+def check_writable(out: Path):
+    """Whether ``out`` can be created and written, without creating anything."""
+    p = out
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {str(out)!r} cannot be written ({str(p)!r} is not a writable folder)")
+
+
+def clean_temp_files(out: Path):
+    """Remove temporary files an interrupted atomic write of this program left in ``out``."""
+    for name in ("checkpoint.pt", "best.pt", "metrics.json", "history.jsonl"):
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def json_safe(obj):
+    """Replace NaN/inf floats by None, so that metrics.json is valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def make_scheduler(opt, epochs, num_drops):
@@ -294,12 +392,22 @@ class Trainer:
         if args.resume:
             ckpt = load_checkpoint(args.resume)
             saved = ckpt["args"]
+            conflicts = [
+                k for k in sorted(args.explicit - RESUMABLE) if k in saved and getattr(args, k) != saved[k]
+            ]
+            if conflicts:
+                given = ", ".join(f"--{k} {getattr(args, k)} (checkpoint: {saved[k]})" for k in conflicts)
+                raise UserError(f"--resume: {given} conflict with the checkpoint; a resumed run keeps its model, "
+                                f"data and optimizer (flags that may change: {', '.join(sorted(RESUMABLE))})")  # fmt: skip
             for k, v in saved.items():
                 if k not in RESUMABLE and k != "explicit":
                     setattr(args, k, v)
-            for k in ("epochs", "out", "eval_freq", "test_size"):
+            for k in ("epochs", "eval_freq", "test_size"):
                 if k not in args.explicit:
                     setattr(args, k, saved.get(k, getattr(args, k)))
+            if "out" not in args.explicit:
+                args.out = None  # the checkpoint's own folder (choose_out)
+        check_limits(args)
         fill_settings(args)
         self.device = utils.resolve_device(args.dev)
         if self.world > 1:
@@ -325,8 +433,9 @@ class Trainer:
                 )
             finally:
                 torch.set_default_dtype(prev)
-        out = Path(args.out or f"results/{args.dataset}_{args.M}")
-        self.out = utils.ensure_writable_dir(out) if self.is_main else out  # only rank 0 writes
+        # every rank validates the output folder; nothing is written before all checks pass
+        self.out = choose_out(args, Path(args.resume) if args.resume else None)
+        check_writable(self.out)
         args.out = str(self.out)
 
         utils.seed_everything(args.seed)
@@ -343,18 +452,49 @@ class Trainer:
         self.start_epoch, self.history, self.losses, self.train_seconds = 0, [], [], 0.0
         self.nfe = {"forward": 0, "backward": 0, "steps": 0}
         if ckpt is not None:
-            self.model.load_state_dict(ckpt["model"])
-            self.opt.load_state_dict(ckpt["optimizer"])
-            self.sched.load_state_dict(ckpt["scheduler"])
-            self.train_gen.set_state(ckpt["train_rng"])
-            utils.set_rng_state(ckpt["rng"])
-            self.start_epoch = ckpt["epoch"]
-            self.history = ckpt.get("history", [])
-            self.losses = ckpt.get("losses", [])
-            self.train_seconds = ckpt.get("train_seconds", 0.0)
+            try:
+                self.model.load_state_dict(ckpt["model"])
+                self.opt.load_state_dict(ckpt["optimizer"])
+                self.sched.load_state_dict(ckpt["scheduler"])
+                self.train_gen.set_state(ckpt["train_rng"])
+                utils.set_rng_state(ckpt["rng"])
+                self.start_epoch = int(ckpt["epoch"])
+                self.history = list(ckpt.get("history", []))
+                self.losses = [tuple(x) for x in ckpt.get("losses", [])]
+                self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+            except Exception as e:  # doctored or mismatched contents
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise UserError(
+                    f"--resume: {args.resume!r} does not fit the model it describes ({first})"
+                ) from None
             if self.start_epoch >= args.epochs:
                 raise UserError(f"--resume: the checkpoint has already trained {self.start_epoch} epochs; "
                                 f"pass --epochs larger than that")  # fmt: skip
+        if self.world > 1:  # every rank has validated; only then does rank 0 write
+            import torch.distributed as dist
+
+            dist.barrier()
+        if self.is_main:
+            self.prepare_out(resuming=ckpt is not None)
+
+    def prepare_out(self, resuming: bool):
+        """Create the output folder; make history.jsonl agree with the checkpoint being resumed.
+
+        A new run into a folder of another run (``--overwrite``) first removes that run's files
+        (checkpoint, best model, metrics, history); no other file is touched.
+        """
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"output folder {str(self.out)!r} cannot be created: {e.strerror or e}") from None
+        clean_temp_files(self.out)
+        if resuming:  # a kill between a history append and the checkpoint rename left extra lines
+            utils.atomic_write_text(
+                "".join(json.dumps(h) + "\n" for h in self.history), self.out / "history.jsonl"
+            )
+        else:
+            for name in (*RUN_FILES, "best.pt"):
+                (self.out / name).unlink(missing_ok=True)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self, epoch):
@@ -407,11 +547,6 @@ class Trainer:
         stop = (
             args.epochs if args.stop_after is None else min(args.epochs, self.start_epoch + args.stop_after)
         )
-        if self.start_epoch == 0 and self.is_main:
-            (self.out / "history.jsonl").unlink(missing_ok=True)
-            if args.contsave:
-                # as the reference, start from an empty frame folder (only inside our own output folder)
-                shutil.rmtree(self.out / "contsave", ignore_errors=True)
         bar = tqdm(range(self.start_epoch, stop), initial=self.start_epoch, total=args.epochs,
                    disable=args.quiet or not self.is_main, dynamic_ncols=True,
                    desc=f"{args.dataset} on {args.M}")  # fmt: skip
@@ -536,7 +671,9 @@ class Trainer:
                 import torch.distributed as dist
 
                 dist.barrier()  # rank 0 has written best.pt
-            best = torch.load(self.out / "best.pt", map_location="cpu", weights_only=False)
+            from flows import read_checkpoint
+
+            best = read_checkpoint(self.out / "best.pt", required=("model", "epoch", "val_nll"))
             self.model.load_state_dict(best["model"])
             t = self.sharded_metrics(self.x_test, with_truth=False)
             last = {**t, "val_nll": best["val_nll"], "best_epoch": best["epoch"]}
@@ -583,7 +720,12 @@ class Trainer:
             )  # fmt: skip
             metrics["figure_seconds"] = time.perf_counter() - t0
         if args.contsave:
-            frames = sorted((self.out / "contsave").glob("*.png"))
+            # only the frames this run wrote (a user's files in contsave/ are neither shown nor touched)
+            names = [
+                self.out / "contsave" / f"{e:06d}.png"
+                for e in range(args.save_freq, args.epochs + 1, args.save_freq)
+            ]
+            frames = [f for f in names if f.is_file()]
             metrics["gif_frames"] = figures.make_gif(frames, self.out / "training.gif")
         if args.samples:
             x = self.eval_model().sample(args.samples).cpu()
@@ -597,7 +739,7 @@ class Trainer:
                     "true samples": self.density.sample(args.samples, generator=gen),
                 }
             figures.samples_figure(panels, args.M, self.out / "samples.png")
-        utils.atomic_write_json(metrics, self.out / "metrics.json")
+        utils.atomic_write_json(json_safe(metrics), self.out / "metrics.json")
         if self.earth is not None:
             print(f"done: test NLL {metrics['test_nll']:.4f} (best validation epoch {metrics['best_epoch']}) "
                   f"in {self.train_seconds:.1f} s; results in {self.out}")  # fmt: skip
@@ -607,9 +749,27 @@ class Trainer:
                   f"results in {self.out}")  # fmt: skip
 
 
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (SIGINT)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     warnings.simplefilter("default")
+    import signal
+
+    if threading_main():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         trainer = Trainer(args)
         trainer.setup()
@@ -617,9 +777,19 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"main_density.py: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        kind = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"main_density.py: {kind}; the last checkpoint is kept", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    except MemoryError:
+        print("main_density.py: error: out of memory; use smaller sizes (--batch_size, --test_size, --res, --samples)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    except OSError as e:  # a full disk, a folder removed underneath the run ...
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"main_density.py: error: cannot write{where}: {e.strerror or e}; the last checkpoint is kept",
+              file=sys.stderr)  # fmt: skip
+        return 2
     finally:
         import torch.distributed as dist
 

@@ -82,10 +82,20 @@ def atomic_torch_save(obj, path) -> None:
 
 
 def atomic_write_json(obj, path) -> None:
+    """Write ``obj`` as JSON atomically; NaN/inf are refused (strict JSON), so sanitize first."""
+
     def write(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
             f.write("\n")
+
+    _atomic(path, write)
+
+
+def atomic_write_text(text: str, path) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
 
     _atomic(path, write)
 

@@ -24,6 +24,8 @@ EARTH = {
     "fire": ("fire.csv", 12809, "NASA FIRMS active fire data (earthdata.nasa.gov)"),
 }
 ENV_VAR = "MANIFOLD_ODE_EARTH_DATA"
+#: fewest events for the 80/10/10 split to leave at least 2 validation and 2 test events
+MIN_EVENTS = 20
 
 
 def default_data_dir() -> Path:
@@ -31,20 +33,46 @@ def default_data_dir() -> Path:
 
 
 def read_lat_lon(path) -> torch.Tensor:
-    """(latitude, longitude) rows in degrees, shape ``(N, 2)`` float64; comments and headers skipped."""
+    """(latitude, longitude) rows in degrees, shape ``(N, 2)`` float64; comments and a header skipped.
+
+    Every data row is validated: two numbers, finite, latitude in [-90, 90], longitude in
+    [-180, 360]. A bad row raises ``ValueError`` naming the file and the line; the first
+    non-comment line may be a header (a UTF-8 byte-order mark is ignored).
+    """
     rows = []
-    with open(path) as f:
-        for line in f:
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            parts = line.split(",")
+            parts = [p.strip() for p in line.split(",")]
             try:
-                rows.append((float(parts[0]), float(parts[1])))
+                lat, lon = float(parts[0]), float(parts[1])
             except (ValueError, IndexError):
-                if rows:  # a malformed line after the data started is an error, not a header
-                    raise ValueError(f"{path}: cannot parse line {line!r}") from None
-    return torch.tensor(rows, dtype=torch.float64)
+                if rows or _numeric(parts[0]):  # only the first line may be a header
+                    raise ValueError(
+                        f"{path}, line {lineno}: expected 'latitude,longitude', got {line[:60]!r}"
+                    ) from None
+                continue
+            if not (math.isfinite(lat) and math.isfinite(lon)):
+                raise ValueError(
+                    f"{path}, line {lineno}: latitude/longitude must be finite, got {line[:60]!r}"
+                )
+            if not (-90 <= lat <= 90 and -180 <= lon <= 360):
+                raise ValueError(
+                    f"{path}, line {lineno}: latitude must be in [-90, 90] and longitude in [-180, 360], "
+                    f"got {lat:g}, {lon:g}"
+                )
+            rows.append((lat, lon))
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
+
+
+def _numeric(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
 
 
 def load_earth(name: str, data_dir=None) -> torch.Tensor:
@@ -65,7 +93,7 @@ def load_earth(name: str, data_dir=None) -> torch.Tensor:
             "at a folder holding volerup.csv, quakes_all.csv, flood.csv and fire.csv"
         )
     ll = read_lat_lon(path)
-    if ll.numel() == 0:
+    if len(ll) == 0:
         raise ValueError(f"{path} holds no (latitude, longitude) rows")
     lat, lon = ll[:, 0] * (math.pi / 180), ll[:, 1] * (math.pi / 180)
     return Sphere.lonlat_to_xyz(lon, lat)
@@ -86,6 +114,10 @@ class EarthData:
         self.name = name
         self.manifold = Sphere(2)
         self.x = load_earth(name, data_dir)
+        if len(self.x) < MIN_EVENTS:
+            raise ValueError(
+                f"Earth dataset {name!r} has {len(self.x)} events; the 80/10/10 split needs at least {MIN_EVENTS}"
+            )
         tr, va, te = split_indices(len(self.x), split_seed)
         self.train, self.val, self.test = self.x[tr], self.x[va], self.x[te]
 

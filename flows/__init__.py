@@ -1,5 +1,6 @@
 """Manifold continuous normalizing flows: vector field, divergence, multi-chart integration."""
 
+from .checkpoint import CheckpointError, read_checkpoint
 from .divergence import DIVERGENCES
 from .evaluation import (
     FIGURE_SOLVER,
@@ -12,7 +13,7 @@ from .evaluation import (
     model_integral_is,
     model_log_prob,
 )
-from .mcnf import MCNF, ChartDynamics, SolverError, SolverSettings, load_model
+from .mcnf import MCNF, ChartDynamics, SolverError, SolverSettings, load_model, model_from_checkpoint
 from .vector_field import VectorField
 
 __all__ = [
@@ -22,6 +23,9 @@ __all__ = [
     "SolverSettings",
     "VectorField",
     "load_model",
+    "model_from_checkpoint",
+    "read_checkpoint",
+    "CheckpointError",
     "DIVERGENCES",
     "evaluate",
     "metrics_from_log_probs",

@@ -401,13 +401,36 @@ class MCNF(nn.Module):
         torch.save({"model_config": self.config, "model": self.state_dict(), **extra}, path)
 
 
+def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> MCNF:
+    """Build the :class:`MCNF` described by ``ckpt["model_config"]`` and load ``ckpt["model"]`` into it.
+
+    A configuration or state dict that does not fit raises :class:`flows.checkpoint.CheckpointError`.
+    """
+    from .checkpoint import CheckpointError
+
+    config, state = ckpt.get("model_config"), ckpt.get("model")
+    if not isinstance(config, dict) or not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{where}: model_config/model entries are missing or of the wrong type")
+    try:
+        model = MCNF(**config)
+        dtypes = {v.dtype for v in state.values() if isinstance(v, torch.Tensor)}
+        if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+            raise ValueError("the weights are not all floating-point tensors of one dtype")
+        model.to(dtypes.pop())
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{where}: the model does not match its configuration ({first})") from None
+    return model
+
+
 def load_model(path, map_location="cpu") -> MCNF:
-    """Load a trained :class:`MCNF` (on CPU, eval mode) from a checkpoint of ``main_density.py``."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path} is not an MCNF checkpoint (no model_config/model entries)")
-    model = MCNF(**ckpt["model_config"])
-    dtype = next(iter(ckpt["model"].values())).dtype
-    model.to(dtype)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+    """Load a trained :class:`MCNF` (eval mode) from a checkpoint of ``main_density.py``.
+
+    Loading is safe for files from others: ``torch.load(weights_only=True)`` (see
+    :mod:`flows.checkpoint`); a file that is not such a checkpoint raises ``CheckpointError``.
+    """
+    from .checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(path, required=("model_config", "model"))
+    return model_from_checkpoint(ckpt, str(path)).to(map_location).eval()

@@ -106,12 +106,10 @@ def main(argv=None):
 
 def best_model(out):
     """The run's model with the weights of its best validation epoch (``best.pt``)."""
-    import torch
-
-    from flows import load_model
+    from flows import load_model, read_checkpoint
 
     model = load_model(out / "checkpoint.pt")
-    model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
+    model.load_state_dict(read_checkpoint(out / "best.pt", required=("model",))["model"])
     return model
 
 

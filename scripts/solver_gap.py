@@ -26,10 +26,10 @@ def main(argv=None):
     p.add_argument("run")
     p.add_argument("--tol", type=float, default=1e-5)
     a = p.parse_args(argv)
-    from flows import SolverSettings, load_model, model_log_prob
+    from flows import SolverSettings, load_model, model_log_prob, read_checkpoint
     from flows.mcnf import FIXED_STEP
 
-    ckpt = torch.load(Path(a.run) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(Path(a.run) / "checkpoint.pt", required=("args",))
     args = ckpt["args"]
     model = load_model(Path(a.run) / "checkpoint.pt").double()
     from main_density import is_earth

@@ -39,7 +39,7 @@ def run(out, epochs, nproc=None, extra=()):
 
 
 def weights(out):
-    return torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    return torch.load(out / "checkpoint.pt", weights_only=True)["model"]
 
 
 def test_two_ranks_match_one_process_and_stay_in_sync(tmp_path):

@@ -40,12 +40,12 @@ def paper_grid(runs, path, res: int = 200, progress: bool = False):
 def runs_from_dirs(dirs):
     """Load ``(title, manifold, true_log_prob, model_log_prob)`` from run folders."""
     from data import get_density
-    from flows import figure_model, load_model
+    from flows import figure_model, load_model, read_checkpoint
 
     runs = []
     for d in dirs:
         d = Path(d)
-        ckpt = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint(d / "checkpoint.pt", required=("args",))
         args = ckpt["args"]
         model = figure_model(load_model(d / "checkpoint.pt"))
         prev = torch.get_default_dtype()
