@@ -78,6 +78,15 @@ def main(argv=None):
                    "--out", str(out), "--quiet", *a.extra]  # fmt: skip
             mf = out / "metrics.json"
             if not (mf.is_file() and json.loads(mf.read_text())["epochs"] == epochs):
+                if (out / "checkpoint.pt").is_file():  # an unfinished run: continue it
+                    cmd = [
+                        "main_density.py",
+                        "--resume",
+                        str(out / "checkpoint.pt"),
+                        "--epochs",
+                        str(epochs),
+                        "--quiet",
+                    ]
                 print("$ python", shlex.join(cmd), flush=True)
                 r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True)
                 if r.returncode != 0:
