@@ -108,45 +108,28 @@ class Hyperboloid(Manifold):
         q = coef["q"] if coef else one_minus_xcothx_over_x2_sq(sum_last(v * v, keepdim=True))
         return -(self.dim - 1) * q * v
 
-    #: How an ambient network output becomes a tangent vector field (see :meth:`proj_field`).
-    field_map = "transport"
-
     def proj_field(self, y, h):
         """Turn an ambient vector ``h`` at ``y`` into a tangent vector, for vector fields.
 
-        ``"transport"`` (default): read ``h_(1:)`` as a tangent vector ``(0, h_(1:))`` at the origin
-        and parallel-transport it to ``y``; an isometry, so ``|f|_L = |h_(1:)|`` everywhere.
-        ``"euclidean"``: the Euclidean-orthogonal projection (normal ``Jy``, ``J = diag(-1, 1..)``),
-        ``|f|_L <= |h|_2``, but radial speeds shrink like ``1 / cosh(r)`` far from the origin.
-        The Minkowski-orthogonal ``proju`` is not offered: for a bounded ``h`` its speed grows like
+        Read ``h_(1:)`` as a tangent vector ``(0, h_(1:))`` at the origin and parallel-transport it
+        to ``y``: an isometry, so ``|f|_L = |h_(1:)|`` everywhere. The Minkowski-orthogonal
+        ``proju`` (the reference's choice) is not used: for a bounded ``h`` its speed grows like
         ``cosh(r)``, far points escape to infinity in finite time and the density does not
         integrate to 1.
         """
-        if self.field_map == "transport":
-            o = self.origin(dtype=y.dtype, device=y.device)
-            return self.transp(o, y, torch.cat([torch.zeros_like(h[..., :1]), h[..., 1:]], -1))
-        ny = torch.cat([-y[..., :1], y[..., 1:]], -1)
-        return h - (ny * h).sum(-1, keepdim=True) / (ny * ny).sum(-1, keepdim=True) * ny
+        o = self.origin(dtype=y.dtype, device=y.device)
+        return self.transp(o, y, torch.cat([torch.zeros_like(h[..., :1]), h[..., 1:]], -1))
 
     def proj_field_jvp(self, y, h, dy, dh):
         """Derivative of :meth:`proj_field` when ``(y, h)`` moves by ``(dy, dh)``."""
-        if self.field_map == "transport":
-            # T = u + a / b (o + y), a = <y, u>_L, b = 1 + y_0, u = (0, h_(1:))
-            u = torch.cat([torch.zeros_like(h[..., :1]), h[..., 1:]], -1)
-            du = torch.cat([torch.zeros_like(dh[..., :1]), dh[..., 1:]], -1)
-            o = self.origin(dtype=y.dtype, device=y.device)
-            a, b = minkowski(y, u, keepdim=True), 1 + y[..., :1]
-            da = minkowski(dy, u, keepdim=True) + minkowski(y, du, keepdim=True)
-            db = dy[..., :1]
-            return du + (da * b - a * db) / (b * b) * (o + y) + a / b * dy
-        ny = torch.cat([-y[..., :1], y[..., 1:]], -1)
-        dny = torch.cat([-dy[..., :1], dy[..., 1:]], -1)
-        a, b = (ny * h).sum(-1, keepdim=True), (ny * ny).sum(-1, keepdim=True)
-        da = (dny * h).sum(-1, keepdim=True) + (ny * dh).sum(-1, keepdim=True)
-        db = 2 * (ny * dny).sum(-1, keepdim=True)
-        c = a / b
-        dc = (da * b - a * db) / (b * b)
-        return dh - dc * ny - c * dny
+        # T = u + a / b (o + y), a = <y, u>_L, b = 1 + y_0, u = (0, h_(1:))
+        u = torch.cat([torch.zeros_like(h[..., :1]), h[..., 1:]], -1)
+        du = torch.cat([torch.zeros_like(dh[..., :1]), dh[..., 1:]], -1)
+        o = self.origin(dtype=y.dtype, device=y.device)
+        a, b = minkowski(y, u, keepdim=True), 1 + y[..., :1]
+        da = minkowski(dy, u, keepdim=True) + minkowski(y, du, keepdim=True)
+        db = dy[..., :1]
+        return du + (da * b - a * db) / (b * b) * (o + y) + a / b * dy
 
     def origin(self, *size, dtype=None, device=None):
         o = torch.zeros(*size, self.dim + 1, dtype=dtype, device=device)

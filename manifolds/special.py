@@ -32,8 +32,6 @@ __all__ = [
     "safe_sqrt",
     "safe_acos",
     "safe_acosh",
-    "sinc",
-    "sinhc",
     "sum_last",
     "weighted_sum_last",
 ]
@@ -199,13 +197,3 @@ def safe_acosh(x: torch.Tensor) -> torch.Tensor:
     """``acosh`` with its argument clamped just above 1, so the gradient stays finite."""
     eps = torch.finfo(x.dtype).eps * 4
     return torch.acosh(x.clamp(min=1 + eps))
-
-
-def sinc(r: torch.Tensor) -> torch.Tensor:
-    """``sin(r) / r`` of a (signed) scalar ``r``."""
-    return sinc_sq(r * r)
-
-
-def sinhc(r: torch.Tensor) -> torch.Tensor:
-    """``sinh(r) / r`` of a (signed) scalar ``r``."""
-    return sinhc_sq(r * r)

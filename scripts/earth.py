@@ -75,14 +75,14 @@ def main(argv=None):
                    "--split_seed", str(seed), "--epochs", str(epochs), "--batch_size", str(a.batch_size),
                    "--flow_hidden_size", str(a.hidden), "--n_hidden", str(a.n_hidden), "--lr", a.lr,
                    "--step_size", a.step_size, "--dev", a.dev, "--eval_freq", str(max(epochs // 10, 1)),
-                   "--out", str(out), "--quiet", *a.extra]  # fmt: skip
+                   "--out", str(rel(out)), "--quiet", *a.extra]  # fmt: skip
             mf = out / "metrics.json"
             if not (mf.is_file() and json.loads(mf.read_text())["epochs"] == epochs):
                 if (out / "checkpoint.pt").is_file():  # an unfinished run: continue it
                     cmd = [
                         "main_density.py",
                         "--resume",
-                        str(out / "checkpoint.pt"),
+                        str(rel(out / "checkpoint.pt")),
                         "--epochs",
                         str(epochs),
                         "--quiet",
@@ -111,6 +111,11 @@ def main(argv=None):
             results.setdefault(ds, []).append(m)
     write(ROOT / a.md, results, a)
     print(f"wrote {a.md}")
+
+
+def rel(path: Path) -> Path:
+    """``path`` relative to the repository (commands run there), so that docs hold no machine paths."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 def best_model(out):
