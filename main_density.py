@@ -14,7 +14,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -24,51 +23,14 @@ import numpy as np
 import torch
 
 import utils
+from train.config import RESUMABLE, RUN_FILES, fill_settings
+from train.rundir import check_limits, check_writable, choose_out, clean_temp_files, json_safe
 from utils import UserError
 
 TEST_SEED = 20_201_206  # the test set does not depend on the training seed
 
-# Per manifold: (the reference's own configuration, this project's default)
-REFERENCE_SETTINGS = {
-    "Sphere": dict(charts=4, solver="rk4", step_size=1 / 16, adjoint=True, divergence="exact_autograd",
-                   chart_center="point", atol=1e-5, rtol=1e-5),
-    "Hyperboloid": dict(charts=1, solver="dopri5", step_size=None, adjoint=True, divergence="exact_autograd",
-                        chart_center="origin", atol=1e-3, rtol=1e-3),
-}  # fmt: skip
-DEFAULT_SETTINGS = {
-    "Sphere": dict(charts=4, solver="rk4", step_size=1 / 4, adjoint=False, divergence="exact",
-                   chart_center="point", atol=1e-5, rtol=1e-5),
-    "Hyperboloid": dict(charts=1, solver="rk4", step_size=1 / 8, adjoint=False, divergence="exact",
-                        chart_center="point", atol=1e-5, rtol=1e-5),
-}  # fmt: skip
-# Why these defaults (measured on 4wrapped / 5gaussians, lr 1e-2, exact test KL): coarser fixed steps
-# train faster per step but, over long runs, the model learns to exploit the solver's error in the
-# log-determinant: its training NLL falls below the true entropy while the exact test KL grows
-# (hyperboloid rk4 step 1/4: KL 0.04 at epoch 400, 0.63 at 2000; sphere 2 charts x step 1/2: KL 4.2
-# at 1000). rk4 with 4 steps per unit time on the sphere and 8 on the hyperboloid did not (KL 0.009
-# and 0.012 at 1000 epochs). The reference's adaptive dopri5 at atol = rtol = 1e-3 (with direct
-# backprop and the closed-form divergence) needs 14 evaluations per step at initialization against
-# rk4's 32 (0.029 vs 0.058 s per step, one thread) and reached KL 0.0049 on 5gaussians at 5000 epochs,
-# but on mult_wrapped at lr 1e-2 a step produced a non-finite state at epoch 186, so it is not the
-# default.
-# flags that may change when a run is resumed; everything else comes from the checkpoint
-RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save", "contsave", "save_freq",
-             "samples", "res", "resume", "test_size", "data_dir", "overwrite"}  # fmt: skip
-#: Upper bounds on sizes (beyond them a run would exhaust memory or never finish): one-line errors.
-LIMITS = {
-    "batch_size": 10**7,
-    "test_size": 10**7,
-    "samples": 10**7,
-    "res": 10_000,
-    "flow_hidden_size": 65_536,
-    "n_hidden": 1000,
-    "dim": 1000,
-    "epochs": 10**9,
-}
-#: Files that mark a folder as holding a run (the ones a run writes first and reads on resume).
-RUN_FILES = ("checkpoint.pt", "metrics.json", "history.jsonl")
 
-
+# Presets, resumable flags and size limits live in train/config.py; folder rules in train/rundir.py.
 def positive_int(s):
     v = int(s)
     if v <= 0:
@@ -214,16 +176,6 @@ def parse_args(argv=None):
     return args
 
 
-def fill_settings(args):
-    """Solver/chart settings: explicit flags win, then --reference_settings, then the defaults."""
-    table = REFERENCE_SETTINGS if args.reference_settings else DEFAULT_SETTINGS
-    for k, v in table[args.M].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if args.solver in ("rk4", "midpoint", "euler") and args.step_size is None:
-        args.step_size = 1 / 8
-
-
 def build_model(args):
     from flows import MCNF
 
@@ -289,79 +241,6 @@ def load_checkpoint(path):
             f"--resume: {str(path)!r} is not a checkpoint written by main_density.py (bad args/epoch)"
         )
     return ckpt
-
-
-def check_limits(args):
-    for k, limit in LIMITS.items():
-        v = getattr(args, k, None)
-        if v is not None and v > limit:
-            raise UserError(f"--{k} {v} is too large (at most {limit:,})")
-    if not 0 <= args.seed < 2**63:
-        raise UserError(f"--seed must be in [0, 2^63), got {args.seed}")
-    for k in ("atol", "rtol", "eval_tol"):
-        v = getattr(args, k, None)
-        if v is not None and not 1e-14 <= v <= 1.0:
-            raise UserError(f"--{k} {v:g} is outside [1e-14, 1] (float64 cannot resolve tighter tolerances)")
-
-
-def holds_run(folder: Path) -> bool:
-    return any((folder / f).exists() for f in RUN_FILES)
-
-
-def choose_out(args, resume_path) -> Path:
-    """The output folder, by the overwrite/resume rules (README, "Output folders"); writes nothing.
-
-    - no ``--out``: ``results/{dataset}_{M}``, or the first ``results/{dataset}_{M}_N`` (N = 2, 3, ...)
-      that does not hold a run;
-    - a folder holding a run is refused unless it is the folder of the checkpoint being resumed or
-      ``--overwrite`` is given.
-    """
-    if args.out is None and resume_path is None:
-        base = Path(f"results/{args.dataset}_{args.M}")
-        out, n = base, 2
-        while holds_run(out):
-            out, n = Path(f"{base}_{n}"), n + 1
-        return out
-    out = Path(args.out) if args.out is not None else resume_path.parent
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} exists and is not a folder")
-    own = resume_path is not None and out.resolve() == resume_path.parent.resolve()
-    if holds_run(out) and not own and not args.overwrite:
-        what = (
-            "continue it with --resume {}, ".format(out / "checkpoint.pt")
-            if (out / "checkpoint.pt").exists()
-            else ""
-        )
-        raise UserError(f"--out {str(out)!r} holds another run; {what}pass --overwrite to replace it, "
-                        "or choose another --out")  # fmt: skip
-    return out
-
-
-def check_writable(out: Path):
-    """Whether ``out`` can be created and written, without creating anything."""
-    p = out
-    while not p.exists():
-        p = p.parent
-    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {str(out)!r} cannot be written ({str(p)!r} is not a writable folder)")
-
-
-def clean_temp_files(out: Path):
-    """Remove temporary files an interrupted atomic write of this program left in ``out``."""
-    for name in ("checkpoint.pt", "best.pt", "metrics.json", "history.jsonl"):
-        for tmp in out.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
-def json_safe(obj):
-    """Replace NaN/inf floats by None, so that metrics.json is valid JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def make_scheduler(opt, epochs, num_drops):

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from main_density import DEFAULT_SETTINGS, REFERENCE_SETTINGS  # noqa: E402
+from train.config import DEFAULT_SETTINGS, REFERENCE_SETTINGS  # noqa: E402
 
 DATASET = {"Sphere": "4wrapped", "Hyperboloid": "5gaussians"}
 

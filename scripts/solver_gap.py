@@ -32,9 +32,9 @@ def main(argv=None):
     ckpt = read_checkpoint(Path(a.run) / "checkpoint.pt", required=("args",))
     args = ckpt["args"]
     model = load_model(Path(a.run) / "checkpoint.pt").double()
-    from main_density import is_earth
+    from data.earth import EARTH
 
-    if is_earth(args["dataset"]):
+    if args["dataset"] in EARTH:
         from data.earth import EarthData
 
         d = EarthData(args["dataset"], args.get("data_dir"), args.get("split_seed", 0))
