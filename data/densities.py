@@ -2,7 +2,7 @@
 
 Hyperboloid H^2: ``1wrapped``, ``5gaussians``, ``bigcheckerboard``, ``mult_wrapped``.
 Sphere S^2: ``1wrapped``, ``4wrapped``, ``bigcheckerboard``.
-Definitions follow DESIGN.md (taken from the reference code); unlike the reference, every
+Definitions follow docs/math.md (taken from the reference code); unlike the reference, every
 log-density is exact on the manifold (the checkerboards are not normalized over a plotting grid).
 """
 

@@ -28,7 +28,7 @@ def _as_float_tensor(x):
 
 
 class WrappedNormal:
-    """Wrapped normal ``N_W(loc, diag(scale^2))`` on a manifold (DESIGN.md).
+    """Wrapped normal ``N_W(loc, diag(scale^2))`` on a manifold (docs/math.md, "Base distributions").
 
     Sampling: ``v ~ N(0, diag(scale^2))`` in ``R^n``, read as the tangent vector ``(0, v)`` at the
     origin, parallel-transported to ``loc`` and pushed through ``expmap(loc, .)``.

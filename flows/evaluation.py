@@ -50,7 +50,7 @@ def evaluate(model, log_prob_true, x_test, chunk: int = 5000) -> dict:
     """Test NLL, entropy and ``KL(p_true || p_model)`` on samples ``x_test`` of the true density.
 
     ``kl = mean(log p_true - log p_model)`` over the test set, and ``kl_stderr`` the standard error
-    of those paired differences (DESIGN.md evaluation protocol). ``log_prob_true`` may be None
+    of those paired differences (docs/math.md, "Evaluation protocol"). ``log_prob_true`` may be None
     (real data): then only ``test_nll`` and its standard error are returned.
     """
     was_training = model.training

@@ -10,7 +10,7 @@ torchdiffeq is the Euclidean one
     d(int)/dt = tr(dg/dv),                                           (divergence)
 
 with ``E`` the ``(n, n+1)`` matrix of the orthonormal basis ``tangent_basis(p)``. Each segment
-contributes (DESIGN.md, "Change of variables across charts")
+contributes (docs/math.md, "Charts and the change of variables")
 
     delta_k = int_{t_k}^{t_(k+1)} tr(dg/dv) dt + log J(v_e) - log J(v_s)
 
@@ -356,7 +356,7 @@ class MCNF(nn.Module):
     def forward(self, x):
         """Map data ``x`` ``(B, n+1)`` to base points: ``(z, delta_logp)`` (in ``x``'s dtype).
 
-        ``log p(x) = base.log_prob(z) + delta_logp`` (DESIGN.md sign convention).
+        ``log p(x) = base.log_prob(z) + delta_logp`` (docs/math.md sign convention).
         """
         z, delta = self._flow(x, 0.0, 1.0, with_div=True)
         return z.to(x.dtype), delta.to(x.dtype)

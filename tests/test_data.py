@@ -78,7 +78,7 @@ def test_unknown_dataset_names_valid_ones():
 
 
 def test_entropies_match_design():
-    # DESIGN.md: Monte Carlo entropies with 200,000 samples, +-0.003
+    # docs/math.md: Monte Carlo entropies with 200,000 samples, +-0.003
     expected = {
         ("Hyperboloid", "5gaussians"): 4.067,
         ("Sphere", "4wrapped"): 1.721,
