@@ -69,3 +69,17 @@ def test_resume_with_a_different_number_of_ranks(tmp_path):
     a, b = weights(straight), weights(split)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-10, rtol=1e-8)
+
+
+def test_every_rank_validates_and_exits_2(tmp_path):
+    """A refused --out: each rank reports it and exits 2 itself (no rank waits for another)."""
+    out = tmp_path / "taken"
+    run(out, 1)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "main_density.py"), *ARGS, "--epochs", "1", "--out", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode != 0
+    assert r.stderr.count("holds another run") == 2, r.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
