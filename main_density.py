@@ -25,9 +25,8 @@ import torch
 import utils
 from train.config import RESUMABLE, RUN_FILES, fill_settings
 from train.rundir import check_limits, check_writable, choose_out, clean_temp_files, json_safe
+from train.tasks import build_task
 from utils import UserError
-
-TEST_SEED = 20_201_206  # the test set does not depend on the training seed
 
 
 # Presets, resumable flags and size limits live in train/config.py; folder rules in train/rundir.py.
@@ -192,39 +191,6 @@ def build_model(args):
         raise UserError(str(e)) from None
 
 
-def build_density(args):
-    from data import get_density
-
-    if args.dim != 2:
-        raise UserError(
-            f"the synthetic densities are defined on 2-dimensional manifolds; got --dim {args.dim}"
-        )
-    try:
-        return get_density(args.M, args.dataset)
-    except ValueError as e:
-        extra = "; Earth data on the Sphere: volcano, earthquake, flood, fire" if args.M == "Sphere" else ""
-        raise UserError(f"{e}{extra}") from None
-
-
-def is_earth(dataset) -> bool:
-    from data.earth import EARTH
-
-    return dataset in EARTH
-
-
-def build_earth(args):
-    from data.earth import EarthData
-
-    if args.M != "Sphere" or args.dim != 2:
-        raise UserError(
-            f"the Earth datasets live on the 2-sphere; use --M Sphere --dim 2 with --dataset {args.dataset}"
-        )
-    try:
-        return EarthData(args.dataset, args.data_dir, args.split_seed)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
-
-
 def load_checkpoint(path):
     """The training checkpoint at ``path``, loaded safely (tensors and plain data only)."""
     from flows import CheckpointError, read_checkpoint
@@ -298,20 +264,7 @@ class Trainer:
             if not dist.is_initialized():
                 dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
         self.dtype = utils.DTYPES[args.dtype]
-        self.earth = self.density = None
-        if is_earth(args.dataset):
-            self.earth = build_earth(args)
-            self.x_val, self.x_test = self.earth.val, self.earth.test
-        else:
-            prev = torch.get_default_dtype()
-            torch.set_default_dtype(torch.float64)  # the true density is built and sampled in float64
-            try:
-                self.density = build_density(args)
-                self.x_test = self.density.sample(
-                    args.test_size, generator=torch.Generator().manual_seed(TEST_SEED)
-                )
-            finally:
-                torch.set_default_dtype(prev)
+        self.task = build_task(args)
         # every rank validates the output folder; nothing is written before all checks pass
         self.out = choose_out(args, Path(args.resume) if args.resume else None)
         check_writable(self.out)
@@ -396,13 +349,13 @@ class Trainer:
 
         shard = x.tensor_split(self.world)[self.rank]
         lp = utils.gather_cat(model_log_prob(self.eval_model(), shard.to(self.device)), self.world)
-        truth = self.density.log_prob(x.cpu().double()).double() if with_truth else None
+        truth = self.task.truth(x) if with_truth else None
         return metrics_from_log_probs(lp, truth)
 
     def evaluate(self, epoch, loss):
         t0 = time.perf_counter()
-        if self.earth is not None:  # model selection on the validation split; the test split waits
-            v = self.sharded_metrics(self.x_val, with_truth=False)
+        if self.task.x_select is not None:  # model selection on the validation split; the test split waits
+            v = self.sharded_metrics(self.task.x_select, with_truth=False)
             m = {"val_nll": v["test_nll"], "val_nll_stderr": v["test_nll_stderr"]}
             best = self.history and min(h["val_nll"] for h in self.history)
             if (not self.history or m["val_nll"] < best) and self.is_main:
@@ -410,7 +363,7 @@ class Trainer:
                 utils.atomic_torch_save({"model": self.model.state_dict(), "model_config": self.model.config,
                                          "epoch": epoch, "val_nll": m["val_nll"]}, self.out / "best.pt")  # fmt: skip
         else:
-            m = self.sharded_metrics(self.x_test, with_truth=True)
+            m = self.sharded_metrics(self.task.x_test, with_truth=self.task.truth is not None)
         m.update(epoch=epoch, train_loss=loss, lr=self.opt.param_groups[0]["lr"],
                  train_seconds=self.train_seconds, eval_seconds=time.perf_counter() - t0)  # fmt: skip
         self.history.append(m)
@@ -467,11 +420,7 @@ class Trainer:
                     m = self.evaluate(done, loss_val)
                 except (FloatingPointError, RuntimeError) as e:  # SolverError is a RuntimeError
                     return self.fail(epoch, f"evaluation failed: {e}")
-                if self.earth is not None:
-                    msg = f"epoch {done}: train NLL {loss_val:.4f}  validation NLL {m['val_nll']:.4f}"
-                else:
-                    msg = (f"epoch {done}: train NLL {loss_val:.4f}  test NLL {m['test_nll']:.4f}  "
-                           f"entropy {m['entropy']:.4f}  KL {m['kl']:.4f} +- {m['kl_stderr']:.4f}")  # fmt: skip
+                msg = self.task.eval_line(done, loss_val, m)
                 if self.is_main:
                     (bar.write if not args.quiet else print)(msg)
                 self.checkpoint(done)
@@ -508,9 +457,7 @@ class Trainer:
 
     def epoch_batches(self):
         """One epoch: a fresh batch of the true density (reference), or a pass over the training split."""
-        if self.earth is not None:
-            return self.earth.batches(self.args.batch_size, self.train_gen)
-        return [self.density.sample(self.args.batch_size, generator=self.train_gen)]
+        return self.task.train_batches(self.args.batch_size, self.train_gen)
 
     def fail(self, epoch, err):
         if not self.is_main:
@@ -545,7 +492,7 @@ class Trainer:
         args = self.args
         last = self.history[-1]
         in_sync = self.ranks_in_sync() if self.world > 1 else True
-        if self.earth is not None:  # report the test split with the best validation checkpoint
+        if self.task.x_select is not None:  # report the test split with the best validation checkpoint
             if self.world > 1:
                 import torch.distributed as dist
 
@@ -554,7 +501,7 @@ class Trainer:
 
             best = read_checkpoint(self.out / "best.pt", required=("model", "epoch", "val_nll"))
             self.model.load_state_dict(best["model"])
-            t = self.sharded_metrics(self.x_test, with_truth=False)
+            t = self.sharded_metrics(self.task.x_test, with_truth=False)
             last = {**t, "val_nll": best["val_nll"], "best_epoch": best["epoch"]}
         if not self.is_main:
             return
@@ -582,21 +529,10 @@ class Trainer:
 
         losses = np.array(self.losses).reshape(-1, 2).T
         figures.training_curve(self.history, self.out / "training_curve.png", losses=losses)
-        if args.save and self.earth is not None:
+        if args.save:
             t0 = time.perf_counter()
-            values = figures.density_values(
-                self.figure_log_prob(), "Sphere", args.res, progress=not args.quiet
-            )
-            figures.plot_panels([dict(title=f"{args.dataset}: model density, test events", values=values,
-                                      scatter=figures.to_plane(self.x_test, "Sphere"))], "Sphere",
-                                self.out / f"{args.dataset}_{args.M}.png", stock=True)  # fmt: skip
-            metrics["figure_seconds"] = time.perf_counter() - t0
-        elif args.save:
-            t0 = time.perf_counter()
-            figures.density_figure(
-                {"ground truth": self.density.log_prob, "model": self.figure_log_prob()}, args.M,
-                self.out / f"{args.dataset}_{args.M}.png", res=args.res, progress=not args.quiet,
-            )  # fmt: skip
+            self.task.figure(self.figure_log_prob(), self.out / f"{args.dataset}_{args.M}.png", args.res,
+                             progress=not args.quiet)  # fmt: skip
             metrics["figure_seconds"] = time.perf_counter() - t0
         if args.contsave:
             # only the frames this run wrote (a user's files in contsave/ are neither shown nor touched)
@@ -609,23 +545,9 @@ class Trainer:
         if args.samples:
             x = self.eval_model().sample(args.samples).cpu()
             np.save(self.out / "samples.npy", x.numpy())
-            if self.earth is not None:
-                panels = {"model samples": x, "test events": self.x_test}
-            else:
-                gen = torch.Generator().manual_seed(TEST_SEED + 1)
-                panels = {
-                    "model samples": x,
-                    "true samples": self.density.sample(args.samples, generator=gen),
-                }
-            figures.samples_figure(panels, args.M, self.out / "samples.png")
+            figures.samples_figure(self.task.sample_panels(x, args.samples), args.M, self.out / "samples.png")
         utils.atomic_write_json(json_safe(metrics), self.out / "metrics.json")
-        if self.earth is not None:
-            print(f"done: test NLL {metrics['test_nll']:.4f} (best validation epoch {metrics['best_epoch']}) "
-                  f"in {self.train_seconds:.1f} s; results in {self.out}")  # fmt: skip
-        else:
-            print(f"done: test NLL {metrics['test_nll']:.4f}, entropy {metrics['entropy']:.4f}, "
-                  f"KL {metrics['kl']:.4f} +- {metrics['kl_stderr']:.4f} in {self.train_seconds:.1f} s; "
-                  f"results in {self.out}")  # fmt: skip
+        print(self.task.done_line(metrics, self.train_seconds, self.out))
 
 
 def threading_main() -> bool:

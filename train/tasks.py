@@ -1,0 +1,126 @@
+"""Tasks: where a run's data comes from, how it is evaluated, and what it draws.
+
+The trainer talks to one small interface, so a new data source is one new class:
+
+- ``train_batches(batch_size, generator)``: the batches of one epoch;
+- ``x_test`` (and ``x_select`` when the task selects its model on a validation split, else None);
+- ``truth``: the exact log-density (KL against it is reported), or None for real data;
+- ``eval_line``, ``done_line``: the log lines; ``figure`` and ``sample_panels``: the pictures.
+
+``SyntheticTask``: a paper density with an exact log-density; one epoch is one fresh batch (as the
+reference); every evaluation measures test NLL, entropy and KL. ``EarthTask``: a finite Earth
+event catalogue split 80/10/10; one epoch is one pass over the training split; evaluations measure
+the validation NLL and the best model is reported on the test split.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from utils import UserError
+
+#: The test set does not depend on the training seed.
+TEST_SEED = 20_201_206
+
+
+def is_earth(dataset) -> bool:
+    from data.earth import EARTH
+
+    return dataset in EARTH
+
+
+def build_task(args):
+    """The task named by ``args.dataset`` (validated: a bad name or file is a :class:`UserError`)."""
+    return EarthTask(args) if is_earth(args.dataset) else SyntheticTask(args)
+
+
+class SyntheticTask:
+    x_select = None
+
+    def __init__(self, args):
+        from data import get_density
+
+        if args.dim != 2:
+            raise UserError(
+                f"the synthetic densities are defined on 2-dimensional manifolds; got --dim {args.dim}"
+            )
+        self.name, self.manifold = args.dataset, args.M
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # the true density is built and sampled in float64
+        try:
+            try:
+                self.density = get_density(args.M, args.dataset)
+            except ValueError as e:
+                extra = (
+                    "; Earth data on the Sphere: volcano, earthquake, flood, fire"
+                    if args.M == "Sphere"
+                    else ""
+                )
+                raise UserError(f"{e}{extra}") from None
+            self.x_test = self.density.sample(
+                args.test_size, generator=torch.Generator().manual_seed(TEST_SEED)
+            )
+        finally:
+            torch.set_default_dtype(prev)
+
+    def truth(self, x):
+        return self.density.log_prob(x.cpu().double()).double()
+
+    def train_batches(self, batch_size, generator):
+        return [self.density.sample(batch_size, generator=generator)]
+
+    def eval_line(self, epoch, loss, m):
+        return (f"epoch {epoch}: train NLL {loss:.4f}  test NLL {m['test_nll']:.4f}  "
+                f"entropy {m['entropy']:.4f}  KL {m['kl']:.4f} +- {m['kl_stderr']:.4f}")  # fmt: skip
+
+    def done_line(self, metrics, seconds, out):
+        return (f"done: test NLL {metrics['test_nll']:.4f}, entropy {metrics['entropy']:.4f}, "
+                f"KL {metrics['kl']:.4f} +- {metrics['kl_stderr']:.4f} in {seconds:.1f} s; results in {out}")  # fmt: skip
+
+    def figure(self, model_log_prob, path, res, progress):
+        from viz.figures import density_figure
+
+        density_figure({"ground truth": self.density.log_prob, "model": model_log_prob}, self.manifold, path,
+                       res=res, progress=progress)  # fmt: skip
+
+    def sample_panels(self, x_model, n):
+        gen = torch.Generator().manual_seed(TEST_SEED + 1)
+        return {"model samples": x_model, "true samples": self.density.sample(n, generator=gen)}
+
+
+class EarthTask:
+    truth = None
+
+    def __init__(self, args):
+        from data.earth import EarthData
+
+        if args.M != "Sphere" or args.dim != 2:
+            raise UserError(
+                f"the Earth datasets live on the 2-sphere; use --M Sphere --dim 2 with --dataset {args.dataset}"
+            )
+        try:
+            self.data = EarthData(args.dataset, args.data_dir, args.split_seed)
+        except (FileNotFoundError, ValueError) as e:
+            raise UserError(str(e)) from None
+        self.name, self.manifold = args.dataset, "Sphere"
+        self.x_select, self.x_test = self.data.val, self.data.test
+
+    def train_batches(self, batch_size, generator):
+        return self.data.batches(batch_size, generator)
+
+    def eval_line(self, epoch, loss, m):
+        return f"epoch {epoch}: train NLL {loss:.4f}  validation NLL {m['val_nll']:.4f}"
+
+    def done_line(self, metrics, seconds, out):
+        return (f"done: test NLL {metrics['test_nll']:.4f} (best validation epoch {metrics['best_epoch']}) "
+                f"in {seconds:.1f} s; results in {out}")  # fmt: skip
+
+    def figure(self, model_log_prob, path, res, progress):
+        from viz import figures
+
+        values = figures.density_values(model_log_prob, "Sphere", res, progress=progress)
+        figures.plot_panels([dict(title=f"{self.name}: model density, test events", values=values,
+                                  scatter=figures.to_plane(self.x_test, "Sphere"))], "Sphere", path, stock=True)  # fmt: skip
+
+    def sample_panels(self, x_model, n):
+        return {"model samples": x_model, "test events": self.x_test}
