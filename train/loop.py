@@ -1,0 +1,401 @@
+"""The training loop: build the model, train, evaluate, checkpoint, and write the run's outputs.
+
+``Trainer(args)`` takes the parsed command line of ``main_density.py`` (an ``argparse.Namespace``
+with ``explicit``, the set of flags given explicitly). ``setup()`` validates everything (arguments,
+data, output folder, resume checkpoint) before anything is written; ``train()`` returns the exit
+status (0, or 3 when training diverges). The data source is a task (:mod:`train.tasks`), the
+folder rules are in :mod:`train.rundir`, the presets in :mod:`train.config`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import utils
+from utils import UserError
+
+from .config import RESUMABLE, RUN_FILES, fill_settings
+from .rundir import check_limits, check_writable, choose_out, clean_temp_files, json_safe
+from .tasks import build_task
+
+
+def build_model(args):
+    from flows import MCNF
+
+    try:
+        return MCNF(
+            args.M, dim=args.dim, hidden=args.flow_hidden_size, n_hidden=args.n_hidden, charts=args.charts,
+            activation=args.activation, max_speed=args.max_speed,
+            chart_center=args.chart_center, conc=args.conc, divergence=args.divergence,
+            train_solver=dict(method=args.solver, atol=args.atol, rtol=args.rtol, step_size=args.step_size,
+                              adjoint=args.adjoint),
+            eval_solver=dict(method="dopri5", atol=args.eval_tol, rtol=args.eval_tol),
+        )  # fmt: skip
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def load_checkpoint(path):
+    """The training checkpoint at ``path``, loaded safely (tensors and plain data only)."""
+    from flows import CheckpointError, read_checkpoint
+
+    needed = ("model", "model_config", "optimizer", "scheduler", "epoch", "args", "rng", "train_rng")
+    try:
+        ckpt = read_checkpoint(path, required=needed, what="--resume: checkpoint")
+    except CheckpointError as e:
+        raise UserError(
+            str(e).replace("not an MCNF checkpoint", "not a checkpoint written by main_density.py")
+        ) from None
+    if not isinstance(ckpt["args"], dict) or not isinstance(ckpt["epoch"], int):
+        raise UserError(
+            f"--resume: {str(path)!r} is not a checkpoint written by main_density.py (bad args/epoch)"
+        )
+    return ckpt
+
+
+def make_scheduler(opt, epochs, num_drops):
+    milestones = [round(epochs * (i + 1) / (num_drops + 1)) for i in range(num_drops)]
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+
+
+class MeanNLL(torch.nn.Module):
+    """``-mean log p(x)``: the training loss, as a module so that DistributedDataParallel wraps it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return -self.model.log_prob(x).mean()
+
+
+class Trainer:
+    def __init__(self, args):
+        self.args = args
+        self.rank, self.world, self.local_rank = utils.dist_env()
+        self.is_main = self.rank == 0
+
+    def setup(self):
+        args = self.args
+        ckpt = None
+        if args.resume:
+            ckpt = load_checkpoint(args.resume)
+            saved = ckpt["args"]
+            conflicts = [
+                k for k in sorted(args.explicit - RESUMABLE) if k in saved and getattr(args, k) != saved[k]
+            ]
+            if conflicts:
+                given = ", ".join(f"--{k} {getattr(args, k)} (checkpoint: {saved[k]})" for k in conflicts)
+                raise UserError(f"--resume: {given} conflict with the checkpoint; a resumed run keeps its model, "
+                                f"data and optimizer (flags that may change: {', '.join(sorted(RESUMABLE))})")  # fmt: skip
+            for k, v in saved.items():
+                if k not in RESUMABLE and k != "explicit":
+                    setattr(args, k, v)
+            for k in ("epochs", "eval_freq", "test_size"):
+                if k not in args.explicit:
+                    setattr(args, k, saved.get(k, getattr(args, k)))
+            if "out" not in args.explicit:
+                args.out = None  # the checkpoint's own folder (choose_out)
+        check_limits(args)
+        fill_settings(args)
+        self.device = utils.resolve_device(args.dev)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        self.dtype = utils.DTYPES[args.dtype]
+        self.task = build_task(args)
+        # every rank validates the output folder; nothing is written before all checks pass
+        self.out = choose_out(args, Path(args.resume) if args.resume else None)
+        check_writable(self.out)
+        args.out = str(self.out)
+
+        utils.seed_everything(args.seed)
+        self.model = build_model(args).to(device=self.device, dtype=self.dtype)
+        self.loss_fn = MeanNLL(self.model)
+        if self.world > 1:  # every rank starts from rank 0's weights; DDP averages the gradients
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_fn = DistributedDataParallel(self.loss_fn, device_ids=ids)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.sched = make_scheduler(self.opt, args.epochs, args.num_drops)
+        self.train_gen = torch.Generator().manual_seed(args.seed)
+        self.start_epoch, self.history, self.losses, self.train_seconds = 0, [], [], 0.0
+        self.nfe = {"forward": 0, "backward": 0, "steps": 0}
+        if ckpt is not None:
+            try:
+                self.model.load_state_dict(ckpt["model"])
+                self.opt.load_state_dict(ckpt["optimizer"])
+                self.sched.load_state_dict(ckpt["scheduler"])
+                self.train_gen.set_state(ckpt["train_rng"])
+                utils.set_rng_state(ckpt["rng"])
+                self.start_epoch = int(ckpt["epoch"])
+                self.history = list(ckpt.get("history", []))
+                self.losses = [tuple(x) for x in ckpt.get("losses", [])]
+                self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+            except Exception as e:  # doctored or mismatched contents
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise UserError(
+                    f"--resume: {args.resume!r} does not fit the model it describes ({first})"
+                ) from None
+            if self.start_epoch >= args.epochs:
+                raise UserError(f"--resume: the checkpoint has already trained {self.start_epoch} epochs; "
+                                f"pass --epochs larger than that")  # fmt: skip
+        if self.world > 1:  # every rank has validated; only then does rank 0 write
+            import torch.distributed as dist
+
+            dist.barrier()
+        if self.is_main:
+            self.prepare_out(resuming=ckpt is not None)
+
+    def prepare_out(self, resuming: bool):
+        """Create the output folder; make history.jsonl agree with the checkpoint being resumed.
+
+        A new run into a folder of another run (``--overwrite``) first removes that run's files
+        (checkpoint, best model, metrics, history); no other file is touched.
+        """
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"output folder {str(self.out)!r} cannot be created: {e.strerror or e}") from None
+        clean_temp_files(self.out)
+        if resuming:  # a kill between a history append and the checkpoint rename left extra lines
+            utils.atomic_write_text(
+                "".join(json.dumps(h) + "\n" for h in self.history), self.out / "history.jsonl"
+            )
+        else:
+            for name in (*RUN_FILES, "best.pt"):
+                (self.out / name).unlink(missing_ok=True)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoint(self, epoch):
+        if not self.is_main:
+            return
+        args = {k: v for k, v in vars(self.args).items() if k != "explicit"}
+        utils.atomic_torch_save(
+            {
+                "model": self.model.state_dict(), "model_config": self.model.config,
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "epoch": epoch, "args": args, "rng": utils.rng_state(), "train_rng": self.train_gen.get_state(),
+                "history": self.history, "losses": self.losses, "train_seconds": self.train_seconds,
+            },
+            self.out / "checkpoint.pt",
+        )  # fmt: skip
+
+    def sharded_metrics(self, x, with_truth: bool):
+        """Evaluation metrics on ``x``, each rank evaluating its shard (then gathered in rank order)."""
+        from flows import metrics_from_log_probs, model_log_prob
+
+        shard = x.tensor_split(self.world)[self.rank]
+        lp = utils.gather_cat(model_log_prob(self.eval_model(), shard.to(self.device)), self.world)
+        truth = self.task.truth(x) if with_truth else None
+        return metrics_from_log_probs(lp, truth)
+
+    def evaluate(self, epoch, loss):
+        t0 = time.perf_counter()
+        if self.task.x_select is not None:  # model selection on the validation split; the test split waits
+            v = self.sharded_metrics(self.task.x_select, with_truth=False)
+            m = {"val_nll": v["test_nll"], "val_nll_stderr": v["test_nll_stderr"]}
+            best = self.history and min(h["val_nll"] for h in self.history)
+            if (not self.history or m["val_nll"] < best) and self.is_main:
+                m["best"] = True
+                utils.atomic_torch_save({"model": self.model.state_dict(), "model_config": self.model.config,
+                                         "epoch": epoch, "val_nll": m["val_nll"]}, self.out / "best.pt")  # fmt: skip
+        else:
+            m = self.sharded_metrics(self.task.x_test, with_truth=self.task.truth is not None)
+        m.update(epoch=epoch, train_loss=loss, lr=self.opt.param_groups[0]["lr"],
+                 train_seconds=self.train_seconds, eval_seconds=time.perf_counter() - t0)  # fmt: skip
+        self.history.append(m)
+        if self.is_main:
+            with open(self.out / "history.jsonl", "a") as f:
+                f.write(json.dumps(m) + "\n")
+        return m
+
+    def train(self):
+        from tqdm import tqdm
+
+        args, model = self.args, self.model
+        stop = (
+            args.epochs if args.stop_after is None else min(args.epochs, self.start_epoch + args.stop_after)
+        )
+        bar = tqdm(range(self.start_epoch, stop), initial=self.start_epoch, total=args.epochs,
+                   disable=args.quiet or not self.is_main, dynamic_ncols=True,
+                   desc=f"{args.dataset} on {args.M}")  # fmt: skip
+        loss_val = float("nan")
+        for epoch in bar:
+            model.train()
+            t0 = time.perf_counter()
+            losses, nfe_f = [], 0
+            for x in self.epoch_batches():
+                # every rank draws the same global batch and keeps its shard: with equal shards the
+                # averaged gradients equal those of the whole batch in one process
+                x = x.tensor_split(self.world)[self.rank].to(self.device, self.dtype)
+                try:
+                    loss = self.loss_fn(x)  # a true mean NLL in nats per sample
+                    nfe_f = model.dynamics.nfe
+                    self.opt.zero_grad(set_to_none=True)
+                    if not self.all_finite(loss):
+                        raise FloatingPointError("loss is not finite")
+                    loss.backward()
+                except (FloatingPointError, RuntimeError) as e:
+                    return self.fail(epoch, e)
+                self.nfe["forward"] += nfe_f
+                self.nfe["backward"] += model.dynamics.nfe - nfe_f
+                self.nfe["steps"] += 1
+                if args.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                self.opt.step()
+                losses.append(self.mean_over_ranks(loss.detach()))
+            self.sched.step()
+            self.train_seconds += time.perf_counter() - t0
+            loss_val = sum(losses) / len(losses)
+            self.losses.append((epoch + 1, loss_val))
+            bar.set_postfix(nll=f"{loss_val:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", nfe=nfe_f)
+            done = epoch + 1
+            if args.contsave and done % args.save_freq == 0 and self.is_main:
+                self.save_frame(done)
+            if done % args.eval_freq == 0 or done == args.epochs:
+                try:
+                    m = self.evaluate(done, loss_val)
+                except (FloatingPointError, RuntimeError) as e:  # SolverError is a RuntimeError
+                    return self.fail(epoch, f"evaluation failed: {e}")
+                msg = self.task.eval_line(done, loss_val, m)
+                if self.is_main:
+                    (bar.write if not args.quiet else print)(msg)
+                self.checkpoint(done)
+        if stop < args.epochs:
+            self.checkpoint(stop)
+            if self.is_main:
+                print(f"stopped after epoch {stop} of {args.epochs}; "
+                      f"continue with --resume {self.out / 'checkpoint.pt'}")  # fmt: skip
+            return 0
+        self.finish()
+        return 0
+
+    def all_finite(self, loss) -> bool:
+        ok = torch.isfinite(loss).to(torch.float32).reshape(1)
+        if self.world > 1:  # all ranks must agree, or one would wait forever in the next all-reduce
+            import torch.distributed as dist
+
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
+
+    def mean_over_ranks(self, value) -> float:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            value = value.clone()
+            dist.all_reduce(value)
+            value = value / self.world
+        return value.item()
+
+    def ranks_in_sync(self) -> bool:
+        """True when every rank holds bit-identical parameters (DDP's promise, checked)."""
+        flat = torch.cat([p.detach().reshape(-1).double().cpu() for p in self.model.parameters()])
+        return all(torch.equal(flat, other) for other in utils.gather_cat(flat[None], self.world))
+
+    def epoch_batches(self):
+        """One epoch: a fresh batch of the true density (reference), or a pass over the training split."""
+        return self.task.train_batches(self.args.batch_size, self.train_gen)
+
+    def fail(self, epoch, err):
+        if not self.is_main:
+            return 3
+        print(f"error: training diverged at epoch {epoch + 1}: {err}. The last good checkpoint "
+              f"(if any) is kept in {self.out / 'checkpoint.pt'}; try a lower --lr.", file=sys.stderr)  # fmt: skip
+        return 3
+
+    def eval_model(self):
+        """A float64 copy of the model in eval mode (its eval solver is dopri5 at ``--eval_tol``).
+
+        Float32 round-off in the ambient coordinates of far points (hyperboloid ``x_0 ~ cosh r``)
+        is larger than tight tolerances, which then make adaptive solvers crawl; float64 avoids it.
+        """
+        return copy.deepcopy(self.model).to(torch.float64).eval()
+
+    def figure_log_prob(self):
+        from flows import figure_model
+
+        m = figure_model(self.model)
+        return lambda x: m.log_prob(x.to(self.device, torch.float32))
+
+    def save_frame(self, epoch):
+        from viz.figures import density_figure
+
+        folder = self.out / "contsave"
+        folder.mkdir(exist_ok=True)
+        density_figure({f"epoch {epoch}": self.figure_log_prob()}, self.args.M, folder / f"{epoch:06d}.png",
+                       res=min(self.args.res, 200))  # fmt: skip
+
+    def finish(self):
+        args = self.args
+        last = self.history[-1]
+        in_sync = self.ranks_in_sync() if self.world > 1 else True
+        if self.task.x_select is not None:  # report the test split with the best validation checkpoint
+            if self.world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()  # rank 0 has written best.pt
+            from flows import read_checkpoint
+
+            best = read_checkpoint(self.out / "best.pt", required=("model", "epoch", "val_nll"))
+            self.model.load_state_dict(best["model"])
+            t = self.sharded_metrics(self.task.x_test, with_truth=False)
+            last = {**t, "val_nll": best["val_nll"], "best_epoch": best["epoch"]}
+        if not self.is_main:
+            return
+        keys = (
+            "test_nll",
+            "test_nll_stderr",
+            "n_test",
+            "entropy",
+            "kl",
+            "kl_stderr",
+            "val_nll",
+            "best_epoch",
+        )
+        steps = max(self.nfe["steps"], 1)
+        metrics = {
+            **{k: last[k] for k in keys if k in last},
+            "epochs": args.epochs, "train_seconds": self.train_seconds,
+            "seconds_per_epoch": self.train_seconds / max(args.epochs - self.start_epoch, 1),
+            "nfe_forward": self.nfe["forward"] / steps,
+            "nfe_backward": self.nfe["backward"] / steps,
+            "device": str(self.device), "ranks": self.world, "ranks_in_sync": in_sync,
+            "args": {k: v for k, v in vars(args).items() if k != "explicit"},
+        }  # fmt: skip
+        from viz import figures
+
+        losses = np.array(self.losses).reshape(-1, 2).T
+        figures.training_curve(self.history, self.out / "training_curve.png", losses=losses)
+        if args.save:
+            t0 = time.perf_counter()
+            self.task.figure(self.figure_log_prob(), self.out / f"{args.dataset}_{args.M}.png", args.res,
+                             progress=not args.quiet)  # fmt: skip
+            metrics["figure_seconds"] = time.perf_counter() - t0
+        if args.contsave:
+            # only the frames this run wrote (a user's files in contsave/ are neither shown nor touched)
+            names = [
+                self.out / "contsave" / f"{e:06d}.png"
+                for e in range(args.save_freq, args.epochs + 1, args.save_freq)
+            ]
+            frames = [f for f in names if f.is_file()]
+            metrics["gif_frames"] = figures.make_gif(frames, self.out / "training.gif")
+        if args.samples:
+            x = self.eval_model().sample(args.samples).cpu()
+            np.save(self.out / "samples.npy", x.numpy())
+            figures.samples_figure(self.task.sample_panels(x, args.samples), args.M, self.out / "samples.png")
+        utils.atomic_write_json(json_safe(metrics), self.out / "metrics.json")
+        print(self.task.done_line(metrics, self.train_seconds, self.out))
