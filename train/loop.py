@@ -22,6 +22,7 @@ import utils
 from utils import UserError
 
 from .config import RESUMABLE, RUN_FILES, fill_settings
+from .distributed import dist_env, gather_cat
 from .rundir import check_limits, check_writable, choose_out, clean_temp_files, json_safe
 from .tasks import build_task
 
@@ -79,7 +80,7 @@ class MeanNLL(torch.nn.Module):
 class Trainer:
     def __init__(self, args):
         self.args = args
-        self.rank, self.world, self.local_rank = utils.dist_env()
+        self.rank, self.world, self.local_rank = dist_env()
         self.is_main = self.rank == 0
 
     def setup(self):
@@ -199,7 +200,7 @@ class Trainer:
         from flows import metrics_from_log_probs, model_log_prob
 
         shard = x.tensor_split(self.world)[self.rank]
-        lp = utils.gather_cat(model_log_prob(self.eval_model(), shard.to(self.device)), self.world)
+        lp = gather_cat(model_log_prob(self.eval_model(), shard.to(self.device)), self.world)
         truth = self.task.truth(x) if with_truth else None
         return metrics_from_log_probs(lp, truth)
 
@@ -304,7 +305,7 @@ class Trainer:
     def ranks_in_sync(self) -> bool:
         """True when every rank holds bit-identical parameters (DDP's promise, checked)."""
         flat = torch.cat([p.detach().reshape(-1).double().cpu() for p in self.model.parameters()])
-        return all(torch.equal(flat, other) for other in utils.gather_cat(flat[None], self.world))
+        return all(torch.equal(flat, other) for other in gather_cat(flat[None], self.world))
 
     def epoch_batches(self):
         """One epoch: a fresh batch of the true density (reference), or a pass over the training split."""
