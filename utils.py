@@ -110,17 +110,4 @@ def _json_default(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def ensure_writable_dir(path) -> Path:
-    """Create ``path`` if needed and check that files can be written there (:class:`UserError` if not)."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise UserError(f"output folder {str(path)!r} cannot be written: {e.strerror or e}") from None
-    return path
-
-
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -129,8 +129,6 @@ class ChartDynamics(nn.Module):
                 f"ODE solve exceeded {self.max_nfe} function evaluations (stiff or diverging dynamics); "
                 "loosen atol/rtol, use a fixed-step solver, or lower the learning rate"
             )
-        if self.guard is not None and bool((v.detach().norm(dim=-1) > self.guard).any()):
-            raise _ChartExit
         M = self.manifold
         # the chart basis is fixed on a segment; only the adjoint needs it rebuilt from the state
         E = self.basis if self.basis is not None else M.tangent_basis(p)
@@ -141,7 +139,18 @@ class ChartDynamics(nn.Module):
         else:
             noise = self.noise if self.divergence == "hutchinson" else None
             g, div = div_mod.chart_divergence(M, self.field, t, p, v, E, noise=noise)
-        if not (torch.isfinite(g).all() and torch.isfinite(div).all()):
+        # one host synchronization per evaluation for both checks (the chart guard wins: beyond it
+        # the state may well be non-finite, and the segment is redone with re-centring)
+        finite = torch.isfinite(g).all() & torch.isfinite(div).all()
+        over = (
+            (v.detach().norm(dim=-1) > self.guard).any()
+            if self.guard is not None
+            else torch.zeros_like(finite)
+        )
+        finite, over = torch.stack([finite, over]).tolist()
+        if over:
+            raise _ChartExit
+        if not finite:
             raise SolverError(f"non-finite ODE state at t={float(t):.4f}")
         return g, div, torch.zeros_like(p)
 
