@@ -1,6 +1,6 @@
 """Speed benchmark: this project's default configuration against the reference configuration.
 
-    python benchmarks/benchmark.py [--dev cpu] [--reps 5] [--steps 5] [--ttq_epochs 300]
+    python -m benchmarks.benchmark [--dev cpu] [--reps 5] [--steps 5] [--ttq_epochs 300]
 
 Measured side by side in one process (repetitions interleaved, medians reported):
 seconds per training step at batch 200, NFE forward/backward per step, peak memory, for each
@@ -27,10 +27,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from train.config import DEFAULT_SETTINGS, REFERENCE_SETTINGS
 
-from train.config import DEFAULT_SETTINGS, REFERENCE_SETTINGS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DATASET = {"Sphere": "4wrapped", "Hyperboloid": "5gaussians"}
 
@@ -59,12 +58,7 @@ def build(M, s, device, seed=0):
 def density(M):
     from data import get_density
 
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        return get_density(M, DATASET[M])
-    finally:
-        torch.set_default_dtype(prev)
+    return get_density(M, DATASET[M], dtype=torch.float64)
 
 
 def sync(device):
@@ -110,8 +104,8 @@ def time_steps(reps, steps, device):
 
 def peak_memory(name, device):
     """Peak memory of 3 training steps of one configuration, measured in a fresh process (MiB)."""
-    cmd = [sys.executable, __file__, "--probe", name, "--dev", str(device)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, "-m", "benchmarks.benchmark", "--probe", name, "--dev", str(device)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     try:
         return float(r.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -201,7 +195,9 @@ def main(argv=None):
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         platform=platform.platform(),
-        command=shlex.join(["python", "benchmarks/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
+        command=shlex.join(
+            ["python", "-m", "benchmarks.benchmark", *(sys.argv[1:] if argv is None else argv)]
+        ),
     )
     print(f"timing training steps on {name} ...", flush=True)
     res["steps"] = time_steps(a.reps, a.steps, device)
@@ -229,7 +225,7 @@ def main(argv=None):
 def render(res):
     s = res["steps"]
     lines = [f"# Benchmark on {res['device']}", "",
-             f"Produced by `{res.get('command', 'python benchmarks/benchmark.py')}` (torch {res['torch']}, "
+             f"Produced by `{res.get('command', 'python -m benchmarks.benchmark')}` (torch {res['torch']}, "
              f"{res['threads']} threads). "
              "Batch 200, float32; medians over interleaved repetitions. Peak memory: peak RSS of a fresh "
              "process that builds the model and runs 3 steps (CPU; includes Python and torch, about "

@@ -1,6 +1,6 @@
 """Float32 hyperboloid models far from the origin: accuracy and cost of the float64 geometry.
 
-    python benchmarks/precision.py [--checkpoint RUN/checkpoint.pt] [--reps 7] [--threads 1]
+    python -m benchmarks.precision [--checkpoint RUN/checkpoint.pt] [--reps 7] [--threads 1]
 
 Side by side in one process, for a float32 hyperboloid model (a trained checkpoint, or a random
 model whose last layer is scaled by 4), with the geometry in float64 (the code's policy,
@@ -98,11 +98,8 @@ def step_time(reps, steps):
     from data import get_density
     from flows import MCNF
 
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    x = get_density("Hyperboloid", "5gaussians").sample(200, generator=torch.Generator().manual_seed(0))
-    torch.set_default_dtype(prev)
-    x = x.float()
+    den = get_density("Hyperboloid", "5gaussians", dtype=torch.float64)
+    x = den.sample(200, generator=torch.Generator().manual_seed(0)).float()
     runs = {}
     for name in ("float64 geometry", "float32 geometry"):
         torch.manual_seed(0)
@@ -152,14 +149,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--md", default="docs/precision.md")
     a = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     torch.set_num_threads(a.threads)
     m32 = model32(a.checkpoint)
     solvers = {"rk4 step 1/8": dict(method="rk4", step_size=1 / 8),
                "dopri5 1e-5": dict(method="dopri5", atol=1e-5, rtol=1e-5)}  # fmt: skip
     acc = {k: accuracy(m32, s) for k, s in solvers.items()}
     t = step_time(a.reps, a.steps)
-    cmd = shlex.join(["python", "benchmarks/precision.py", *(argv if argv is not None else sys.argv[1:])])
+    cmd = shlex.join(["python", "-m", "benchmarks.precision", *(argv if argv is not None else sys.argv[1:])])
     model = f"checkpoint `{a.checkpoint}`" if a.checkpoint else "a random model (last layer x4)"
     lines = ["# Float32 hyperboloid models far from the origin", "",
              f"Produced by `{cmd}` on {torch.get_num_threads()} thread(s). Model: {model}, float32. "

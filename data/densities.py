@@ -4,6 +4,13 @@ Hyperboloid H^2: ``1wrapped``, ``5gaussians``, ``bigcheckerboard``, ``mult_wrapp
 Sphere S^2: ``1wrapped``, ``4wrapped``, ``bigcheckerboard``.
 Definitions follow docs/math.md (taken from the reference code); unlike the reference, every
 log-density is exact on the manifold (the checkerboards are not normalized over a plotting grid).
+
+Precision is explicit: a density holds its parameters in the ``dtype`` it was built with
+(``get_density(..., dtype=torch.float64)`` by default) and ``sample(n, generator, dtype=None)``
+returns points in ``dtype`` (default: the density's). Densities defined by a draw in a chart
+(``5gaussians``, the checkerboards) make that draw in ``dtype``; densities defined by a
+distribution (the wrapped normals, the vMF) draw in their parameters' dtype and cast the points.
+Nothing reads the global default dtype.
 """
 
 from __future__ import annotations
@@ -13,17 +20,21 @@ import math
 import torch
 
 from manifolds import Hyperboloid, Sphere
-
-from .distributions import Mixture, VonMisesFisher, WrappedNormal
+from manifolds.distributions import Mixture, VonMisesFisher, WrappedNormal
 
 
 class Density:
-    """A target density on a manifold: ``sample(n, generator)`` and exact ``log_prob(x)``."""
+    """A target density on a manifold: ``sample(n, generator, dtype)`` and exact ``log_prob(x)``.
+
+    ``dtype``/``device`` are those of its parameters; ``log_prob`` computes in ``x``'s dtype.
+    """
 
     manifold = None
     name = ""
+    dtype = torch.float64
+    device = torch.device("cpu")
 
-    def sample(self, n: int, generator=None) -> torch.Tensor:
+    def sample(self, n: int, generator=None, dtype=None) -> torch.Tensor:
         raise NotImplementedError
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,11 +45,12 @@ class Density:
 
 
 class _FromDistribution(Density):
-    def __init__(self, name, dist):
+    def __init__(self, name, dist, dtype, device):
         self.name, self.dist, self.manifold = name, dist, dist.manifold
+        self.dtype, self.device = dtype, device
 
-    def sample(self, n, generator=None):
-        return self.dist.sample(n, generator=generator)
+    def sample(self, n, generator=None, dtype=None):
+        return self.dist.sample(n, generator=generator).to(dtype or self.dtype)
 
     def log_prob(self, x):
         return self.dist.log_prob(x)
@@ -50,14 +62,15 @@ class _PushedFromOriginChart(Density):
     ``log p(x) = log p_y(log_o x) - log J(log_o x)``.
     """
 
-    def __init__(self, name, manifold):
+    def __init__(self, name, manifold, dtype, device):
         self.name, self.manifold = name, manifold
+        self.dtype, self.device = dtype, device
 
     def _origin(self, x):
         return self.manifold.origin(dtype=x.dtype, device=x.device)
 
-    def sample(self, n, generator=None):
-        y = self.sample_tangent(n, generator)
+    def sample(self, n, generator=None, dtype=None):
+        y = self.sample_tangent(n, generator, dtype or self.dtype)
         o = self._origin(y)
         return self.manifold.expmap(o, torch.cat([torch.zeros_like(y[:, :1]), y], -1))
 
@@ -68,13 +81,13 @@ class _PushedFromOriginChart(Density):
 
 
 class FiveGaussians(_PushedFromOriginChart):
-    centers = 3.0 * torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1], [0, 0]])
+    centers = 3.0 * torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1], [0, 0]], dtype=torch.float64)
     std = 0.5  # variance 0.25
 
-    def sample_tangent(self, n, generator=None):
-        idx = torch.randint(0, 5, (n,), generator=generator)
-        c = self.centers.to(torch.get_default_dtype())[idx]
-        return c + self.std * torch.randn(n, 2, generator=generator, dtype=c.dtype)
+    def sample_tangent(self, n, generator, dtype):
+        idx = torch.randint(0, 5, (n,), generator=generator, device=self.device)
+        c = self.centers.to(dtype=dtype, device=self.device)[idx]
+        return c + self.std * torch.randn(n, 2, generator=generator, dtype=dtype, device=self.device)
 
     def log_prob_tangent(self, y):
         c = self.centers.to(y)
@@ -85,14 +98,15 @@ class FiveGaussians(_PushedFromOriginChart):
 
 class BigCheckerboardHyperboloid(_PushedFromOriginChart):
     corners = torch.tensor(
-        [[0.0, 0], [0, -3], [1.5, 1.5], [1.5, -1.5], [-1.5, 1.5], [-1.5, -1.5], [-3, 0], [-3, -3]]
+        [[0.0, 0], [0, -3], [1.5, 1.5], [1.5, -1.5], [-1.5, 1.5], [-1.5, -1.5], [-3, 0], [-3, -3]],
+        dtype=torch.float64,
     )
     side = 1.5
 
-    def sample_tangent(self, n, generator=None):
-        dtype = torch.get_default_dtype()
-        idx = torch.randint(0, 8, (n,), generator=generator)
-        return self.corners.to(dtype)[idx] + self.side * torch.rand(n, 2, generator=generator, dtype=dtype)
+    def sample_tangent(self, n, generator, dtype):
+        kw = dict(dtype=dtype, device=self.device)
+        idx = torch.randint(0, 8, (n,), generator=generator, device=self.device)
+        return self.corners.to(**kw)[idx] + self.side * torch.rand(n, 2, generator=generator, **kw)
 
     def log_prob_tangent(self, y):
         c = self.corners.to(y)
@@ -109,19 +123,18 @@ class BigCheckerboardSphere(Density):
 
     s = math.pi / 2 - 0.2
 
-    def __init__(self):
+    def __init__(self, dtype=torch.float64, device=None):
         self.name, self.manifold = "bigcheckerboard", Sphere(2)
+        self.dtype, self.device = dtype, torch.device(device or "cpu")
         s = self.s
         ab = [(0, 0), (s, s / 2), (s, -s / 2), (0, -s), (-s, s / 2), (-s, -s / 2), (-2 * s, 0), (-2 * s, -s)]
-        self.corners = torch.tensor([[math.pi + a, math.pi / 2 + b] for a, b in ab])
-        self.size = torch.tensor([s, s / 2])
+        self.corners = torch.tensor([[math.pi + a, math.pi / 2 + b] for a, b in ab], dtype=torch.float64)
+        self.size = torch.tensor([s, s / 2], dtype=torch.float64)
 
-    def sample(self, n, generator=None):
-        dtype = torch.get_default_dtype()
-        idx = torch.randint(0, 8, (n,), generator=generator)
-        pt = self.corners.to(dtype)[idx] + self.size.to(dtype) * torch.rand(
-            n, 2, generator=generator, dtype=dtype
-        )
+    def sample(self, n, generator=None, dtype=None):
+        kw = dict(dtype=dtype or self.dtype, device=self.device)
+        idx = torch.randint(0, 8, (n,), generator=generator, device=self.device)
+        pt = self.corners.to(**kw)[idx] + self.size.to(**kw) * torch.rand(n, 2, generator=generator, **kw)
         phi, theta = pt[:, 0], pt[:, 1]
         return torch.stack([theta.sin() * phi.cos(), theta.sin() * phi.sin(), theta.cos()], -1)
 
@@ -134,13 +147,14 @@ class BigCheckerboardSphere(Density):
         return torch.where(inside, lp, torch.full_like(lp, -math.inf))
 
 
-def _hyperboloid_densities():
+def _hyperboloid_densities(dtype, device):
     H = Hyperboloid(2)
-    o = H.origin(dtype=torch.get_default_dtype())
+    kw = dict(dtype=dtype, device=device)
+    o = H.origin(**kw)
 
     def one_wrapped():
-        mu = H.expmap(o, torch.tensor([0.0, -1.0, 1.0], dtype=o.dtype))
-        return _FromDistribution("1wrapped", WrappedNormal(H, mu, 0.75))
+        mu = H.expmap(o, torch.tensor([0.0, -1.0, 1.0], **kw))
+        return _FromDistribution("1wrapped", WrappedNormal(H, mu, 0.75), **kw)
 
     def mult_wrapped():
         comps = []
@@ -150,38 +164,38 @@ def _hyperboloid_densities():
             (-1, 1, (1.5, 0.3)),
             (1, -1, (1.5, 0.3)),
         ]:
-            mu = H.projx(torch.tensor([0.0, 1.3 * s1, 1.3 * s2], dtype=o.dtype))
-            comps.append(WrappedNormal(H, mu, torch.tensor(scale, dtype=o.dtype)))
-        return _FromDistribution("mult_wrapped", Mixture(comps))
+            mu = H.projx(torch.tensor([0.0, 1.3 * s1, 1.3 * s2], **kw))
+            comps.append(WrappedNormal(H, mu, torch.tensor(scale, **kw)))
+        return _FromDistribution("mult_wrapped", Mixture(comps), **kw)
 
     return {
         "1wrapped": one_wrapped,
-        "5gaussians": lambda: FiveGaussians("5gaussians", H),
-        "bigcheckerboard": lambda: BigCheckerboardHyperboloid("bigcheckerboard", H),
+        "5gaussians": lambda: FiveGaussians("5gaussians", H, **kw),
+        "bigcheckerboard": lambda: BigCheckerboardHyperboloid("bigcheckerboard", H, **kw),
         "mult_wrapped": mult_wrapped,
     }
 
 
-def _sphere_densities():
+def _sphere_densities(dtype, device):
     S = Sphere(2)
-    dtype = torch.get_default_dtype()
+    kw = dict(dtype=dtype, device=device)
 
     def unit(v):
-        v = torch.tensor(v, dtype=dtype)
+        v = torch.tensor(v, **kw)
         return v / v.norm()
 
     def four_wrapped():
         means = [unit(v) for v in [(1, 1, 1), (-1, -1, -1), (1, 1, -1), (-1, -1, 1)]]
-        return _FromDistribution("4wrapped", Mixture([WrappedNormal(S, m, 0.3) for m in means]))
+        return _FromDistribution("4wrapped", Mixture([WrappedNormal(S, m, 0.3) for m in means]), **kw)
 
     def antipodal():
         # The paper's appendix: vMF(30) at the antipode of the base distribution's mean.
-        return _FromDistribution("antipodal", VonMisesFisher(-S.origin(dtype=dtype), 30.0))
+        return _FromDistribution("antipodal", VonMisesFisher(-S.origin(**kw), 30.0), **kw)
 
     return {
-        "1wrapped": lambda: _FromDistribution("1wrapped", WrappedNormal(S, unit((-1, -1, -1)), 0.3)),
+        "1wrapped": lambda: _FromDistribution("1wrapped", WrappedNormal(S, unit((-1, -1, -1)), 0.3), **kw),
         "4wrapped": four_wrapped,
-        "bigcheckerboard": BigCheckerboardSphere,
+        "bigcheckerboard": lambda: BigCheckerboardSphere(**kw),
         "antipodal": antipodal,
     }
 
@@ -189,11 +203,14 @@ def _sphere_densities():
 DENSITIES = {"Hyperboloid": _hyperboloid_densities, "Sphere": _sphere_densities}
 
 #: Valid dataset names for each manifold (synthetic densities).
-DATASETS = {m: tuple(f()) for m, f in DENSITIES.items()}
+DATASETS = {m: tuple(f(torch.float64, None)) for m, f in DENSITIES.items()}
 
 
-def get_density(manifold_name: str, dataset: str) -> Density:
+def get_density(manifold_name: str, dataset: str, dtype=torch.float64, device=None) -> Density:
     """The named test density on the named manifold (2-dimensional).
+
+    Its parameters are built in ``dtype`` on ``device`` (default float64 on the CPU: the training
+    and evaluation code samples and scores the truth in float64 and casts batches itself).
 
     Raises:
         ValueError: unknown manifold, or a dataset that does not exist for that manifold (the
@@ -201,7 +218,7 @@ def get_density(manifold_name: str, dataset: str) -> Density:
     """
     if manifold_name not in DENSITIES:
         raise ValueError(f"unknown manifold {manifold_name!r}; valid: {', '.join(DENSITIES)}")
-    table = DENSITIES[manifold_name]()
+    table = DENSITIES[manifold_name](dtype, torch.device(device or "cpu"))
     if dataset not in table:
         raise ValueError(
             f"dataset {dataset!r} does not exist on the {manifold_name}; valid: {', '.join(table)}"

@@ -111,7 +111,7 @@ def defensive_proposal(centers, concentrations=(30.0, 300.0, 3000.0, 30000.0)):
     an equal-weight mixture of the uniform distribution and one vMF kernel density estimate at the
     centres per concentration. Exactly normalized whatever the centres are; the uniform part bounds
     the weights ``p / q`` by ``(1 + len(concentrations)) area(S^n) max p``."""
-    from data.distributions import Mixture, UniformSphere, VonMisesFisherKDE
+    from manifolds.distributions import Mixture, UniformSphere, VonMisesFisherKDE
 
     centers = centers.double().cpu()
     kdes = [VonMisesFisherKDE(centers, k) for k in concentrations]

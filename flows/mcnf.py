@@ -45,8 +45,8 @@ import torch
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from data.distributions import StandardNormal, VonMisesFisher, WrappedNormal
 from manifolds import get_manifold
+from manifolds.distributions import StandardNormal, VonMisesFisher, WrappedNormal
 
 from . import divergence as div_mod
 from .vector_field import VectorField
@@ -347,7 +347,7 @@ class MCNF(nn.Module):
             x, D, self.n_charts_used = self._adaptive_segments(x, t0, t1, s)
         else:
             D = torch.zeros_like(x[..., 0])
-            knots = torch.linspace(t0, t1, self.charts + 1).tolist()
+            knots = torch.linspace(t0, t1, self.charts + 1, dtype=torch.float64).tolist()
             self.n_charts_used = self.n_recentred = 0
             for a, b in zip(knots[:-1], knots[1:], strict=True):
                 try:

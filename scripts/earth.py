@@ -1,6 +1,6 @@
 """Earth event datasets: train on split seeds 0-4 and write docs/earth.md beside the published table.
 
-    python scripts/earth.py --data_dir ../shared/data/earth [--datasets volcano earthquake flood fire]
+    python -m scripts.earth --data_dir ../shared/data/earth [--datasets volcano earthquake flood fire]
         [--steps 2000 | --epochs 300] [--hidden 64] [--n_hidden 4] [--lr 5e-3] [--step_size 0.125]
         [--dev cuda]
         [-- extra main_density.py flags]
@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PUBLISHED = [  # ../shared/data/earth/README.md (Riemannian score-based generative models paper)
     ("Mixture of Kent", "-0.80 ± 0.47", "0.33 ± 0.05", "0.73 ± 0.07", "1.18 ± 0.06"),
@@ -154,7 +153,7 @@ def write(path, results, a):
     budget = f"--epochs {a.epochs}" if a.epochs else f"--steps {a.steps}"
     extra = f" -- {shlex.join(a.extra)}" if a.extra else ""
     lines = ["# Earth event datasets", "",
-             f"Produced by `python scripts/earth.py --data_dir DIR {budget} --hidden {a.hidden} "
+             f"Produced by `python -m scripts.earth --data_dir DIR {budget} --hidden {a.hidden} "
              f"--n_hidden {a.n_hidden} --lr {a.lr} --step_size {a.step_size} --dev {a.dev} --datasets {' '.join(results)} "
              f"--seeds {' '.join(map(str, a.seeds))}{extra}`. Test NLL in nats (lower is better), mean ± std "
              "over the split seeds, with the checkpoint of the best validation NLL. Integral: the model "

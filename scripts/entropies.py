@@ -1,6 +1,6 @@
 """Monte Carlo entropies of the test densities, and their quadrature integrals.
 
-    python scripts/entropies.py [--n 200000] [--seed 1]
+    python -m scripts.entropies [--n 200000] [--seed 1]
 
 Entropy H = -mean log p(x) over n exact samples (with its standard error); integral: quadrature
 of exp(log p) over the manifold (must be 1). These are the floors no model's test NLL can beat.
@@ -11,14 +11,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data import DATASETS, get_density  # noqa: E402
-from manifolds import integrate  # noqa: E402
+from data import DATASETS, get_density
+from manifolds import integrate
 
 
 def main(argv=None):
@@ -26,12 +23,11 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=200_000)
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
-    torch.set_default_dtype(torch.float64)
     print("| manifold | dataset | entropy (nats) | integral |")
     print("|---|---|---|---|")
     for M, names in DATASETS.items():
         for name in names:
-            den = get_density(M, name)
+            den = get_density(M, name, dtype=torch.float64)
             lp = den.log_prob(den.sample(a.n, generator=torch.Generator().manual_seed(a.seed)))
             grid = dict(n_radial=600, n_angular=1200) if name == "bigcheckerboard" else {}
             total = integrate(den.log_prob, den.manifold, **grid)

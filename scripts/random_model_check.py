@@ -1,6 +1,6 @@
 """Normalization and cost of randomly initialized MCNFs (a quick self-check of a fresh install).
 
-    python scripts/random_model_check.py [--scale 1.0]
+    python -m scripts.random_model_check [--scale 1.0]
 
 For each manifold and chart mode: the quadrature integral of exp(log_prob) (must be 1) and the
 number of function evaluations (NFE) of one forward pass of 1000 random points (dopri5,
@@ -12,13 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from flows import MCNF, model_integral  # noqa: E402
+from flows import MCNF, model_integral
 
 GRID = {
     "Sphere": dict(n_radial=150, n_angular=300),
@@ -31,17 +28,16 @@ def main(argv=None):
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    torch.set_default_dtype(torch.float64)
     print("| manifold | charts | integral | NFE of one forward pass | seconds (integral) |")
     print("|---|---|---|---|---|")
     for M in ("Sphere", "Hyperboloid"):
         for charts in (1, 4, "adaptive"):
             torch.manual_seed(a.seed)
-            m = MCNF(M, charts=charts, eval_solver=dict(atol=1e-5, rtol=1e-5)).eval()
+            m = MCNF(M, charts=charts, eval_solver=dict(atol=1e-5, rtol=1e-5)).double().eval()
             with torch.no_grad():
                 m.field.layers[-1].weight.mul_(a.scale)
                 m.field.layers[-1].bias.mul_(a.scale)
-                m(m.manifold.random(1000, generator=torch.Generator().manual_seed(1)))
+                m(m.manifold.random(1000, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
                 nfe = m.nfe_forward
                 t0 = time.perf_counter()
                 total = model_integral(m, **GRID[M])

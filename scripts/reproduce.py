@@ -1,6 +1,6 @@
 """Reproduce the paper's density experiments and write docs/reproduction.md and figures.
 
-    python scripts/reproduce.py [--epochs 5000] [--lr 1e-2] [--dev cuda] [--only Sphere/4wrapped ...]
+    python -m scripts.reproduce [--epochs 5000] [--lr 1e-2] [--dev cuda] [--only Sphere/4wrapped ...]
 
 Trains every paper density with main_density.py (resuming unfinished runs from their checkpoints),
 measures each model's quadrature integral, runs the paper's antipodal experiment (charts = 1 vs 16
@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PAPER = [("Hyperboloid", "1wrapped"), ("Hyperboloid", "5gaussians"), ("Hyperboloid", "bigcheckerboard"),
          ("Hyperboloid", "mult_wrapped"), ("Sphere", "1wrapped"), ("Sphere", "4wrapped"),
@@ -114,7 +113,7 @@ def main(argv=None):
                     (label, a.antipodal_epochs, m, None if m is None else integral(out), cmd, err, out)
                 )
     write_markdown(ROOT / a.md, rows, anti, a)
-    from viz.paper_grid import paper_grid, runs_from_dirs
+    from scripts.paper_grid import paper_grid, runs_from_dirs
 
     with torch.no_grad():
         if dirs:
@@ -144,7 +143,7 @@ def write_markdown(path, rows, anti, a):
     head = ("| manifold | dataset | epochs | test NLL | entropy | KL +- stderr | integral | NFE fwd / bwd per step | "
             "train s | command |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     lines = ["# Reproduction of the paper's density experiments", "",
-             f"Produced by `python scripts/reproduce.py --epochs {a.epochs} --lr {a.lr} --dev {a.dev} "
+             f"Produced by `python -m scripts.reproduce --epochs {a.epochs} --lr {a.lr} --dev {a.dev} "
              f"--antipodal_epochs {a.antipodal_epochs}` "
              "(each run is a `main_density.py` command, shown in the last column). Test NLL, entropy and KL on "
              "20,000 held-out samples of the exact density (KL = NLL - entropy, stderr of the paired "

@@ -1,7 +1,7 @@
 """Is a model exploiting its training solver? Compare its NLL under the training solver and under
 the accurate evaluation solver (dopri5, float64) on the same points.
 
-    python scripts/solver_gap.py RUN_DIR [--tol 1e-5]
+    python -m scripts.solver_gap RUN_DIR [--tol 1e-5]
 
 RUN_DIR is a main_density.py output folder (its checkpoint.pt is used). For Earth data the points
 are the training and validation splits; for synthetic densities, 5000 samples of the true density.
@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None):

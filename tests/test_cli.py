@@ -180,9 +180,8 @@ def test_max_grad_norm_clips_the_update(tmp_path):
 def test_solver_gap_script(tmp_path):
     r = run("--M", "Sphere", "--dataset", "4wrapped", "--epochs", 2, "--dev", "cpu", "--out", tmp_path, *FAST)
     assert r.returncode == 0, r.stderr
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, str(ROOT / "scripts/solver_gap.py"), str(tmp_path)], capture_output=True,
-                       text=True, env=env, timeout=600)  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "scripts.solver_gap", str(tmp_path)], capture_output=True,
+                       text=True, cwd=ROOT, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr
     line = [ln for ln in r.stdout.splitlines() if "NLL on the true samples" in ln][0]
     coarse, exact = (float(part.split()[-1]) for part in line.split(": ", 1)[1].split(", "))

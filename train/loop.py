@@ -309,7 +309,7 @@ class Trainer:
 
     def epoch_batches(self):
         """One epoch: a fresh batch of the true density (reference), or a pass over the training split."""
-        return self.task.train_batches(self.args.batch_size, self.train_gen)
+        return self.task.train_batches(self.args.batch_size, self.train_gen, self.dtype)
 
     def fail(self, epoch, err):
         if not self.is_main:

@@ -2,7 +2,7 @@
 
 The trainer talks to one small interface, so a new data source is one new class:
 
-- ``train_batches(batch_size, generator)``: the batches of one epoch;
+- ``train_batches(batch_size, generator, dtype)``: the batches of one epoch (drawn in ``dtype``);
 - ``x_test`` (and ``x_select`` when the task selects its model on a validation split, else None);
 - ``truth``: the exact log-density (KL against it is reported), or None for real data;
 - ``eval_line``, ``done_line``: the log lines; ``figure`` and ``sample_panels``: the pictures.
@@ -45,29 +45,20 @@ class SyntheticTask:
                 f"the synthetic densities are defined on 2-dimensional manifolds; got --dim {args.dim}"
             )
         self.name, self.manifold = args.dataset, args.M
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)  # the true density is built and sampled in float64
-        try:
-            try:
-                self.density = get_density(args.M, args.dataset)
-            except ValueError as e:
-                extra = (
-                    "; Earth data on the Sphere: volcano, earthquake, flood, fire"
-                    if args.M == "Sphere"
-                    else ""
-                )
-                raise UserError(f"{e}{extra}") from None
-            self.x_test = self.density.sample(
-                args.test_size, generator=torch.Generator().manual_seed(TEST_SEED)
+        try:  # the true density is built, and the test set drawn, in float64 whatever the model's dtype
+            self.density = get_density(args.M, args.dataset, dtype=torch.float64)
+        except ValueError as e:
+            extra = (
+                "; Earth data on the Sphere: volcano, earthquake, flood, fire" if args.M == "Sphere" else ""
             )
-        finally:
-            torch.set_default_dtype(prev)
+            raise UserError(f"{e}{extra}") from None
+        self.x_test = self.density.sample(args.test_size, generator=torch.Generator().manual_seed(TEST_SEED))
 
     def truth(self, x):
         return self.density.log_prob(x.cpu().double()).double()
 
-    def train_batches(self, batch_size, generator):
-        return [self.density.sample(batch_size, generator=generator)]
+    def train_batches(self, batch_size, generator, dtype):
+        return [self.density.sample(batch_size, generator=generator, dtype=dtype)]
 
     def eval_line(self, epoch, loss, m):
         return (f"epoch {epoch}: train NLL {loss:.4f}  test NLL {m['test_nll']:.4f}  "
@@ -105,8 +96,8 @@ class EarthTask:
         self.name, self.manifold = args.dataset, "Sphere"
         self.x_select, self.x_test = self.data.val, self.data.test
 
-    def train_batches(self, batch_size, generator):
-        return self.data.batches(batch_size, generator)
+    def train_batches(self, batch_size, generator, dtype):
+        return [x.to(dtype) for x in self.data.batches(batch_size, generator)]
 
     def eval_line(self, epoch, loss, m):
         return f"epoch {epoch}: train NLL {loss:.4f}  validation NLL {m['val_nll']:.4f}"
