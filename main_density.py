@@ -51,6 +51,13 @@ def nonneg_float(s):
     return v
 
 
+def unit_interval(s):
+    v = float(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
 def charts_arg(s):
     if s == "adaptive":
         return s
@@ -86,9 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--flow_hidden_size", type=positive_int, default=32, help="width of the vector field MLP"
     )
     ref.add_argument("--save", action="store_true", help="write the density figure {dataset}_{M}.png")
-    ref.add_argument(
-        "--conc", type=positive_float, default=1.0, help="concentration of the sphere's vMF base"
-    )
+    ref.add_argument("--conc", type=nonneg_float, default=None,
+                     help="concentration of the sphere's vMF base; 0: uniform base (default 1; "
+                          "0 for --objective fm on Earth data)")  # fmt: skip
     ref.add_argument("--dev", default="cuda", help="device; plain 'cuda' falls back to the CPU")
     ref.add_argument("--M", default="Hyperboloid", choices=["Hyperboloid", "Sphere"], help="manifold")
     ref.add_argument("--contsave", action="store_true", help="save a density frame every --save_freq epochs")
@@ -116,6 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--dtype", choices=list(utils.DTYPES), default="float32")
     mod.add_argument("--reference_settings", action="store_true",
                      help="the published code's exact solver/chart/divergence configuration")  # fmt: skip
+
+    obj = p.add_argument_group("training objective (defaults of --objective fm: train/config.py FM_SETTINGS)")
+    obj.add_argument("--objective", choices=["mle", "fm"], default="mle",
+                     help="mle: maximum likelihood through the ODE (the paper); fm: Riemannian flow matching "
+                          "(no ODE solve in training; one epoch = one batch); both are scored by the exact "
+                          "likelihood")  # fmt: skip
+    obj.add_argument(
+        "--optimizer", choices=["adam", "adamw"], default=None, help="default: adam (mle), adamw (fm)"
+    )
+    obj.add_argument("--lr_schedule", choices=["drops", "cosine"], default=None,
+                     help="drops: x0.1 --num_drops times (mle default); cosine: linear warm-up then cosine "
+                          "decay to 0 (fm default)")  # fmt: skip
+    obj.add_argument("--warmup", type=nonneg_int, default=None, help="warm-up epochs of the cosine schedule")
+    obj.add_argument("--ema", type=unit_interval, default=None,
+                     help="decay of the exponential moving average of the weights used for evaluation, "
+                          "figures and the saved model (0: none; default 0 for mle, 0.999 for fm)")  # fmt: skip
 
     earth = p.add_argument_group("Earth event data (--M Sphere --dataset volcano|earthquake|flood|fire)")
     earth.add_argument("--data_dir", default=None,

@@ -13,6 +13,7 @@ from .evaluation import (
     model_integral_is,
     model_log_prob,
 )
+from .matching import conditional_path, flow_matching_loss
 from .mcnf import MCNF, ChartDynamics, SolverError, SolverSettings, load_model, model_from_checkpoint
 from .vector_field import VectorField
 
@@ -36,4 +37,6 @@ __all__ = [
     "defensive_proposal",
     "model_integral_is",
     "model_log_prob",
+    "conditional_path",
+    "flow_matching_loss",
 ]

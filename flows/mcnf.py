@@ -46,7 +46,7 @@ from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from manifolds import get_manifold
-from manifolds.distributions import StandardNormal, VonMisesFisher, WrappedNormal
+from manifolds.distributions import StandardNormal, UniformSphere, VonMisesFisher, WrappedNormal
 
 from . import divergence as div_mod
 from .vector_field import VectorField
@@ -171,7 +171,8 @@ class MCNF(nn.Module):
             half its injectivity radius; 3 elsewhere).
         chart_center: ``"point"`` (each segment's chart at its start point, so ``v_s = 0``) or
             ``"origin"`` (every chart at the origin ``o``, the reference's hyperboloid choice).
-        conc: concentration of the sphere's vMF base (the reference's ``--conc``).
+        conc: concentration of the sphere's vMF base (the reference's ``--conc``); ``0`` makes the
+            base the uniform distribution on the sphere (flow matching on Earth data).
         divergence: ``"exact"``, ``"exact_autograd"`` or ``"hutchinson"``.
         noise: Hutchinson noise, ``"rademacher"`` or ``"gaussian"``; drawn once per solve.
         train_solver, eval_solver: :class:`SolverSettings` (or dicts) used in ``train()`` and
@@ -217,8 +218,10 @@ class MCNF(nn.Module):
             raise ValueError(f"chart_radius must be in (0, {M.injectivity_radius}), got {chart_radius}")
         if noise not in ("rademacher", "gaussian"):
             raise ValueError(f"unknown Hutchinson noise {noise!r}; valid: rademacher, gaussian")
-        if conc <= 0:
-            raise ValueError(f"conc must be positive, got {conc}")
+        if not conc >= 0 or conc == float("inf"):
+            raise ValueError(f"conc must be >= 0 and finite (0: uniform base on the sphere), got {conc}")
+        if conc == 0 and M.name != "Sphere":
+            raise ValueError("conc 0 (a uniform base) exists only on the sphere")
         self.charts, self.chart_center, self.noise_kind = charts, chart_center, noise
         self.chart_radius = chart_radius or (M.injectivity_radius / 2 if M.name == "Sphere" else 3.0)
         self.conc = float(conc)
@@ -241,7 +244,8 @@ class MCNF(nn.Module):
 
     # -- base distribution --------------------------------------------------------------------
     def base(self, dtype=None, device=None):
-        """The base distribution at ``t = 1`` (wrapped normal std 1 / vMF(conc) at the origin)."""
+        """The base distribution at ``t = 1``: wrapped normal of std 1 at the origin (hyperboloid),
+        vMF(conc) at the origin or, for ``conc = 0``, uniform (sphere), standard normal (Euclidean)."""
         M = self.manifold
         dtype = dtype or next(self.parameters()).dtype
         device = device or next(self.parameters()).device
@@ -249,7 +253,7 @@ class MCNF(nn.Module):
         if M.name == "Hyperboloid":
             return WrappedNormal(M, o, torch.ones((), dtype=dtype, device=device))
         if M.name == "Sphere":
-            return VonMisesFisher(o, self.conc)
+            return VonMisesFisher(o, self.conc) if self.conc > 0 else UniformSphere(M.dim)
         return StandardNormal(M)
 
     @property
@@ -388,16 +392,22 @@ class MCNF(nn.Module):
         return (x.to(z.dtype), (-D).to(z.dtype)) if return_delta else x.to(z.dtype)
 
     @torch.no_grad()
+    def sample_base(self, n: int, generator=None, dtype=None, device=None):
+        """``n`` samples ``(n, n+1)`` of the base distribution (default: the parameters' dtype/device)."""
+        p = next(self.parameters())
+        dtype, device = dtype or p.dtype, device or p.device
+        base = self.base(dtype, device)
+        if isinstance(base, WrappedNormal):
+            return base.rsample(n, generator=generator)
+        if isinstance(base, VonMisesFisher):
+            return base.sample(n, generator=generator).to(dtype=dtype, device=device)
+        return base.sample(n, generator=generator, dtype=dtype, device=device)
+
     def sample(self, n: int, generator=None, return_log_prob: bool = False):
         """``n`` samples ``(n, n+1)`` of the model (base samples flowed backwards)."""
         p = next(self.parameters())
         base = self.base(p.dtype, p.device)
-        if isinstance(base, WrappedNormal):
-            z = base.rsample(n, generator=generator)
-        elif isinstance(base, VonMisesFisher):
-            z = base.sample(n, generator=generator).to(p)
-        else:
-            z = base.sample(n, generator=generator, dtype=p.dtype, device=p.device)
+        z = self.sample_base(n, generator, p.dtype, p.device)
         if not return_log_prob:
             return self.inverse(z)
         with torch.enable_grad():

@@ -71,9 +71,13 @@ class VectorField(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
 
     def _input(self, t, x):
+        """``[x, t]``; ``t`` is a scalar (one time for all points, as in an ODE solve) or one time
+        per point, shape ``x.shape[:-1]`` or ``x.shape[:-1] + (1,)`` (flow-matching training)."""
         x = x.to(self.layers[0].weight.dtype)
-        tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 1)
-        return torch.cat([x, tt], -1)
+        tt = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if tt.dim() and tt.shape == x.shape[:-1]:
+            tt = tt.unsqueeze(-1)
+        return torch.cat([x, tt.expand(*x.shape[:-1], 1)], -1)
 
     def _limit(self, h, dh=None):
         """The speed limiter ``B h / sqrt(B^2 + |h|^2)`` (identity without ``max_speed``) and its JVP."""
@@ -117,5 +121,6 @@ class VectorField(nn.Module):
         raise AssertionError  # pragma: no cover
 
     def forward(self, t, x):
-        """Tangent vectors ``(..., n+1)`` at points ``x`` of shape ``(..., n+1)``; ``t`` a scalar."""
+        """Tangent vectors ``(..., n+1)`` at points ``x`` of shape ``(..., n+1)``; ``t`` a scalar or
+        one time per point (see :meth:`_input`)."""
         return self.manifold.proj_field(x, self.ambient(t, x))

@@ -54,6 +54,14 @@ class Manifold(torch.nn.Module):
         """Geodesic distance; equals ``norm(x, logmap(x, y))``."""
         return self.norm(x, self.logmap(x, y), keepdim=keepdim)
 
+    def geodesic(self, x, u, t):
+        """The geodesic ``gamma(t) = exp_x(t u)`` and its velocity ``gamma'(t)``, in closed form.
+
+        ``t`` has shape ``(..., 1)`` (one time per point). Flow matching regresses the field onto
+        ``gamma'(t)`` (docs/math.md, "Flow matching"). Returns ``(gamma(t), gamma'(t))``.
+        """
+        raise NotImplementedError
+
     # -- chart maps ---------------------------------------------------------------------------
     def origin(self, *size, dtype=None, device=None) -> torch.Tensor:
         """The base point ``o`` broadcast to ``(*size, n+1)``."""

@@ -31,6 +31,9 @@ class Euclidean(Manifold):
     def logmap(self, x, y):
         return y - x
 
+    def geodesic(self, x, u, t):
+        return x + t * u, u.expand_as(x + t * u)
+
     def transp(self, x, y, u):
         return u.expand(torch.broadcast_shapes(x.shape, y.shape, u.shape)).clone()
 

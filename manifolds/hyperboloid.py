@@ -69,6 +69,13 @@ class Hyperboloid(Manifold):
         s2 = minkowski(u, u, keepdim=True).clamp(min=0)
         return asinhc_sq(s2) * u
 
+    def geodesic(self, x, u, t):
+        """``gamma(t) = cosh(t r) x + sinh(t r)/r u``, ``gamma'(t) = r sinh(t r) x + cosh(t r) u`` (``r = |u|_L``)."""
+        r2 = minkowski(u, u, keepdim=True).clamp(min=0)
+        rt2 = t * t * r2
+        c, s = cosh_sq(rt2), sinhc_sq(rt2)
+        return c * x + (t * s) * u, c * u + (t * r2 * s) * x
+
     def dist(self, x, y, keepdim: bool = False):
         """``2 asinh(|x - y|_L / 2)``, accurate near 0 where ``acosh(-<x,y>_L)`` is not."""
         d = x - y

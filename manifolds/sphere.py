@@ -48,6 +48,16 @@ class Sphere(Manifold):
         factor_near = asinc_sq(s2_near)
         return torch.where(near, factor_near, factor_far) * u
 
+    def geodesic(self, x, u, t):
+        """``gamma(t) = cos(t r) x + sin(t r)/r u``, ``gamma'(t) = -r sin(t r) x + cos(t r) u`` (``r = |u|``).
+
+        Written with ``r sin(t r) = t r^2 sinc(t r)`` so that ``u = 0`` needs no division.
+        """
+        r2 = (u * u).sum(-1, keepdim=True)
+        rt2 = t * t * r2
+        c, s = cos_sq(rt2), sinc_sq(rt2)
+        return c * x + (t * s) * u, c * u - (t * r2 * s) * x
+
     def dist(self, x, y, keepdim: bool = False):
         """``2 atan2(|x - y|, |x + y|)``: accurate at both 0 and pi."""
         a = safe_sqrt(((x - y) ** 2).sum(-1, keepdim=keepdim))

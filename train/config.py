@@ -30,6 +30,28 @@ DEFAULT_SETTINGS = {
 # rk4's 32 (0.029 vs 0.058 s per step, one thread) and reached KL 0.0049 on 5gaussians at 5000 epochs,
 # but on mult_wrapped at lr 1e-2 a step produced a non-finite state at epoch 186, so it is not the
 # default.
+# Training-objective presets: what an unspecified flag means for each objective (explicit flags win).
+# mle keeps the reference's defaults (argparse's), adding only the values of the new flags.
+MLE_SETTINGS = dict(optimizer="adam", lr_schedule="drops", warmup=0, ema=0.0, conc=1.0)
+# fm: measured on the Earth data and the paper densities (docs/earth.md, docs/reproduction.md).
+FM_SETTINGS = {
+    "earth": dict(optimizer="adamw", lr_schedule="cosine", warmup=500, ema=0.999, conc=0.0, lr=2e-3,
+                  weight_decay=0.0, batch_size=512, flow_hidden_size=256, n_hidden=4, activation="silu",
+                  epochs=30_000, eval_freq=3_000),
+    "Sphere": dict(optimizer="adamw", lr_schedule="cosine", warmup=200, ema=0.999, conc=1.0, lr=2e-3,
+                   weight_decay=0.0, batch_size=1024, flow_hidden_size=128, n_hidden=3, activation="silu",
+                   epochs=5_000, eval_freq=1_000),
+    # tanh on the hyperboloid: flow matching fits the field only where the paths go (r < ~4 for the
+    # paper's densities); an unbounded activation then extrapolates into a field that is too stiff
+    # to solve far out (silu, H^2 1wrapped, 300 steps: dopri5 at 1e-6 underflows its step at r = 8-10),
+    # while tanh saturates into a smooth one (the same run integrates to 1.0002 over r <= 12).
+    "Hyperboloid": dict(optimizer="adamw", lr_schedule="cosine", warmup=200, ema=0.999, lr=2e-3,
+                        weight_decay=0.0, batch_size=1024, flow_hidden_size=128, n_hidden=3, activation="tanh",
+                        epochs=5_000, eval_freq=1_000),
+}  # fmt: skip
+#: Flags that only mean something for maximum-likelihood training (the training ODE solve).
+MLE_ONLY = ("solver", "step_size", "atol", "rtol", "adjoint", "reference_settings")
+
 # flags that may change when a run is resumed; everything else comes from the checkpoint
 RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save", "contsave", "save_freq",
              "samples", "res", "resume", "test_size", "data_dir", "overwrite"}  # fmt: skip
@@ -46,6 +68,38 @@ LIMITS = {
 }
 #: Files that mark a folder as holding a run (the ones a run writes first and reads on resume).
 RUN_FILES = ("checkpoint.pt", "metrics.json", "history.jsonl")
+
+
+def fill_objective(args, earth: bool, resuming: bool = False):
+    """Defaults of the training objective's flags (explicit flags win); bad combinations raise UserError.
+
+    On resume the checkpoint's values stand; only flags it predates (still ``None``) are filled.
+    """
+    from utils import UserError
+
+    if args.objective == "fm":
+        bad = [k for k in MLE_ONLY if k in args.explicit]
+        if bad:
+            raise UserError(f"{', '.join('--' + k for k in bad)} only mean something for --objective mle "
+                            "(flow matching solves no ODE in training; evaluation uses dopri5 at --eval_tol)")  # fmt: skip
+        table = FM_SETTINGS["earth" if earth else args.M]
+    else:
+        table = MLE_SETTINGS
+    for k, v in table.items():
+        if k not in args.explicit and (not resuming or getattr(args, k, None) is None):
+            setattr(args, k, v)
+    if args.lr_schedule == "cosine" and "num_drops" in args.explicit:
+        raise UserError("--num_drops belongs to --lr_schedule drops, not cosine")
+    if args.lr_schedule == "drops" and "warmup" in args.explicit and args.warmup:
+        raise UserError("--warmup belongs to --lr_schedule cosine, not drops")
+    if args.warmup >= args.epochs and args.lr_schedule == "cosine":
+        args.warmup = min(args.warmup, args.epochs // 10) if "warmup" not in args.explicit else args.warmup
+        if args.warmup >= args.epochs:
+            raise UserError(f"--warmup {args.warmup} must be smaller than --epochs {args.epochs}")
+    if args.conc is None:  # the hyperboloid has no vMF base; the flag is the reference's and unused there
+        args.conc = 1.0
+    if args.conc == 0 and args.M != "Sphere":
+        raise UserError("--conc 0 (a uniform base) exists only on the sphere")
 
 
 def fill_settings(args):

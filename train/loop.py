@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,10 +22,10 @@ import torch
 import utils
 from utils import UserError
 
-from .config import RESUMABLE, RUN_FILES, fill_settings
+from .config import RESUMABLE, RUN_FILES, fill_objective, fill_settings
 from .distributed import dist_env, gather_cat
 from .rundir import check_limits, check_writable, choose_out, clean_temp_files, json_safe
-from .tasks import build_task
+from .tasks import build_task, is_earth
 
 
 def build_model(args):
@@ -61,9 +62,25 @@ def load_checkpoint(path):
     return ckpt
 
 
-def make_scheduler(opt, epochs, num_drops):
+def make_scheduler(opt, epochs, num_drops, kind="drops", warmup=0):
+    """``drops``: x0.1 at ``num_drops`` evenly spaced milestones (the reference); ``cosine``: linear
+    warm-up over ``warmup`` epochs, then cosine decay to 0 at ``epochs``."""
+    if kind == "cosine":
+
+        def factor(step):  # a plain function: the schedule follows --epochs of a resumed run
+            if step < warmup:
+                return (step + 1) / warmup
+            frac = (step - warmup) / max(epochs - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
     milestones = [round(epochs * (i + 1) / (num_drops + 1)) for i in range(num_drops)]
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+
+
+def make_optimizer(args, params):
+    kind = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=args.lr, weight_decay=args.weight_decay)
 
 
 class MeanNLL(torch.nn.Module):
@@ -75,6 +92,32 @@ class MeanNLL(torch.nn.Module):
 
     def forward(self, x):
         return -self.model.log_prob(x).mean()
+
+
+class FlowMatching(torch.nn.Module):
+    """The flow-matching loss :func:`flows.matching.flow_matching_loss` of a batch ``(x, z, t)``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, z, t):
+        from flows.matching import flow_matching_loss
+
+        return flow_matching_loss(self.model, x, z, t)
+
+
+class EMA:
+    """Exponential moving average of a model's parameters: ``e <- decay e + (1 - decay) p`` per step."""
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model):
+        ema = list(self.model.parameters())
+        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1 - self.decay)
 
 
 class Trainer:
@@ -104,6 +147,7 @@ class Trainer:
                     setattr(args, k, saved.get(k, getattr(args, k)))
             if "out" not in args.explicit:
                 args.out = None  # the checkpoint's own folder (choose_out)
+        fill_objective(args, is_earth(args.dataset), resuming=ckpt is not None)
         check_limits(args)
         fill_settings(args)
         self.device = utils.resolve_device(args.dev)
@@ -124,20 +168,23 @@ class Trainer:
 
         utils.seed_everything(args.seed)
         self.model = build_model(args).to(device=self.device, dtype=self.dtype)
-        self.loss_fn = MeanNLL(self.model)
+        self.loss_fn = FlowMatching(self.model) if args.objective == "fm" else MeanNLL(self.model)
         if self.world > 1:  # every rank starts from rank 0's weights; DDP averages the gradients
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_fn = DistributedDataParallel(self.loss_fn, device_ids=ids)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        self.sched = make_scheduler(self.opt, args.epochs, args.num_drops)
+        self.opt = make_optimizer(args, self.model.parameters())
+        self.sched = make_scheduler(self.opt, args.epochs, args.num_drops, args.lr_schedule, args.warmup)
+        self.ema = EMA(self.model, args.ema) if args.ema else None
         self.train_gen = torch.Generator().manual_seed(args.seed)
         self.start_epoch, self.history, self.losses, self.train_seconds = 0, [], [], 0.0
         self.nfe = {"forward": 0, "backward": 0, "steps": 0}
         if ckpt is not None:
             try:
-                self.model.load_state_dict(ckpt["model"])
+                self.model.load_state_dict(ckpt.get("raw_model", ckpt["model"]))
+                if self.ema is not None:
+                    self.ema.model.load_state_dict(ckpt["model"])
                 self.opt.load_state_dict(ckpt["optimizer"])
                 self.sched.load_state_dict(ckpt["scheduler"])
                 self.train_gen.set_state(ckpt["train_rng"])
@@ -181,13 +228,19 @@ class Trainer:
                 (self.out / name).unlink(missing_ok=True)
 
     # -- checkpoints ------------------------------------------------------------------------------
+    @property
+    def scored_model(self):
+        """The weights that are evaluated, drawn and saved as "model": the EMA when there is one."""
+        return self.model if self.ema is None else self.ema.model
+
     def checkpoint(self, epoch):
         if not self.is_main:
             return
         args = {k: v for k, v in vars(self.args).items() if k != "explicit"}
+        extra = {"raw_model": self.model.state_dict()} if self.ema is not None else {}
         utils.atomic_torch_save(
             {
-                "model": self.model.state_dict(), "model_config": self.model.config,
+                "model": self.scored_model.state_dict(), "model_config": self.model.config, **extra,
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "epoch": epoch, "args": args, "rng": utils.rng_state(), "train_rng": self.train_gen.get_state(),
                 "history": self.history, "losses": self.losses, "train_seconds": self.train_seconds,
@@ -212,7 +265,7 @@ class Trainer:
             best = self.history and min(h["val_nll"] for h in self.history)
             if (not self.history or m["val_nll"] < best) and self.is_main:
                 m["best"] = True
-                utils.atomic_torch_save({"model": self.model.state_dict(), "model_config": self.model.config,
+                utils.atomic_torch_save({"model": self.scored_model.state_dict(), "model_config": self.model.config,
                                          "epoch": epoch, "val_nll": m["val_nll"]}, self.out / "best.pt")  # fmt: skip
         else:
             m = self.sharded_metrics(self.task.x_test, with_truth=self.task.truth is not None)
@@ -239,12 +292,13 @@ class Trainer:
             model.train()
             t0 = time.perf_counter()
             losses, nfe_f = [], 0
-            for x in self.epoch_batches():
+            for batch in self.epoch_batches():
                 # every rank draws the same global batch and keeps its shard: with equal shards the
                 # averaged gradients equal those of the whole batch in one process
-                x = x.tensor_split(self.world)[self.rank].to(self.device, self.dtype)
+                batch = [b.tensor_split(self.world)[self.rank].to(self.device) for b in batch]
+                batch[0] = batch[0].to(self.dtype)
                 try:
-                    loss = self.loss_fn(x)  # a true mean NLL in nats per sample
+                    loss = self.loss_fn(*batch)  # mle: a true mean NLL in nats per sample
                     nfe_f = model.dynamics.nfe
                     self.opt.zero_grad(set_to_none=True)
                     if not self.all_finite(loss):
@@ -258,12 +312,14 @@ class Trainer:
                 if args.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 self.opt.step()
+                if self.ema is not None:
+                    self.ema.update(model)
                 losses.append(self.mean_over_ranks(loss.detach()))
             self.sched.step()
             self.train_seconds += time.perf_counter() - t0
             loss_val = sum(losses) / len(losses)
             self.losses.append((epoch + 1, loss_val))
-            bar.set_postfix(nll=f"{loss_val:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", nfe=nfe_f)
+            bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", nfe=nfe_f)
             done = epoch + 1
             if args.contsave and done % args.save_freq == 0 and self.is_main:
                 self.save_frame(done)
@@ -272,7 +328,8 @@ class Trainer:
                     m = self.evaluate(done, loss_val)
                 except (FloatingPointError, RuntimeError) as e:  # SolverError is a RuntimeError
                     return self.fail(epoch, f"evaluation failed: {e}")
-                msg = self.task.eval_line(done, loss_val, m)
+                name = "train FM loss" if args.objective == "fm" else "train NLL"
+                msg = self.task.eval_line(done, loss_val, m, name)
                 if self.is_main:
                     (bar.write if not args.quiet else print)(msg)
                 self.checkpoint(done)
@@ -304,12 +361,20 @@ class Trainer:
 
     def ranks_in_sync(self) -> bool:
         """True when every rank holds bit-identical parameters (DDP's promise, checked)."""
-        flat = torch.cat([p.detach().reshape(-1).double().cpu() for p in self.model.parameters()])
+        flat = torch.cat([p.detach().reshape(-1).double().cpu() for p in self.scored_model.parameters()])
         return all(torch.equal(flat, other) for other in gather_cat(flat[None], self.world))
 
     def epoch_batches(self):
-        """One epoch: a fresh batch of the true density (reference), or a pass over the training split."""
-        return self.task.train_batches(self.args.batch_size, self.train_gen, self.dtype)
+        """One epoch: a fresh batch of the true density (reference), or a pass over the training split
+        (Earth data, mle), or one batch drawn with replacement from it (Earth data, fm). Each batch is a
+        tuple of loss arguments: ``(x,)`` for mle, ``(x, z, t)`` for fm (base points and times)."""
+        args, gen = self.args, self.train_gen
+        if args.objective != "fm":
+            return [(x,) for x in self.task.train_batches(args.batch_size, gen, self.dtype)]
+        x = self.task.random_batch(args.batch_size, gen, self.dtype)
+        z = self.model.sample_base(len(x), gen, torch.float64, torch.device("cpu"))
+        t = torch.rand(len(x), generator=gen, dtype=torch.float64)
+        return [(x, z, t)]
 
     def fail(self, epoch, err):
         if not self.is_main:
@@ -324,12 +389,12 @@ class Trainer:
         Float32 round-off in the ambient coordinates of far points (hyperboloid ``x_0 ~ cosh r``)
         is larger than tight tolerances, which then make adaptive solvers crawl; float64 avoids it.
         """
-        return copy.deepcopy(self.model).to(torch.float64).eval()
+        return copy.deepcopy(self.scored_model).to(torch.float64).eval()
 
     def figure_log_prob(self):
         from flows import figure_model
 
-        m = figure_model(self.model)
+        m = figure_model(self.scored_model)
         return lambda x: m.log_prob(x.to(self.device, torch.float32))
 
     def save_frame(self, epoch):
@@ -352,7 +417,7 @@ class Trainer:
             from flows import read_checkpoint
 
             best = read_checkpoint(self.out / "best.pt", required=("model", "epoch", "val_nll"))
-            self.model.load_state_dict(best["model"])
+            self.scored_model.load_state_dict(best["model"])
             t = self.sharded_metrics(self.task.x_test, with_truth=False)
             last = {**t, "val_nll": best["val_nll"], "best_epoch": best["epoch"]}
         if not self.is_main:

@@ -3,6 +3,7 @@
 The trainer talks to one small interface, so a new data source is one new class:
 
 - ``train_batches(batch_size, generator, dtype)``: the batches of one epoch (drawn in ``dtype``);
+- ``random_batch(batch_size, generator, dtype)``: one batch (flow matching: one epoch is one batch);
 - ``x_test`` (and ``x_select`` when the task selects its model on a validation split, else None);
 - ``truth``: the exact log-density (KL against it is reported), or None for real data;
 - ``eval_line``, ``done_line``: the log lines; ``figure`` and ``sample_panels``: the pictures.
@@ -60,8 +61,11 @@ class SyntheticTask:
     def train_batches(self, batch_size, generator, dtype):
         return [self.density.sample(batch_size, generator=generator, dtype=dtype)]
 
-    def eval_line(self, epoch, loss, m):
-        return (f"epoch {epoch}: train NLL {loss:.4f}  test NLL {m['test_nll']:.4f}  "
+    def random_batch(self, batch_size, generator, dtype):
+        return self.density.sample(batch_size, generator=generator, dtype=dtype)
+
+    def eval_line(self, epoch, loss, m, loss_name="train NLL"):
+        return (f"epoch {epoch}: {loss_name} {loss:.4f}  test NLL {m['test_nll']:.4f}  "
                 f"entropy {m['entropy']:.4f}  KL {m['kl']:.4f} +- {m['kl_stderr']:.4f}")  # fmt: skip
 
     def done_line(self, metrics, seconds, out):
@@ -99,8 +103,12 @@ class EarthTask:
     def train_batches(self, batch_size, generator, dtype):
         return [x.to(dtype) for x in self.data.batches(batch_size, generator)]
 
-    def eval_line(self, epoch, loss, m):
-        return f"epoch {epoch}: train NLL {loss:.4f}  validation NLL {m['val_nll']:.4f}"
+    def random_batch(self, batch_size, generator, dtype):
+        idx = torch.randint(0, len(self.data.train), (batch_size,), generator=generator)
+        return self.data.train[idx].to(dtype)
+
+    def eval_line(self, epoch, loss, m, loss_name="train NLL"):
+        return f"epoch {epoch}: {loss_name} {loss:.4f}  validation NLL {m['val_nll']:.4f}"
 
     def done_line(self, metrics, seconds, out):
         return (f"done: test NLL {metrics['test_nll']:.4f} (best validation epoch {metrics['best_epoch']}) "

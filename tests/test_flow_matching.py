@@ -1,0 +1,171 @@
+"""Riemannian flow matching: the conditional paths, the loss, training, and its command line."""
+
+import json
+
+import pytest
+import torch
+from test_run_safety import one_line_error, run
+
+from flows import MCNF, conditional_path, flow_matching_loss, load_model, model_integral, read_checkpoint
+from manifolds import get_manifold
+
+CASES = [(m, n) for m in ("Sphere", "Hyperboloid") for n in (2, 3, 5)]
+
+
+def _pairs(M, n_pairs, near_antipodal=False):
+    g = torch.Generator().manual_seed(1)
+    x = M.random(n_pairs, generator=g, dtype=torch.float64)
+    z = M.random(n_pairs, generator=g, dtype=torch.float64)
+    if near_antipodal:  # 1 + <x, z> between 1e-5 and 1e-3: |log_x z| close to pi
+        eps = 10 ** (-3 - 2 * torch.rand(n_pairs, 1, generator=g, dtype=torch.float64))
+        w = M.proju(x, z)
+        z = M.projx(-x + (2 * eps).sqrt() * w / w.norm(dim=-1, keepdim=True))
+    return x, z
+
+
+@pytest.mark.parametrize("manifold,n", CASES)
+@pytest.mark.parametrize("near_antipodal", [False, True])
+def test_conditional_velocity_is_the_derivative_of_the_path(manifold, n, near_antipodal):
+    if near_antipodal and manifold == "Hyperboloid":
+        pytest.skip("the hyperboloid has no antipodes")
+    M = get_manifold(manifold, n)
+    x, z = _pairs(M, 200, near_antipodal)
+    t = torch.rand(200, dtype=torch.float64)
+    xt, ut, keep = conditional_path(M, x, z, t)
+    h = 1e-6
+    xp, _, _ = conditional_path(M, x, z, t + h)
+    xm, _, _ = conditional_path(M, x, z, t - h)
+    fd = (xp - xm) / (2 * h)
+    scale = 1 + M.dist(x, z)[:, None]  # |u_t| = d(x, z)
+    assert keep.all()
+    assert ((fd - ut).abs() / scale).max() < 1e-6
+    # the path starts at the data point, ends at the base point, stays on M, and u_t is tangent
+    x0, _, _ = conditional_path(M, x, z, torch.zeros(200, dtype=torch.float64))
+    x1, _, _ = conditional_path(M, x, z, torch.ones(200, dtype=torch.float64))
+    torch.testing.assert_close(x0, x, atol=1e-10, rtol=0)
+    torch.testing.assert_close(x1, z, atol=1e-6 if near_antipodal else 1e-9, rtol=0)
+    torch.testing.assert_close(M.inner(xt, xt, xt), torch.full((200,), 1.0 if manifold == "Sphere" else -1.0))
+    assert M.inner(xt, xt, ut).abs().max() < 1e-9 * scale.max() ** 2
+    torch.testing.assert_close(M.norm(xt, ut), M.dist(x, z), atol=1e-7, rtol=1e-7)
+
+
+def test_exactly_antipodal_pairs_are_dropped_not_nan():
+    M = get_manifold("Sphere", 2)
+    x = M.random(8, dtype=torch.float64)
+    z = torch.cat([-x[:4], M.random(4, dtype=torch.float64)])
+    _, ut, keep = conditional_path(M, x, z, torch.full((8,), 0.5, dtype=torch.float64))
+    assert keep.tolist() == [False] * 4 + [True] * 4
+    model = MCNF("Sphere", hidden=8).double()
+    loss = flow_matching_loss(model, x, z, torch.full((8,), 0.5, dtype=torch.float64))
+    assert torch.isfinite(loss)
+
+
+def test_per_sample_times_match_scalar_times():
+    model = MCNF("Hyperboloid", dim=3, hidden=16, activation="silu").double()
+    x = model.manifold.random(5, dtype=torch.float64)
+    t = torch.linspace(0, 1, 5, dtype=torch.float64)
+    each = torch.stack([model.field(float(t[i]), x[i : i + 1])[0] for i in range(5)])
+    torch.testing.assert_close(model.field(t, x), each, atol=1e-12, rtol=0)
+    torch.testing.assert_close(model.field(t[:, None], x), each, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("manifold,dataset", [("Sphere", "1wrapped"), ("Hyperboloid", "1wrapped")])
+def test_flow_matching_lowers_the_exact_test_nll_and_stays_normalized(manifold, dataset):
+    from data import get_density
+
+    torch.manual_seed(0)
+    den = get_density(manifold, dataset)
+    act = "silu" if manifold == "Sphere" else "tanh"  # as the fm presets (train/config.py)
+    model = MCNF(manifold, hidden=64, activation=act, eval_solver=dict(atol=1e-6, rtol=1e-6)).double()
+    x_test = den.sample(300, generator=torch.Generator().manual_seed(5))
+    nll = lambda: -model.eval().log_prob(x_test).mean().item()  # noqa: E731
+    before = nll()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(300):
+        x = den.sample(256, generator=g)
+        z = model.sample_base(256, g)
+        loss = flow_matching_loss(model, x, z, torch.rand(256, generator=g, dtype=torch.float64))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = nll()
+    entropy = -den.log_prob(x_test).mean().item()
+    assert after < before - 0.3 and after > entropy - 0.05, (before, after, entropy)
+    grid = dict(n_radial=60, n_angular=120) if manifold == "Sphere" else dict(n_radial=120, n_angular=120)
+    assert abs(model_integral(model.eval(), **grid) - 1) < 5e-3
+
+
+FM = ["--objective", "fm", "--dev", "cpu", "--quiet", "--test_size", "200", "--flow_hidden_size", "16",
+      "--batch_size", "64", "--eval_tol", "1e-4"]  # fmt: skip
+
+
+def test_fm_run_saves_ema_weights_that_load_model_uses_and_resumes_exactly(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = [
+        *FM,
+        "--M",
+        "Sphere",
+        "--dataset",
+        "1wrapped",
+        "--ema",
+        "0.9",
+        "--epochs",
+        40,
+        "--eval_freq",
+        20,
+    ]
+    r = run(*common, "--out", a)
+    assert r.returncode == 0, r.stderr
+    assert "train FM loss" in r.stdout
+    ckpt = read_checkpoint(a / "checkpoint.pt", required=("model", "raw_model"))
+    model = load_model(a / "checkpoint.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k])
+    assert any(not torch.equal(ckpt["model"][k], ckpt["raw_model"][k]) for k in ckpt["model"])
+    assert ckpt["args"]["objective"] == "fm" and ckpt["args"]["optimizer"] == "adamw"
+    # stopped and resumed: the same run, to the bit
+    assert run(*common, "--out", b, "--stop_after", 25).returncode == 0
+    r = run("--resume", b / "checkpoint.pt", "--quiet")
+    assert r.returncode == 0, r.stderr
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma["test_nll"] == mb["test_nll"]
+
+
+def test_fm_on_earth_data_uses_a_uniform_base_and_reports_the_test_split(tmp_path):
+    data = tmp_path / "earth"
+    data.mkdir()
+    g = torch.Generator().manual_seed(0)
+    lat = 30 + 5 * torch.randn(200, generator=g)
+    lon = -100 + 5 * torch.randn(200, generator=g)
+    (data / "volerup.csv").write_text(
+        "".join(f"{a:.4f},{b:.4f}\n" for a, b in zip(lat.tolist(), lon.tolist(), strict=True))
+    )
+    r = run(*FM, "--M", "Sphere", "--dataset", "volcano", "--data_dir", data, "--epochs", 30, "--eval_freq", 15,
+            "--out", tmp_path / "o")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["args"]["conc"] == 0.0 and m["args"]["lr_schedule"] == "cosine" and m["best_epoch"] in (15, 30)
+    assert m["test_nll"] < 2.531  # below the uniform density's log-area 2.531: it learned something
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--solver", "rk4"], "--solver"),
+        (["--adjoint"], "--adjoint"),
+        (["--step_size", "0.1"], "--step_size"),
+        (["--reference_settings"], "--reference_settings"),
+        (["--num_drops", "3"], "--num_drops"),
+        (["--warmup", "50", "--epochs", "50"], "--warmup"),
+        (["--M", "Hyperboloid", "--dataset", "1wrapped", "--conc", "0"], "--conc 0"),
+        (["--ema", "1"], "--ema"),
+    ],
+)
+def test_bad_fm_combinations_are_one_line_errors(tmp_path, args, needle):
+    base = [*FM, "--epochs", 5]
+    if "--M" not in args:
+        base += ["--M", "Sphere", "--dataset", "1wrapped"]
+    one_line_error(run(*base, *args, "--out", tmp_path / "o"), needle)
+    assert not (tmp_path / "o").exists()
