@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--max_speed", type=positive_float, default=None,
                      help="bound of the field's speed (default: 10 on the hyperboloid for softplus/silu, "
                           "none otherwise; tanh fields are bounded already)")  # fmt: skip
+    mod.add_argument("--fourier", type=nonneg_int, default=None,
+                     help="random Fourier features sin/cos(Bx) of the field's input (0: none, the reference)")  # fmt: skip
+    mod.add_argument("--fourier_scale", type=positive_float, default=None,
+                     help="standard deviation of the Fourier frequencies B")  # fmt: skip
     mod.add_argument("--charts", type=charts_arg, default=None, help="time segments (charts), or 'adaptive'")
     mod.add_argument("--chart_center", choices=["point", "origin"], default=None)
     mod.add_argument("--solver", default=None, help="torchdiffeq method: dopri5, rk4, midpoint, euler, ...")

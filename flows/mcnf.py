@@ -179,6 +179,8 @@ class MCNF(nn.Module):
             ``eval()`` mode respectively; evaluation defaults to tighter tolerances.
         max_speed: bound of the field's speed limiter (see :class:`flows.VectorField`; ``None``:
             10 for unbounded activations on the hyperboloid, no limiter otherwise).
+        fourier, fourier_scale: random Fourier features of the field's input (see
+            :class:`flows.VectorField`; default none).
 
     ``forward(x) -> (z, delta_logp)`` with ``log p(x) = base.log_prob(z) + delta_logp``.
     """
@@ -199,6 +201,8 @@ class MCNF(nn.Module):
         train_solver: SolverSettings | dict | None = None,
         eval_solver: SolverSettings | dict | None = None,
         max_speed: float | None = None,
+        fourier: int = 0,
+        fourier_scale: float = 1.0,
     ):
         super().__init__()
         M = get_manifold(manifold, dim) if isinstance(manifold, str) else manifold
@@ -231,7 +235,8 @@ class MCNF(nn.Module):
         # (r / sin r = 3.3 on the sphere) ends the fixed segment, which is redone with re-centring.
         self.chart_guard = 0.75 * M.injectivity_radius if M.injectivity_radius < float("inf") else None
         self.n_recentred = 0
-        self.field = VectorField(M, hidden, n_hidden, activation, max_speed=max_speed)
+        self.field = VectorField(M, hidden, n_hidden, activation, max_speed=max_speed, fourier=fourier,
+                                 fourier_scale=fourier_scale)  # fmt: skip
         self.dynamics = ChartDynamics(M, self.field, divergence)
         self.config = dict(
             manifold=M.name, dim=M.dim, hidden=hidden, n_hidden=n_hidden, activation=activation,
@@ -239,6 +244,8 @@ class MCNF(nn.Module):
             divergence=divergence, noise=noise, train_solver=asdict(self.train_solver),
             eval_solver=asdict(self.eval_solver), max_speed=max_speed,
         )  # fmt: skip
+        if fourier:  # only when used: older checkpoints and readers see the same config as before
+            self.config.update(fourier=int(fourier), fourier_scale=float(fourier_scale))
         self.nfe_forward = 0
         self.n_charts_used = 0
 

@@ -37,6 +37,14 @@ class VectorField(nn.Module):
     ``|h| << B`` the limiter is the identity up to ``|h|^2 / (2 B^2)``. ``max_speed`` may also be set
     for ``tanh`` or on the sphere (which is compact and needs no bound).
 
+    Fourier features (``fourier = K > 0``): the MLP also sees ``sin(B x)`` and ``cos(B x)`` for a fixed
+    random matrix ``B`` ``(K, n+1)`` with ``N(0, fourier_scale^2)`` entries (drawn at construction from
+    torch's global generator, stored as a buffer in the state dict). Sharp densities (the Earth
+    catalogues) need fields that vary on scales much finer than an MLP of raw coordinates learns
+    quickly; the features are smooth, so the exact divergence is unchanged in kind
+    (``d sin(Bx) = cos(Bx) B dx``). On the sphere ``x`` is a unit vector, so ``fourier_scale`` is a
+    frequency in cycles per radian times ``2 pi``. Default 0: none (the reference's input).
+
     Mixed precision: the MLP runs in its parameters' dtype; inputs of another dtype (the
     hyperboloid's float64 geometry, :meth:`manifolds.Manifold.compute_dtype`) are cast on the way in
     and the outputs cast back.
@@ -49,10 +57,18 @@ class VectorField(nn.Module):
             because training differentiates the divergence.
         max_speed: the limiter's bound ``B``; ``None`` means :data:`DEFAULT_MAX_SPEED` for unbounded
             activations on the hyperboloid and no limiter otherwise.
+        fourier, fourier_scale: number and scale of the random Fourier features of ``x`` (0: none).
     """
 
     def __init__(
-        self, manifold, hidden: int = 32, n_hidden: int = 3, activation: str = "tanh", max_speed=None
+        self,
+        manifold,
+        hidden: int = 32,
+        n_hidden: int = 3,
+        activation: str = "tanh",
+        max_speed=None,
+        fourier: int = 0,
+        fourier_scale: float = 1.0,
     ):
         super().__init__()
         if activation not in _ACTIVATIONS:
@@ -66,8 +82,15 @@ class VectorField(nn.Module):
         self.max_speed = None if max_speed is None else float(max_speed)
         self.manifold = manifold
         self.act, self.dact = _ACTIVATIONS[activation]
+        if int(fourier) != fourier or fourier < 0 or not (0 < fourier_scale < float("inf")):
+            raise ValueError(
+                f"fourier must be an integer >= 0 and fourier_scale positive, got {fourier}, {fourier_scale}"
+            )
         d = manifold.ambient_dim
-        widths = [d + 1] + [hidden] * n_hidden + [d]
+        self.fourier = int(fourier)
+        if self.fourier:
+            self.register_buffer("freqs", fourier_scale * torch.randn(self.fourier, d))
+        widths = [d + 2 * self.fourier + 1] + [hidden] * n_hidden + [d]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
 
     def _input(self, t, x):
@@ -77,7 +100,11 @@ class VectorField(nn.Module):
         tt = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if tt.dim() and tt.shape == x.shape[:-1]:
             tt = tt.unsqueeze(-1)
-        return torch.cat([x, tt.expand(*x.shape[:-1], 1)], -1)
+        feats = [x]
+        if self.fourier:
+            bx = x @ self.freqs.T
+            feats += [bx.sin(), bx.cos()]
+        return torch.cat([*feats, tt.expand(*x.shape[:-1], 1)], -1)
 
     def _limit(self, h, dh=None):
         """The speed limiter ``B h / sqrt(B^2 + |h|^2)`` (identity without ``max_speed``) and its JVP."""
@@ -108,7 +135,16 @@ class VectorField(nn.Module):
         """
         a = self._input(t, x)
         first = self.layers[0]
-        da = dirs.to(a.dtype) @ first.weight[:, : x.shape[-1]].T  # time is not perturbed
+        d = x.shape[-1]
+        dirs = dirs.to(a.dtype)
+        da = dirs @ first.weight[:, :d].T  # time is not perturbed
+        if self.fourier:  # d sin(Bx) = cos(Bx) B dx, d cos(Bx) = -sin(Bx) B dx
+            K = self.fourier
+            bd = dirs @ self.freqs.T  # (..., k, K)
+            s, c = a[..., d : d + K].unsqueeze(-2), a[..., d + K : d + 2 * K].unsqueeze(-2)
+            da = (
+                da + (c * bd) @ first.weight[:, d : d + K].T - (s * bd) @ first.weight[:, d + K : d + 2 * K].T
+            )
         for i, layer in enumerate(self.layers):
             z = layer(a) if i else first(a)
             if i:

@@ -32,22 +32,24 @@ DEFAULT_SETTINGS = {
 # default.
 # Training-objective presets: what an unspecified flag means for each objective (explicit flags win).
 # mle keeps the reference's defaults (argparse's), adding only the values of the new flags.
-MLE_SETTINGS = dict(optimizer="adam", lr_schedule="drops", warmup=0, ema=0.0, conc=1.0)
+MLE_SETTINGS = dict(
+    optimizer="adam", lr_schedule="drops", warmup=0, ema=0.0, conc=1.0, fourier=0, fourier_scale=1.0
+)
 # fm: measured on the Earth data and the paper densities (docs/earth.md, docs/reproduction.md).
 FM_SETTINGS = {
     "earth": dict(optimizer="adamw", lr_schedule="cosine", warmup=500, ema=0.999, conc=0.0, lr=2e-3,
                   weight_decay=0.0, batch_size=512, flow_hidden_size=256, n_hidden=4, activation="silu",
-                  epochs=30_000, eval_freq=3_000),
+                  fourier=0, fourier_scale=1.0, epochs=30_000, eval_freq=3_000),
     "Sphere": dict(optimizer="adamw", lr_schedule="cosine", warmup=200, ema=0.999, conc=1.0, lr=2e-3,
                    weight_decay=0.0, batch_size=1024, flow_hidden_size=128, n_hidden=3, activation="silu",
-                   epochs=5_000, eval_freq=1_000),
+                   fourier=0, fourier_scale=1.0, epochs=5_000, eval_freq=1_000),
     # tanh on the hyperboloid: flow matching fits the field only where the paths go (r < ~4 for the
     # paper's densities); an unbounded activation then extrapolates into a field that is too stiff
     # to solve far out (silu, H^2 1wrapped, 300 steps: dopri5 at 1e-6 underflows its step at r = 8-10),
     # while tanh saturates into a smooth one (the same run integrates to 1.0002 over r <= 12).
     "Hyperboloid": dict(optimizer="adamw", lr_schedule="cosine", warmup=200, ema=0.999, lr=2e-3,
                         weight_decay=0.0, batch_size=1024, flow_hidden_size=128, n_hidden=3, activation="tanh",
-                        epochs=5_000, eval_freq=1_000),
+                        fourier=0, fourier_scale=1.0, epochs=5_000, eval_freq=1_000),
 }  # fmt: skip
 #: Flags that only mean something for maximum-likelihood training (the training ODE solve).
 MLE_ONLY = ("solver", "step_size", "atol", "rtol", "adjoint", "reference_settings")

@@ -34,7 +34,8 @@ def build_model(args):
     try:
         return MCNF(
             args.M, dim=args.dim, hidden=args.flow_hidden_size, n_hidden=args.n_hidden, charts=args.charts,
-            activation=args.activation, max_speed=args.max_speed,
+            activation=args.activation, max_speed=args.max_speed, fourier=args.fourier,
+            fourier_scale=args.fourier_scale,
             chart_center=args.chart_center, conc=args.conc, divergence=args.divergence,
             train_solver=dict(method=args.solver, atol=args.atol, rtol=args.rtol, step_size=args.step_size,
                               adjoint=args.adjoint),
