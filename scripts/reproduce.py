@@ -78,17 +78,31 @@ def integral(out: Path) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--objective",
+        choices=["mle", "fm"],
+        default="mle",
+        help="fm: flow matching with main_density.py's fm defaults; writes docs/reproduction_fm.md",
+    )
     p.add_argument("--epochs", type=int, default=5000)
-    p.add_argument("--lr", default="1e-2")
+    p.add_argument("--lr", default=None, help="default 1e-2 (mle), main_density.py's fm default (fm)")
     p.add_argument("--dev", default="cuda")
-    p.add_argument("--runs", default="results/reproduce", help="folder for the runs")
+    p.add_argument("--runs", default=None, help="folder for the runs (default results/reproduce[_fm])")
     p.add_argument("--only", nargs="*", default=None, help="subset in this order, e.g. Sphere/4wrapped")
     p.add_argument("--antipodal_epochs", type=int, default=1000)
     p.add_argument("--no_antipodal", action="store_true")
     p.add_argument("--res", type=int, default=150, help="figure grid resolution")
-    p.add_argument("--md", default="docs/reproduction.md")
+    p.add_argument("--md", default=None, help="default docs/reproduction.md, docs/reproduction_fm.md (fm)")
     p.add_argument("--assemble", action="store_true", help="train nothing; tabulate the finished runs")
     a = p.parse_args(argv)
+    fm = a.objective == "fm"
+    a.runs = a.runs or ("results/reproduce_fm" if fm else "results/reproduce")
+    a.md = a.md or ("docs/reproduction_fm.md" if fm else "docs/reproduction.md")
+    if a.lr is None and not fm:
+        a.lr = "1e-2"
+    lr = ["--lr", a.lr] if a.lr else []
+    if fm:
+        a.no_antipodal = True  # the antipodal experiment is about charts in maximum-likelihood training
     runs = ROOT / a.runs
     runs.mkdir(parents=True, exist_ok=True)
     todo = PAPER if a.only is None else [pd for o in a.only for pd in PAPER if f"{pd[0]}/{pd[1]}" == o]
@@ -96,7 +110,8 @@ def main(argv=None):
     with open(runs / "log.txt", "a") as log:
         for M, ds in todo:
             out = runs / f"{M}_{ds}_{a.epochs}"
-            m, cmd, err = run_one(out, ["--M", M, "--dataset", ds, "--lr", a.lr, "--dev", a.dev,
+            obj = ["--objective", "fm"] if fm else []
+            m, cmd, err = run_one(out, ["--M", M, "--dataset", ds, *obj, *lr, "--dev", a.dev,
                                         "--eval_freq", str(max(a.epochs // 5, 1))], a.epochs, log,
                                        not a.assemble)  # fmt: skip
             rows.append((M, ds, a.epochs, m, None if m is None else integral(out), cmd, err))
@@ -117,7 +132,8 @@ def main(argv=None):
 
     with torch.no_grad():
         if dirs:
-            paper_grid(runs_from_dirs(dirs), ROOT / "docs/reproduction.png", res=a.res)
+            grid = "docs/reproduction_fm.png" if fm else "docs/reproduction.png"
+            paper_grid(runs_from_dirs(dirs), ROOT / grid, res=a.res)
         ok = [(label, out) for label, _, m, _, _, _, out in anti if m is not None]
         if ok:
             loaded = runs_from_dirs([o for _, o in ok])
@@ -142,17 +158,28 @@ def _fmt_row(name_cells, epochs, m, integ, cmd, err):
 def write_markdown(path, rows, anti, a):
     head = ("| manifold | dataset | epochs | test NLL | entropy | KL +- stderr | integral | NFE fwd / bwd per step | "
             "train s | command |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
-    lines = ["# Reproduction of the paper's density experiments", "",
-             f"Produced by `python -m scripts.reproduce --epochs {a.epochs} --lr {a.lr} --dev {a.dev} "
-             f"--antipodal_epochs {a.antipodal_epochs}` "
+    fm = a.objective == "fm"
+    flags = f"--objective fm --epochs {a.epochs}" + (f" --lr {a.lr}" if a.lr else "") if fm else (
+        f"--epochs {a.epochs} --lr {a.lr}")  # fmt: skip
+    anti_flag = "" if fm else f" --antipodal_epochs {a.antipodal_epochs}"
+    title = (
+        "# The paper's densities trained by flow matching"
+        if fm
+        else "# Reproduction of the paper's density experiments"
+    )
+    lines = [title, "",
+             f"Produced by `python -m scripts.reproduce {flags} --dev {a.dev}{anti_flag}` "
              "(each run is a `main_density.py` command, shown in the last column). Test NLL, entropy and KL on "
              "20,000 held-out samples of the exact density (KL = NLL - entropy, stderr of the paired "
              "differences); integral: quadrature of the model density over the manifold (sphere: midpoint rule "
              "200x400 in (theta, phi); hyperboloid: geodesic polar grid to r = 8). Times are CPU seconds of "
              "training on this project's 2-core machine unless the command says otherwise; runs shared the two cores "
-             "with up to three other jobs, so equal work can show up to 2x different times.", "", head]  # fmt: skip
+             "with up to three other jobs, so equal work can show up to 2x different times."
+             + (" Flow matching solves no ODE in training (NFE 0 / 0); evaluation is the same exact "
+                "likelihood as for maximum likelihood (dopri5, float64, atol = rtol = 1e-5)." if fm else ""),
+             "", head]  # fmt: skip
     lines += [_fmt_row([M, ds], ep, m, integ, cmd, err) for M, ds, ep, m, integ, cmd, err in rows]
-    lines += ["", "![paper-style grid](reproduction.png)", ""]
+    lines += ["", f"![paper-style grid]({'reproduction_fm.png' if fm else 'reproduction.png'})", ""]
     if anti:
         lines += ["## The antipodal experiment", "",
                   "Target: vMF with concentration 30 at the antipode of the base's mean; base vMF with "
