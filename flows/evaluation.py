@@ -19,13 +19,21 @@ FIGURE_SOLVER = {
 }
 
 
-def figure_model(model, dtype=torch.float32):
+def figure_model(model, dtype=torch.float32, accurate: bool = False):
     """A copy of ``model`` (eval mode, ``dtype``) that solves with :data:`FIGURE_SOLVER`, or with the
-    model's own fixed training step where that is finer."""
+    model's own fixed training step where that is finer.
+
+    ``accurate=True``: a float64 copy that keeps the model's evaluation solver (dopri5 at its
+    tolerance). For fields not trained through a fixed-step solve (``--objective fm``), whose sharp
+    peaks a coarse rk4 step gets badly wrong (a volcano model: NLL -11.4 at rk4 step 1/4 against
+    -5.2 with dopri5 at 1e-5 on its training split, ``python -m scripts.solver_gap``).
+    """
     import copy
 
     from .mcnf import SolverSettings
 
+    if accurate:
+        return copy.deepcopy(model).to(torch.float64).eval()
     m = copy.deepcopy(model).to(dtype).eval()
     settings = dict(FIGURE_SOLVER[m.manifold.name])
     train = m.train_solver

@@ -166,9 +166,11 @@ def draw_map(out, ds, path, res, data_dir, seed):
     from flows import figure_model
     from viz import figures
 
-    fm = figure_model(best_model(out))
+    accurate = json.loads((out / "metrics.json").read_text())["args"].get("objective") == "fm"
+    fm = figure_model(best_model(out), accurate=accurate)
+    dtype = torch.float64 if accurate else torch.float32
     with torch.no_grad():
-        values = figures.density_values(lambda x: fm.log_prob(x.float()), "Sphere", res)
+        values = figures.density_values(lambda x: fm.log_prob(x.to(dtype)), "Sphere", res)
     # log scale over the top 8 nats, transparent below, so that the continents stay visible
     values = np.log(np.maximum(values, 1e-300)) - (np.log(values.max()) - LOG_RANGE)
     values[values < 0.25] = np.nan
@@ -178,6 +180,17 @@ def draw_map(out, ds, path, res, data_dir, seed):
     figures.plot_panels([dict(title=title, values=values,
                               scatter=figures.to_plane(test, "Sphere"))], "Sphere", path, stock=True)  # fmt: skip
     print(f"wrote {path}", flush=True)
+
+
+def mle_rows(md):
+    """``{dataset: "mean ± std"}`` from the table this script wrote for ``--objective mle``."""
+    rows = {}
+    if md.is_file():
+        for line in md.read_text().splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) >= 5 and cells[0] in DATASETS:
+                rows[cells[0]] = cells[4]
+    return rows
 
 
 def write(path, results, a):
@@ -220,6 +233,22 @@ def write(path, results, a):
         lines.append(f"| {ds} | {ms[0]['n_train']} | {len(ms)} | {epochs} ({steps}) | "
                      f"{statistics.mean(nll):.3f} ± {sd:.3f} | {', '.join(f'{x:.3f}' for x in nll)} | {integ} | "
                      f"{statistics.mean(m['train_seconds'] for m in ms):.0f} | {wall_s} |")  # fmt: skip
+    if not fm:
+        lines += ["", "The same splits trained by flow matching (`--objective fm`), side by side with these rows: "
+                  "[earth_fm.md](earth_fm.md)."]  # fmt: skip
+    if fm:
+        mle = mle_rows(ROOT / "docs/earth.md")
+        pub = {row[0]: row[1:] for row in PUBLISHED}
+        lines += ["", "Side by side (test NLL, mean ± std over splits 0-4; maximum likelihood from "
+                  "[earth.md](earth.md), this project's rk4 training at about 2000 steps):", "",
+                  "| dataset | maximum likelihood | flow matching | Moser Flow | Riemannian flow matching |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for ds, ms in results.items():
+            nll = [m["test_nll"] for m in ms]
+            sd = statistics.stdev(nll) if len(nll) > 1 else float("nan")
+            j = DATASETS.index(ds)
+            lines.append(f"| {ds} | {mle.get(ds, 'not run')} | {statistics.mean(nll):.3f} ± {sd:.3f} | "
+                         f"{pub['Moser Flow'][j]} | {pub['Riemannian flow matching (own splits)'][j]} |")  # fmt: skip
     lines += [
         "",
         "Published (../shared/data/earth/README.md):",

@@ -25,10 +25,12 @@ def runs_from_dirs(dirs):
     for d in dirs:
         path = Path(d) / "checkpoint.pt"
         args = read_checkpoint(path, required=("args",))["args"]
-        model = figure_model(load_model(path))
+        accurate = args.get("objective") == "fm"  # see flows.figure_model
+        model = figure_model(load_model(path), accurate=accurate)
         density = get_density(args["M"], args["dataset"], dtype=torch.float64)
+        dtype = torch.float64 if accurate else torch.float32
         runs.append((f"{args['M']} {args['dataset']}", args["M"], density.log_prob,
-                     lambda x, m=model: m.log_prob(x.float())))  # fmt: skip
+                     lambda x, m=model, dt=dtype: m.log_prob(x.to(dt))))  # fmt: skip
     return runs
 
 

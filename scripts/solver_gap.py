@@ -46,7 +46,11 @@ def main(argv=None):
     train = model.train_solver
     solvers = {"training solver": train, f"dopri5 at {a.tol:g}": SolverSettings(atol=a.tol, rtol=a.tol)}
     step = f", step {train.step_size:g}" if train.step_size is not None and train.method in FIXED_STEP else ""
-    print(f"{a.run} (epoch {ckpt['epoch']}; training solver {train.method}{step})")
+    if args.get("objective") == "fm":  # flow matching trains without a solver: nothing to exploit
+        print(f"{a.run} (epoch {ckpt['epoch']}; objective fm, which trains without an ODE solve; the "
+              f"'training solver' row is the cheap fixed-step solver {train.method}{step} for comparison)")  # fmt: skip
+    else:
+        print(f"{a.run} (epoch {ckpt['epoch']}; training solver {train.method}{step})")
     for name, x in sets.items():
         row = []
         for label, s in solvers.items():
