@@ -112,7 +112,7 @@ def main(argv=None):
             out = runs / f"{M}_{ds}_{a.epochs}"
             obj = ["--objective", "fm"] if fm else []
             m, cmd, err = run_one(out, ["--M", M, "--dataset", ds, *obj, *lr, "--dev", a.dev,
-                                        "--eval_freq", str(max(a.epochs // 5, 1))], a.epochs, log,
+                                        "--eval_freq", str(a.epochs if fm else max(a.epochs // 5, 1))], a.epochs, log,
                                        not a.assemble)  # fmt: skip
             rows.append((M, ds, a.epochs, m, None if m is None else integral(out), cmd, err))
             if m is not None:
