@@ -65,10 +65,13 @@ def main(argv=None):
     p.add_argument("--runs", default=None, help="default results/earth (mle), results/earth_fm (fm)")
     p.add_argument("--md", default=None, help="default docs/earth.md (mle), docs/earth_fm.md (fm)")
     p.add_argument("--integral_samples", type=int, default=40000)
+    p.add_argument("--integral_centers", type=int, default=4000, help="model samples placing the proposal")
     p.add_argument(
         "--figures", default="docs/figures", help="map of each dataset's first split ('' for none)"
     )
-    p.add_argument("--res", type=int, default=300, help="map resolution (res x res lon/lat grid)")
+    p.add_argument("--res", type=int, default=None,
+                   help="map resolution (res x res lon/lat grid; default 300, 100 for fm, whose maps need "
+                        "an error-controlled solver)")  # fmt: skip
     p.add_argument("extra", nargs="*", help="further main_density.py flags, after --")
     a = p.parse_args(argv)
     import torch
@@ -77,6 +80,7 @@ def main(argv=None):
     from flows import model_integral_is
 
     fm = a.objective == "fm"
+    a.res = a.res or (100 if fm else 300)
     a.runs = a.runs or ("results/earth_fm" if fm else "results/earth")
     a.md = a.md or ("docs/earth_fm.md" if fm else "docs/earth.md")
     jobs = []  # (dataset, seed, out, command, n_train)
@@ -130,7 +134,9 @@ def main(argv=None):
         if "integral" not in m:  # the best-validation model, float64, the evaluation solver
             model = best_model(out).double()
             gen = torch.Generator().manual_seed(seed)
-            m["integral"], m["integral_stderr"] = model_integral_is(model, a.integral_samples, generator=gen)
+            m["integral"], m["integral_stderr"] = model_integral_is(
+                model, a.integral_samples, n_centers=a.integral_centers, generator=gen
+            )
             (out / "integral.json").write_text(json.dumps({k: m[k] for k in ("integral", "integral_stderr")}))
         name = f"earth_fm_{ds}.png" if fm else f"earth_{ds}.png"
         fig = ROOT / a.figures / name if a.figures else None
@@ -168,9 +174,8 @@ def draw_map(out, ds, path, res, data_dir, seed):
 
     accurate = json.loads((out / "metrics.json").read_text())["args"].get("objective") == "fm"
     fm = figure_model(best_model(out), accurate=accurate)
-    dtype = torch.float64 if accurate else torch.float32
     with torch.no_grad():
-        values = figures.density_values(lambda x: fm.log_prob(x.to(dtype)), "Sphere", res)
+        values = figures.density_values(lambda x: fm.log_prob(x.float()), "Sphere", res)
     # log scale over the top 8 nats, transparent below, so that the continents stay visible
     values = np.log(np.maximum(values, 1e-300)) - (np.log(values.max()) - LOG_RANGE)
     values[values < 0.25] = np.nan
@@ -198,6 +203,7 @@ def write(path, results, a):
     extra = f" -- {shlex.join(a.extra)}" if a.extra else ""
     if fm:
         command = (f"python -m scripts.earth --objective fm --data_dir DIR --dev {a.dev} --jobs {a.jobs} "
+                   f"--integral_samples {a.integral_samples} --integral_centers {a.integral_centers} --res {a.res} "
                    f"--datasets {' '.join(results)} --seeds {' '.join(map(str, a.seeds))}{extra}")  # fmt: skip
     else:
         budget = f"--epochs {a.epochs}" if a.epochs else f"--steps {a.steps}"
@@ -214,7 +220,7 @@ def write(path, results, a):
              f"Produced by `{command}`. {how}Test NLL in nats (lower is better), mean ± std "
              "over the split seeds, with the checkpoint of the best validation NLL. Integral: the model "
              "density integrated over the sphere by importance sampling (`flows.model_integral_is`, "
-             f"{a.integral_samples} points), which must be 1; shown as the range over the splits of "
+             f"{a.integral_samples} points, proposal placed at {a.integral_centers} model samples), which must be 1; shown as the range over the splits of "
              "estimate ± standard error. Times: seconds of training (evaluations excluded) and of the whole "
              f"command, per run{', with ' + str(a.jobs) + ' runs at once, one thread each, on this 2-core CPU' if a.jobs > 1 else ''}.",
              "",

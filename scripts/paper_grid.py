@@ -28,9 +28,8 @@ def runs_from_dirs(dirs):
         accurate = args.get("objective") == "fm"  # see flows.figure_model
         model = figure_model(load_model(path), accurate=accurate)
         density = get_density(args["M"], args["dataset"], dtype=torch.float64)
-        dtype = torch.float64 if accurate else torch.float32
         runs.append((f"{args['M']} {args['dataset']}", args["M"], density.log_prob,
-                     lambda x, m=model, dt=dtype: m.log_prob(x.to(dt))))  # fmt: skip
+                     lambda x, m=model: m.log_prob(x.float())))  # fmt: skip
     return runs
 
 
