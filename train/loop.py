@@ -447,7 +447,8 @@ class Trainer:
         from viz import figures
 
         losses = np.array(self.losses).reshape(-1, 2).T
-        figures.training_curve(self.history, self.out / "training_curve.png", losses=losses)
+        label = "flow-matching loss (batch)" if args.objective == "fm" else "training NLL (batch)"
+        figures.training_curve(self.history, self.out / "training_curve.png", losses=losses, loss_label=label)
         if args.save:
             t0 = time.perf_counter()
             self.task.figure(self.figure_log_prob(), self.out / f"{args.dataset}_{args.M}.png", args.res,

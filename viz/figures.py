@@ -220,15 +220,24 @@ def samples_figure(samples: dict, manifold: str, path):
     return plot_panels(panels, manifold, path)
 
 
-def training_curve(history, path, losses=None, entropy=None):
+def training_curve(history, path, losses=None, entropy=None, loss_label="training NLL (batch)"):
     """Training loss and test (or validation) NLL against epochs, with the true entropy as a floor.
 
     ``history``: evaluation records (``epoch``, ``test_nll`` or ``val_nll``); ``losses``:
-    ``(epochs, nll)`` arrays.
+    ``(epochs, loss)`` arrays, drawn on the same axis when the loss is an NLL and on a second axis
+    otherwise (``loss_label`` not starting with "training NLL", e.g. the flow-matching loss).
     """
     fig, ax = plt.subplots(figsize=(6, 4), dpi=DPI)
     if losses is not None and len(losses[0]):
-        ax.plot(losses[0], losses[1], lw=0.8, alpha=0.7, label="training NLL (batch)")
+        lax = ax if loss_label.startswith("training NLL") else ax.twinx()
+        lax.plot(
+            losses[0], losses[1], lw=0.8, alpha=0.7, label=loss_label, color="C0" if lax is ax else "0.6"
+        )
+        if lax is not ax:
+            lax.set_ylabel(loss_label)
+            lax.legend(loc="upper right")
+            ax.set_zorder(lax.get_zorder() + 1)  # the evaluations in front of the noisy batch loss
+            ax.patch.set_visible(False)
     for key, label in [("test_nll", "test NLL"), ("val_nll", "validation NLL")]:
         pts = [(h["epoch"], h[key]) for h in history if key in h]
         if pts:
@@ -239,7 +248,9 @@ def training_curve(history, path, losses=None, entropy=None):
         ax.axhline(entropy, color="k", ls="--", lw=1, label=f"true entropy {entropy:.3f} (floor)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per sample")
-    ax.legend()
+    ax.legend(
+        loc="upper left" if losses is not None and not loss_label.startswith("training NLL") else "best"
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
