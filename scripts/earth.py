@@ -66,6 +66,9 @@ def main(argv=None):
     p.add_argument("--md", default=None, help="default docs/earth.md (mle), docs/earth_fm.md (fm)")
     p.add_argument("--integral_samples", type=int, default=40000)
     p.add_argument("--integral_centers", type=int, default=4000, help="model samples placing the proposal")
+    p.add_argument("--integral_seeds", type=int, nargs="*", default=None,
+                   help="split seeds whose models get the integral (default: all; it costs minutes each on a CPU "
+                        "for sharp models)")  # fmt: skip
     p.add_argument(
         "--figures", default="docs/figures", help="map of each dataset's first split ('' for none)"
     )
@@ -131,7 +134,8 @@ def main(argv=None):
         for extra_file in ("integral.json", "wall.json"):
             if (out / extra_file).is_file():
                 m.update(json.loads((out / extra_file).read_text()))
-        if "integral" not in m:  # the best-validation model, float64, the evaluation solver
+        wanted = a.integral_seeds is None or seed in a.integral_seeds
+        if "integral" not in m and wanted:  # the best-validation model, float64, the evaluation solver
             model = best_model(out).double()
             gen = torch.Generator().manual_seed(seed)
             m["integral"], m["integral_stderr"] = model_integral_is(
@@ -204,6 +208,8 @@ def write(path, results, a):
     if fm:
         command = (f"python -m scripts.earth --objective fm --data_dir DIR --dev {a.dev} --jobs {a.jobs} "
                    f"--integral_samples {a.integral_samples} --integral_centers {a.integral_centers} --res {a.res} "
+                   + ("" if a.integral_seeds is None else f"--integral_seeds {' '.join(map(str, a.integral_seeds))} ")
+                   +
                    f"--datasets {' '.join(results)} --seeds {' '.join(map(str, a.seeds))}{extra}")  # fmt: skip
     else:
         budget = f"--epochs {a.epochs}" if a.epochs else f"--steps {a.steps}"
@@ -220,7 +226,8 @@ def write(path, results, a):
              f"Produced by `{command}`. {how}Test NLL in nats (lower is better), mean ± std "
              "over the split seeds, with the checkpoint of the best validation NLL. Integral: the model "
              "density integrated over the sphere by importance sampling (`flows.model_integral_is`, "
-             f"{a.integral_samples} points, proposal placed at {a.integral_centers} model samples), which must be 1; shown as the range over the splits of "
+             f"{a.integral_samples} points, proposal placed at {a.integral_centers} model samples"
+             f"{'' if a.integral_seeds is None else '; split seeds ' + ' '.join(map(str, a.integral_seeds)) + ' only, - for the others'}), which must be 1; shown as the range over the splits of "
              "estimate ± standard error. Times: seconds of training (evaluations excluded) and of the whole "
              f"command, per run{', with ' + str(a.jobs) + ' runs at once, one thread each, on this 2-core CPU' if a.jobs > 1 else ''}.",
              "",
@@ -230,7 +237,8 @@ def write(path, results, a):
     for ds, ms in results.items():
         nll = [m["test_nll"] for m in ms]
         sd = statistics.stdev(nll) if len(nll) > 1 else float("nan")
-        integ = ", ".join(f"{m['integral']:.3f} ± {m['integral_stderr']:.3f}" for m in ms)
+        integ = ", ".join(f"{m['integral']:.3f} ± {m['integral_stderr']:.3f}" if "integral" in m else "-"
+                          for m in ms)  # fmt: skip
         epochs = ms[0]["epochs"]
         bs = ms[0]["args"]["batch_size"]
         steps = epochs if fm else epochs * math.ceil(ms[0]["n_train"] / bs)
