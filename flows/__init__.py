@@ -4,7 +4,6 @@ from .checkpoint import CheckpointError, read_checkpoint
 from .divergence import DIVERGENCES
 from .evaluation import (
     FIGURE_SOLVER,
-    FIGURE_SOLVER_ACCURATE,
     defensive_proposal,
     evaluate,
     figure_model,
@@ -33,7 +32,6 @@ __all__ = [
     "metrics_from_log_probs",
     "figure_model",
     "FIGURE_SOLVER",
-    "FIGURE_SOLVER_ACCURATE",
     "model_integral",
     "importance_integral",
     "defensive_proposal",

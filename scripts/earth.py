@@ -179,7 +179,8 @@ def draw_map(out, ds, path, res, data_dir, seed):
     accurate = json.loads((out / "metrics.json").read_text())["args"].get("objective") == "fm"
     fm = figure_model(best_model(out), accurate=accurate)
     with torch.no_grad():
-        values = figures.density_values(lambda x: fm.log_prob(x.float()), "Sphere", res)
+        dtype = torch.float64 if accurate else torch.float32
+        values = figures.density_values(lambda x: fm.log_prob(x.to(dtype)), "Sphere", res)
     # log scale over the top 8 nats, transparent below, so that the continents stay visible
     values = np.log(np.maximum(values, 1e-300)) - (np.log(values.max()) - LOG_RANGE)
     values[values < 0.25] = np.nan

@@ -29,7 +29,7 @@ def runs_from_dirs(dirs):
         model = figure_model(load_model(path), accurate=accurate)
         density = get_density(args["M"], args["dataset"], dtype=torch.float64)
         runs.append((f"{args['M']} {args['dataset']}", args["M"], density.log_prob,
-                     lambda x, m=model: m.log_prob(x.float())))  # fmt: skip
+                     lambda x, m=model, dt=torch.float64 if accurate else torch.float32: m.log_prob(x.to(dt))))  # fmt: skip
     return runs
 
 

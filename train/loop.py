@@ -397,7 +397,8 @@ class Trainer:
 
         accurate = self.args.objective == "fm"  # no training solver whose step the figure can reuse
         m = figure_model(self.scored_model, accurate=accurate)
-        return lambda x: m.log_prob(x.to(self.device, torch.float32))
+        dtype = torch.float64 if accurate else torch.float32
+        return lambda x: m.log_prob(x.to(self.device, dtype))
 
     def save_frame(self, epoch):
         from viz.figures import density_figure
