@@ -51,6 +51,7 @@ def main(argv=None):
     p.add_argument("--data_dir", required=True)
     p.add_argument("--objective", choices=["mle", "fm"], default="mle")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (one thread each when > 1)")
+    p.add_argument("--assemble", action="store_true", help="train nothing; tabulate the finished runs")
     p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     budget = p.add_mutually_exclusive_group()
@@ -109,7 +110,7 @@ def main(argv=None):
     def train(job):
         ds, seed, out, cmd, _ = job
         mf = out / "metrics.json"
-        if mf.is_file():
+        if mf.is_file() or a.assemble:
             return None
         if (out / "checkpoint.pt").is_file():  # an unfinished run: continue it
             cmd = ["main_density.py", "--resume", str(rel(out / "checkpoint.pt")), "--quiet"]
