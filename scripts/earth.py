@@ -52,6 +52,7 @@ def main(argv=None):
     p.add_argument("--objective", choices=["mle", "fm"], default="mle")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (one thread each when > 1)")
     p.add_argument("--assemble", action="store_true", help="train nothing; tabulate the finished runs")
+    p.add_argument("--note", default="", help="a paragraph for the page (conditions of the run, findings)")
     p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     budget = p.add_mutually_exclusive_group()
@@ -265,6 +266,8 @@ def write(path, results, a):
             j = DATASETS.index(ds)
             lines.append(f"| {ds} | {mle.get(ds, 'not run')} | {statistics.mean(nll):.3f} ± {sd:.3f} | "
                          f"{pub['Moser Flow'][j]} | {pub['Riemannian flow matching (own splits)'][j]} |")  # fmt: skip
+    if a.note:
+        lines += ["", a.note]
     lines += [
         "",
         "Published (../shared/data/earth/README.md):",
