@@ -212,6 +212,7 @@ def write(path, results, a):
         command = (f"python -m scripts.earth --objective fm --data_dir DIR --dev {a.dev} --jobs {a.jobs} "
                    f"--integral_samples {a.integral_samples} --integral_centers {a.integral_centers} --res {a.res} "
                    + ("" if a.integral_seeds is None else f"--integral_seeds {' '.join(map(str, a.integral_seeds))} ")
+                   + ("" if a.figures else "--figures '' ")
                    +
                    f"--datasets {' '.join(results)} --seeds {' '.join(map(str, a.seeds))}{extra}")  # fmt: skip
     else:
