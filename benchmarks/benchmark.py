@@ -143,23 +143,20 @@ def grid_seconds(device, res=500):
     return out
 
 
-def time_to_quality(M, s, device, max_epochs, threshold=0.1, eval_every=10, lr=1e-2):
-    """Wall seconds of training (evaluation excluded) until the test KL first drops below threshold."""
+def _until_kl(model, draw, train_step, den, device, max_epochs, threshold, eval_every):
+    """Train with ``train_step(*draw())`` until the test KL (dopri5 1e-5, float64, 4000 points, every
+    ``eval_every`` epochs) drops below ``threshold``; only the steps are timed."""
     import copy
 
     from flows import SolverSettings, evaluate
 
-    model = build(M, s, device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
-    den = density(M)
-    g = torch.Generator().manual_seed(0)
     x_test = den.sample(4000, generator=torch.Generator().manual_seed(123))
     wall = 0.0
     for epoch in range(1, max_epochs + 1):
-        x = den.sample(200, generator=g).to(device, torch.float32)
+        batch = draw()
         sync(device)
         t0 = time.perf_counter()
-        step(model, opt, x)
+        train_step(*batch)
         sync(device)
         wall += time.perf_counter() - t0
         if epoch % eval_every == 0:
@@ -172,13 +169,23 @@ def time_to_quality(M, s, device, max_epochs, threshold=0.1, eval_every=10, lr=1
                 note=f"KL >= {threshold} after {max_epochs} epochs ({wall:.0f} s)")  # fmt: skip
 
 
+def time_to_quality(M, s, device, max_epochs, threshold=0.1, eval_every=10, lr=1e-2):
+    """Wall seconds of training (evaluation excluded) until the test KL first drops below threshold."""
+    model = build(M, s, device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
+    den = density(M)
+    g = torch.Generator().manual_seed(0)
+    draw = lambda: (den.sample(200, generator=g).to(device, torch.float32),)  # noqa: E731
+    return _until_kl(
+        model, draw, lambda x: step(model, opt, x), den, device, max_epochs, threshold, eval_every
+    )
+
+
 def time_to_quality_fm(M, device, max_epochs, threshold=0.1, eval_every=10):
     """As :func:`time_to_quality`, trained by flow matching with ``main_density.py``'s fm preset for
     the synthetic densities (field, batch, AdamW and its lr; constant lr, raw weights evaluated: the
     preset's cosine schedule and EMA act over its 5000 epochs, not over the first few hundred)."""
-    import copy
-
-    from flows import MCNF, SolverSettings, evaluate, flow_matching_loss
+    from flows import MCNF, flow_matching_loss
     from train.config import FM_SETTINGS
 
     f = FM_SETTINGS[M]
@@ -189,28 +196,20 @@ def time_to_quality_fm(M, device, max_epochs, threshold=0.1, eval_every=10):
     opt = torch.optim.AdamW(model.parameters(), lr=f["lr"], weight_decay=f["weight_decay"])
     den = density(M)
     g = torch.Generator().manual_seed(0)
-    x_test = den.sample(4000, generator=torch.Generator().manual_seed(123))
-    wall, bs = 0.0, f["batch_size"]
-    for epoch in range(1, max_epochs + 1):
+    bs = f["batch_size"]
+
+    def draw():
         x = den.sample(bs, generator=g, dtype=torch.float32).to(device)
         z = model.sample_base(bs, g, torch.float64, torch.device("cpu")).to(device)
-        t = torch.rand(bs, generator=g, dtype=torch.float64).to(device)
-        sync(device)
-        t0 = time.perf_counter()
+        return x, z, torch.rand(bs, generator=g, dtype=torch.float64).to(device)
+
+    def train_step(x, z, t):
         loss = flow_matching_loss(model, x, z, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sync(device)
-        wall += time.perf_counter() - t0
-        if epoch % eval_every == 0:
-            ev = copy.deepcopy(model).double().eval()
-            ev.eval_solver = SolverSettings(atol=1e-5, rtol=1e-5)
-            kl = evaluate(ev, den.log_prob, x_test.to(device))["kl"]
-            if kl < threshold:
-                return dict(seconds=wall, epochs=epoch, kl=kl, sec_per_step=wall / epoch)
-    return dict(seconds=None, epochs=None, kl=kl, sec_per_step=wall / max_epochs,
-                note=f"KL >= {threshold} after {max_epochs} epochs ({wall:.0f} s)")  # fmt: skip
+
+    return _until_kl(model, draw, train_step, den, device, max_epochs, threshold, eval_every)
 
 
 def main(argv=None):

@@ -99,10 +99,10 @@ def fill_objective(args, earth: bool, resuming: bool = False):
         raise UserError("--num_drops belongs to --lr_schedule drops, not cosine")
     if args.lr_schedule == "drops" and "warmup" in args.explicit and args.warmup:
         raise UserError("--warmup belongs to --lr_schedule cosine, not drops")
-    if args.warmup >= args.epochs and args.lr_schedule == "cosine":
-        args.warmup = min(args.warmup, args.epochs // 10) if "warmup" not in args.explicit else args.warmup
-        if args.warmup >= args.epochs:
+    if args.lr_schedule == "cosine" and args.warmup >= args.epochs:
+        if "warmup" in args.explicit:
             raise UserError(f"--warmup {args.warmup} must be smaller than --epochs {args.epochs}")
+        args.warmup = args.epochs // 10  # the preset's warm-up does not fit a short run
     if args.conc is None:  # the hyperboloid has no vMF base; the flag is the reference's and unused there
         args.conc = 1.0
     if args.conc == 0 and args.M != "Sphere":
