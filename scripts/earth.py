@@ -153,6 +153,8 @@ def main(argv=None):
         results.setdefault(ds, []).append(m)
     write(ROOT / a.md, results, a)
     print(f"wrote {a.md}")
+    if a.md in ("docs/earth.md", "docs/earth_fm.md"):  # the default pages: refresh the side-by-side block
+        side_by_side(ROOT / "docs/earth.md", ROOT / "docs/earth_fm.md")
 
 
 def rel(path: Path) -> Path:
@@ -194,15 +196,69 @@ def draw_map(out, ds, path, res, data_dir, seed):
     print(f"wrote {path}", flush=True)
 
 
-def mle_rows(md):
-    """``{dataset: "mean ± std"}`` from the table this script wrote for ``--objective mle``."""
+SIDE_BEGIN = "<!-- both objectives side by side: written by python -m scripts.earth -->"
+SIDE_END = "<!-- end of both objectives side by side -->"
+
+
+def page_rows(md):
+    """``{dataset: cells}`` of the results table on a page this script wrote (empty if none)."""
     rows = {}
     if md.is_file():
-        for line in md.read_text().splitlines():
+        for line in md.read_text().split(SIDE_BEGIN)[0].splitlines():  # not the side-by-side block
             cells = [c.strip() for c in line.strip("|").split("|")]
-            if len(cells) >= 5 and cells[0] in DATASETS:
-                rows[cells[0]] = cells[4]
+            if len(cells) >= 8 and cells[0] in DATASETS and cells[0] not in rows:
+                rows[cells[0]] = cells
     return rows
+
+
+def section(md, heading):
+    """The text under ``heading`` on a page, up to the next heading or table caption ('' if none)."""
+    if not md.is_file() or f"\n{heading}\n" not in md.read_text():
+        return ""
+    body = md.read_text().split(f"\n{heading}\n", 1)[1]
+    return body.split("\n#", 1)[0].split("\nPublished (", 1)[0].strip()
+
+
+def side_by_side(earth_md, fm_md):
+    """Rewrite the block of docs/earth.md that puts both objectives' rows beside the published ones.
+
+    Built from the two pages' own tables (columns: dataset, train events, splits, epochs (steps),
+    mean ± std, per split, integral, train s, wall s), so either objective's run refreshes it.
+    """
+    mle, fm = page_rows(earth_md), page_rows(fm_md)
+    if not earth_md.is_file():
+        return
+    pub = {row[0]: row[1:] for row in PUBLISHED}
+    lines = [SIDE_BEGIN, "## Both objectives", "",
+             "Test NLL, mean ± std over the split seeds, and training seconds per split (mean over the "
+             "splits, evaluations excluded). Maximum likelihood: the table above. Flow matching: "
+             "[earth_fm.md](earth_fm.md), main_density.py's `--objective fm` defaults. Same splits, same "
+             "exact-likelihood scoring. Gap: flow matching's mean minus Moser Flow's (negative is better).", "",
+             "| dataset | maximum likelihood | train s | flow matching | train s | wall s | Moser Flow "
+             "| gap | Riemannian flow matching |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for j, ds in enumerate(DATASETS):
+        a, b = mle.get(ds), fm.get(ds)
+        if a is None and b is None:
+            continue
+        a_cells = f"{a[4]} | {a[7]}" if a else "not run | "
+        b_cells = f"{b[4]} | {b[7]} | {b[8]}" if b else "not run | | "
+        moser = pub["Moser Flow"][j]
+        gap = f"{float(b[4].split()[0]) - float(moser.split()[0]):+.2f}" if b else ""
+        lines.append(f"| {ds} | {a_cells} | {b_cells} | {moser} | {gap} | "
+                     f"{pub['Riemannian flow matching (own splits)'][j]} |")  # fmt: skip
+    notes = section(fm_md, "## Notes")
+    if notes:
+        lines += ["", "From [earth_fm.md](earth_fm.md#notes):", "", notes]
+    lines += ["", SIDE_END]
+    text = earth_md.read_text()
+    if SIDE_BEGIN in text and SIDE_END in text:
+        head, rest = text.split(SIDE_BEGIN, 1)
+        text = head + "\n".join(lines) + rest.split(SIDE_END, 1)[1]
+    else:  # first time: after the results table's paragraph
+        marker = "\nPublished (../shared/data/earth/README.md):"
+        head, tail = text.split(marker, 1)
+        text = head.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n" + marker + tail
+    earth_md.write_text(text)
 
 
 def write(path, results, a):
@@ -251,24 +307,11 @@ def write(path, results, a):
         lines.append(f"| {ds} | {ms[0]['n_train']} | {len(ms)} | {epochs} ({steps}) | "
                      f"{statistics.mean(nll):.3f} ± {sd:.3f} | {', '.join(f'{x:.3f}' for x in nll)} | {integ} | "
                      f"{statistics.mean(m['train_seconds'] for m in ms):.0f} | {wall_s} |")  # fmt: skip
-    if not fm:
-        lines += ["", "The same splits trained by flow matching (`--objective fm`), side by side with these rows: "
-                  "[earth_fm.md](earth_fm.md)."]  # fmt: skip
     if fm:
-        mle = mle_rows(ROOT / "docs/earth.md")
-        pub = {row[0]: row[1:] for row in PUBLISHED}
-        lines += ["", "Side by side (test NLL, mean ± std over splits 0-4; maximum likelihood from "
-                  "[earth.md](earth.md), this project's rk4 training at about 2000 steps):", "",
-                  "| dataset | maximum likelihood | flow matching | Moser Flow | Riemannian flow matching |",
-                  "|---|---|---|---|---|"]  # fmt: skip
-        for ds, ms in results.items():
-            nll = [m["test_nll"] for m in ms]
-            sd = statistics.stdev(nll) if len(nll) > 1 else float("nan")
-            j = DATASETS.index(ds)
-            lines.append(f"| {ds} | {mle.get(ds, 'not run')} | {statistics.mean(nll):.3f} ± {sd:.3f} | "
-                         f"{pub['Moser Flow'][j]} | {pub['Riemannian flow matching (own splits)'][j]} |")  # fmt: skip
+        lines += ["", "Beside maximum likelihood, Moser Flow and Riemannian flow matching: "
+                  "[earth.md](earth.md#both-objectives)."]  # fmt: skip
     if a.note:
-        lines += ["", a.note]
+        lines += ["", "## Notes", "", a.note]
     lines += [
         "",
         "Published (../shared/data/earth/README.md):",
