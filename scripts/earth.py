@@ -32,6 +32,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from scripts.pages import replace_block, section, table_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PUBLISHED = [  # ../shared/data/earth/README.md (Riemannian score-based generative models paper)
@@ -200,36 +202,17 @@ SIDE_BEGIN = "<!-- both objectives side by side: written by python -m scripts.ea
 SIDE_END = "<!-- end of both objectives side by side -->"
 
 
-def page_rows(md):
-    """``{dataset: cells}`` of the results table on a page this script wrote (empty if none)."""
-    rows = {}
-    if md.is_file():
-        for line in md.read_text().split(SIDE_BEGIN)[0].splitlines():  # not the side-by-side block
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if len(cells) >= 8 and cells[0] in DATASETS and cells[0] not in rows:
-                rows[cells[0]] = cells
-    return rows
-
-
-def section(md, heading):
-    """The text under ``heading`` on a page, up to the next heading or table caption ('' if none)."""
-    if not md.is_file() or f"\n{heading}\n" not in md.read_text():
-        return ""
-    body = md.read_text().split(f"\n{heading}\n", 1)[1]
-    return body.split("\n#", 1)[0].split("\nPublished (", 1)[0].strip()
-
-
 def side_by_side(earth_md, fm_md):
     """Rewrite the block of docs/earth.md that puts both objectives' rows beside the published ones.
 
     Built from the two pages' own tables (columns: dataset, train events, splits, epochs (steps),
     mean ± std, per split, integral, train s, wall s), so either objective's run refreshes it.
     """
-    mle, fm = page_rows(earth_md), page_rows(fm_md)
+    mle, fm = (table_rows(md, DATASETS, min_cells=8, stop=SIDE_BEGIN) for md in (earth_md, fm_md))
     if not earth_md.is_file():
         return
     pub = {row[0]: row[1:] for row in PUBLISHED}
-    lines = [SIDE_BEGIN, "## Both objectives", "",
+    lines = ["## Both objectives", "",
              "Test NLL, mean ± std over the split seeds, and training seconds per split (mean over the "
              "splits, evaluations excluded). Maximum likelihood: the table above. Flow matching: "
              "[earth_fm.md](earth_fm.md), main_density.py's `--objective fm` defaults. Same splits, same "
@@ -249,16 +232,9 @@ def side_by_side(earth_md, fm_md):
     notes = section(fm_md, "## Notes")
     if notes:
         lines += ["", "From [earth_fm.md](earth_fm.md#notes):", "", notes]
-    lines += ["", SIDE_END]
-    text = earth_md.read_text()
-    if SIDE_BEGIN in text and SIDE_END in text:
-        head, rest = text.split(SIDE_BEGIN, 1)
-        text = head + "\n".join(lines) + rest.split(SIDE_END, 1)[1]
-    else:  # first time: after the results table's paragraph
-        marker = "\nPublished (../shared/data/earth/README.md):"
-        head, tail = text.split(marker, 1)
-        text = head.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n" + marker + tail
-    earth_md.write_text(text)
+    replace_block(
+        earth_md, SIDE_BEGIN, SIDE_END, [*lines, ""], before="Published (../shared/data/earth/README.md):"
+    )
 
 
 def write(path, results, a):

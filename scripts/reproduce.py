@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from scripts.pages import replace_block, table_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PAPER = [("Hyperboloid", "1wrapped"), ("Hyperboloid", "5gaussians"), ("Hyperboloid", "bigcheckerboard"),
@@ -94,6 +96,7 @@ def main(argv=None):
     p.add_argument("--res", type=int, default=150, help="figure grid resolution")
     p.add_argument("--md", default=None, help="default docs/reproduction.md, docs/reproduction_fm.md (fm)")
     p.add_argument("--assemble", action="store_true", help="train nothing; tabulate the finished runs")
+    p.add_argument("--no_grid", action="store_true", help="write the tables only, not the figures")
     a = p.parse_args(argv)
     fm = a.objective == "fm"
     a.runs = a.runs or ("results/reproduce_fm" if fm else "results/reproduce")
@@ -128,9 +131,13 @@ def main(argv=None):
                     (label, a.antipodal_epochs, m, None if m is None else integral(out), cmd, err, out)
                 )
     write_markdown(ROOT / a.md, rows, anti, a)
+    if a.md in ("docs/reproduction.md", "docs/reproduction_fm.md"):  # the default pages
+        side_by_side(ROOT / "docs/reproduction.md", ROOT / "docs/reproduction_fm.md")
     from scripts.paper_grid import paper_grid, runs_from_dirs
 
     with torch.no_grad():
+        if a.no_grid:
+            dirs, anti = [], []
         if dirs:
             grid = "docs/reproduction_fm.png" if fm else "docs/reproduction.png"
             paper_grid(runs_from_dirs(dirs), ROOT / grid, res=a.res)
@@ -141,6 +148,35 @@ def main(argv=None):
             paper_grid(loaded, ROOT / "docs/antipodal.png", res=a.res)
     print(f"wrote {a.md}")
     return 0
+
+
+SIDE_BEGIN = "<!-- both objectives side by side: written by python -m scripts.reproduce -->"
+SIDE_END = "<!-- end of both objectives side by side -->"
+
+
+def side_by_side(mle_md, fm_md):
+    """Rewrite the block of docs/reproduction.md that puts the two objectives' rows side by side.
+
+    Built from both pages' tables (manifold, dataset, epochs, test NLL, entropy, KL, integral, NFE,
+    train s, command), so either objective's run refreshes it.
+    """
+    if not mle_md.is_file():
+        return
+    mle, fm = (table_rows(md, PAPER, n_key=2, min_cells=10, stop=SIDE_BEGIN) for md in (mle_md, fm_md))
+    lines = ["## Both objectives", "",
+             "KL to the exact density +- stderr and training seconds, maximum likelihood (the table above) "
+             "beside flow matching ([reproduction_fm.md](reproduction_fm.md), main_density.py's "
+             "`--objective fm` defaults), same test samples and exact-likelihood scoring.", "",
+             "| manifold | dataset | maximum likelihood: epochs | KL | train s | flow matching: epochs | KL "
+             "| train s |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key in PAPER:
+        a, b = mle.get(key), fm.get(key)
+        if a is None and b is None:
+            continue
+        cells = [f"{r[2]} | {r[5]} | {r[8]}" if r and r[3] and not r[3].startswith(("not run", "failed")) else
+                 "- | not run | " for r in (a, b)]  # fmt: skip
+        lines.append(f"| {key[0]} | {key[1]} | {cells[0]} | {cells[1]} |")
+    replace_block(mle_md, SIDE_BEGIN, SIDE_END, [*lines, ""], before="## The antipodal experiment")
 
 
 def _fmt_row(name_cells, epochs, m, integ, cmd, err):

@@ -80,38 +80,3 @@ def test_short_volcano_run_finite_and_normalized(tmp_path):
     assert abs(model_integral(model, n_radial=60, n_angular=120) - 1) < 5e-3
     d = EarthData("volcano", SHARED, split_seed=0)
     assert m["n_test"] == len(d.test)
-
-
-def _page(path, objective, nll_by_dataset, train_s):
-    """Write a results page with scripts.earth's own writer, from made-up metrics."""
-    from argparse import Namespace
-
-    from scripts.earth import write
-
-    a = Namespace(objective=objective, extra=[], dev="cpu", jobs=1, integral_samples=10, integral_centers=5,
-                  res=10, integral_seeds=None, figures="", seeds=[0, 1], epochs=None, steps=100, hidden=8,
-                  n_hidden=1, lr="1e-3", step_size="0.5", note="measured limits" if objective == "fm" else "")  # fmt: skip
-    results = {ds: [dict(test_nll=v + d, epochs=7, args={"batch_size": 10}, n_train=70, train_seconds=train_s,
-                         wall_seconds=train_s + 1, cmd="python main_density.py") for d in (-0.1, 0.1)]
-               for ds, v in nll_by_dataset.items()}  # fmt: skip
-    write(path, results, a)
-
-
-def test_side_by_side_block_is_built_from_both_pages_and_rewritten_in_place(tmp_path):
-    from scripts.earth import SIDE_BEGIN, side_by_side
-
-    earth, fm = tmp_path / "earth.md", tmp_path / "earth_fm.md"
-    _page(earth, "mle", {"volcano": -1.5, "fire": -0.4}, 230)
-    _page(fm, "fm", {"volcano": -4.5, "flood": 0.6}, 500)
-    side_by_side(earth, fm)
-    side_by_side(earth, fm)  # idempotent: one block, replaced in place
-    text = earth.read_text()
-    assert text.count(SIDE_BEGIN) == 1
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
-            for line in text.split(SIDE_BEGIN)[1].splitlines() if line.startswith("| ") and "dataset" not in line}  # fmt: skip
-    assert rows["volcano"][1:6] == ["-1.500 ± 0.141", "230", "-4.500 ± 0.141", "500", "501"]
-    assert rows["volcano"][7] == "-0.29"  # -4.50 - (-4.21)
-    assert rows["fire"][3] == "not run" and rows["flood"][1] == "not run"
-    assert "earthquake" not in rows
-    assert "measured limits" in text.split(SIDE_BEGIN)[1]
-    assert text.index(SIDE_BEGIN) < text.index("Published (")

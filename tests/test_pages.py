@@ -1,0 +1,61 @@
+"""The pages the scripts write: results tables read back, generated side-by-side blocks rewritten in place."""
+
+from argparse import Namespace
+
+from scripts import earth, reproduce
+
+
+def _earth_page(path, objective, nll_by_dataset, train_s):
+    """Write a results page with scripts.earth's own writer, from made-up metrics."""
+    a = Namespace(objective=objective, extra=[], dev="cpu", jobs=1, integral_samples=10, integral_centers=5,
+                  res=10, integral_seeds=None, figures="", seeds=[0, 1], epochs=None, steps=100, hidden=8,
+                  n_hidden=1, lr="1e-3", step_size="0.5", note="measured limits" if objective == "fm" else "")  # fmt: skip
+    results = {ds: [dict(test_nll=v + d, epochs=7, args={"batch_size": 10}, n_train=70, train_seconds=train_s,
+                         wall_seconds=train_s + 1, cmd="python main_density.py") for d in (-0.1, 0.1)]
+               for ds, v in nll_by_dataset.items()}  # fmt: skip
+    earth.write(path, results, a)
+
+
+def test_side_by_side_block_is_built_from_both_pages_and_rewritten_in_place(tmp_path):
+    earth_md, fm = tmp_path / "earth.md", tmp_path / "earth_fm.md"
+    _earth_page(earth_md, "mle", {"volcano": -1.5, "fire": -0.4}, 230)
+    _earth_page(fm, "fm", {"volcano": -4.5, "flood": 0.6}, 500)
+    earth.side_by_side(earth_md, fm)
+    earth.side_by_side(earth_md, fm)  # idempotent: one block, replaced in place
+    text = earth_md.read_text()
+    assert text.count(earth.SIDE_BEGIN) == 1
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in text.split(earth.SIDE_BEGIN)[1].splitlines() if line.startswith("| ") and "dataset" not in line}  # fmt: skip
+    assert rows["volcano"][1:6] == ["-1.500 ± 0.141", "230", "-4.500 ± 0.141", "500", "501"]
+    assert rows["volcano"][7] == "-0.29"  # -4.50 - (-4.21)
+    assert rows["fire"][3] == "not run" and rows["flood"][1] == "not run"
+    assert "earthquake" not in rows
+    assert "measured limits" in text.split(earth.SIDE_BEGIN)[1]
+    assert text.index(earth.SIDE_BEGIN) < text.index("Published (")
+
+
+def _repro_page(path, objective, kl_by_key, train_s):
+    """Write a reproduction page with scripts.reproduce's own writer, from made-up metrics."""
+    a = Namespace(objective=objective, epochs=50, lr="1e-2" if objective == "mle" else None, dev="cpu",
+                  antipodal_epochs=10)  # fmt: skip
+    rows = []
+    for (M, ds), kl in kl_by_key.items():
+        m = None if kl is None else dict(test_nll=1 + kl, entropy=1.0, kl=kl, kl_stderr=0.01, nfe_forward=16,
+                                         nfe_backward=0, train_seconds=train_s)  # fmt: skip
+        rows.append((M, ds, 50, m, None if kl is None else 1.0, ["python", "main_density.py"],
+                     None if kl is not None else "not run (--assemble)"))  # fmt: skip
+    reproduce.write_markdown(path, rows, [], a)
+
+
+def test_reproduction_side_by_side_block(tmp_path):
+    mle_md, fm_md = tmp_path / "reproduction.md", tmp_path / "reproduction_fm.md"
+    _repro_page(mle_md, "mle", {("Sphere", "4wrapped"): 0.023, ("Hyperboloid", "1wrapped"): 0.0001}, 400)
+    _repro_page(fm_md, "fm", {("Sphere", "4wrapped"): 0.05, ("Hyperboloid", "1wrapped"): None}, 60)
+    reproduce.side_by_side(mle_md, fm_md)
+    reproduce.side_by_side(mle_md, fm_md)
+    block = mle_md.read_text().split(reproduce.SIDE_BEGIN)
+    assert len(block) == 2
+    rows = [line for line in block[1].split(reproduce.SIDE_END)[0].splitlines() if line.startswith("| Sphere")
+            or line.startswith("| Hyperboloid")]  # fmt: skip
+    assert rows == ["| Hyperboloid | 1wrapped | 50 | 0.0001 +- 0.0100 | 400 | - | not run |  |",
+                    "| Sphere | 4wrapped | 50 | 0.0230 +- 0.0100 | 400 | 50 | 0.0500 +- 0.0100 | 60 |"]  # fmt: skip
