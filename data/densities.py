@@ -5,6 +5,22 @@ Sphere S^2: ``1wrapped``, ``4wrapped``, ``bigcheckerboard``.
 Definitions follow docs/math.md (taken from the reference code); unlike the reference, every
 log-density is exact on the manifold (the checkerboards are not normalized over a plotting grid).
 
+Any dimension ``n`` (``get_density(..., dim=n)``; docs/math.md, "The test densities in n
+dimensions"): at ``n = 2`` every density is the paper's, bit for bit. For other ``n``:
+
+- ``1wrapped``: the same wrapped normal, its mean's coordinates extended by zeros (hyperboloid:
+  ``exp_o(0, -1, 1, 0, ...)``; ``n = 1``: ``exp_o(0, -1)``) or by equal entries (sphere:
+  ``-(1, ..., 1) / sqrt(n + 1)``).
+- ``5gaussians`` (H^n): ``2n + 1`` Gaussians of standard deviation 0.5 in the tangent space at the
+  origin, at ``0`` and ``+-3 e_i`` (at ``n = 2`` the paper's five), pushed through ``exp_o``.
+- ``4wrapped`` (S^n): ``2n`` wrapped normals of scale 0.3 at ``+-e_i``, ``i = 1..n`` (the axes
+  orthogonal to the base's mean ``o = -e_0``; pairwise angles pi/2 or pi). At ``n = 2`` the paper's
+  four means, which are two antipodal pairs as well but tilted: 2n modes at every n.
+- ``mult_wrapped`` (H^n, ``n >= 2``): the paper's four anisotropic wrapped normals in the plane of
+  the first two spatial axes, scale 0.75 along the other ``n - 2``.
+- ``antipodal`` (S^n): the vMF(30) at ``-o``, in every dimension.
+- the checkerboards are 2-dimensional only.
+
 Precision is explicit: a density holds its parameters in the ``dtype`` it was built with
 (``get_density(..., dtype=torch.float64)`` by default) and ``sample(n, generator, dtype=None)``
 returns points in ``dtype`` (default: the density's). Densities defined by a draw in a chart
@@ -81,19 +97,33 @@ class _PushedFromOriginChart(Density):
 
 
 class FiveGaussians(_PushedFromOriginChart):
-    centers = 3.0 * torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1], [0, 0]], dtype=torch.float64)
+    """``2n + 1`` Gaussians in the tangent space at the origin: at ``+-3 e_1, ..., +-3 e_n`` and 0."""
+
     std = 0.5  # variance 0.25
 
+    def __init__(self, name, manifold, dtype, device):
+        super().__init__(name, manifold, dtype, device)
+        n = manifold.dim
+        axes = (
+            torch.eye(n, dtype=torch.float64).repeat_interleave(2, 0)
+            * torch.tensor([1.0, -1]).repeat(n)[:, None]
+        )
+        self.centers = 3.0 * torch.cat(
+            [axes, torch.zeros(1, n, dtype=torch.float64)]
+        )  # n = 2: the paper's order
+
     def sample_tangent(self, n, generator, dtype):
-        idx = torch.randint(0, 5, (n,), generator=generator, device=self.device)
+        k, dim = self.centers.shape
+        idx = torch.randint(0, k, (n,), generator=generator, device=self.device)
         c = self.centers.to(dtype=dtype, device=self.device)[idx]
-        return c + self.std * torch.randn(n, 2, generator=generator, dtype=dtype, device=self.device)
+        return c + self.std * torch.randn(n, dim, generator=generator, dtype=dtype, device=self.device)
 
     def log_prob_tangent(self, y):
         c = self.centers.to(y)
+        k, dim = c.shape
         d2 = ((y.unsqueeze(-2) - c) ** 2).sum(-1) / self.std**2
-        lp = -0.5 * d2 - 2 * math.log(self.std) - math.log(2 * math.pi)
-        return torch.logsumexp(lp, -1) - math.log(5)
+        lp = -0.5 * d2 - dim * math.log(self.std) - dim / 2 * math.log(2 * math.pi)
+        return torch.logsumexp(lp, -1) - math.log(k)
 
 
 class BigCheckerboardHyperboloid(_PushedFromOriginChart):
@@ -147,13 +177,19 @@ class BigCheckerboardSphere(Density):
         return torch.where(inside, lp, torch.full_like(lp, -math.inf))
 
 
-def _hyperboloid_densities(dtype, device):
-    H = Hyperboloid(2)
+def _padded(values, length, kw, fill=0.0):
+    """``values`` cut or padded with ``fill`` to ``length`` entries, as a tensor."""
+    values = list(values)[:length]
+    return torch.tensor(values + [fill] * (length - len(values)), **kw)
+
+
+def _hyperboloid_densities(dtype, device, dim=2):
+    H = Hyperboloid(dim)
     kw = dict(dtype=dtype, device=device)
     o = H.origin(**kw)
 
     def one_wrapped():
-        mu = H.expmap(o, torch.tensor([0.0, -1.0, 1.0], **kw))
+        mu = H.expmap(o, _padded([0.0, -1.0, 1.0], dim + 1, kw))
         return _FromDistribution("1wrapped", WrappedNormal(H, mu, 0.75), **kw)
 
     def mult_wrapped():
@@ -164,20 +200,25 @@ def _hyperboloid_densities(dtype, device):
             (-1, 1, (1.5, 0.3)),
             (1, -1, (1.5, 0.3)),
         ]:
-            mu = H.projx(torch.tensor([0.0, 1.3 * s1, 1.3 * s2], **kw))
-            comps.append(WrappedNormal(H, mu, torch.tensor(scale, **kw)))
+            mu = H.projx(_padded([0.0, 1.3 * s1, 1.3 * s2], dim + 1, kw))
+            comps.append(WrappedNormal(H, mu, _padded(scale, dim, kw, fill=0.75)))
         return _FromDistribution("mult_wrapped", Mixture(comps), **kw)
 
-    return {
+    table = {
         "1wrapped": one_wrapped,
         "5gaussians": lambda: FiveGaussians("5gaussians", H, **kw),
         "bigcheckerboard": lambda: BigCheckerboardHyperboloid("bigcheckerboard", H, **kw),
         "mult_wrapped": mult_wrapped,
     }
+    if dim != 2:
+        del table["bigcheckerboard"]
+    if dim < 2:
+        del table["mult_wrapped"]
+    return table
 
 
-def _sphere_densities(dtype, device):
-    S = Sphere(2)
+def _sphere_densities(dtype, device, dim=2):
+    S = Sphere(dim)
     kw = dict(dtype=dtype, device=device)
 
     def unit(v):
@@ -185,42 +226,61 @@ def _sphere_densities(dtype, device):
         return v / v.norm()
 
     def four_wrapped():
-        means = [unit(v) for v in [(1, 1, 1), (-1, -1, -1), (1, 1, -1), (-1, -1, 1)]]
+        if dim == 2:
+            means = [unit(v) for v in [(1, 1, 1), (-1, -1, -1), (1, 1, -1), (-1, -1, 1)]]
+        else:
+            means = [sign * torch.eye(dim + 1, **kw)[i] for i in range(1, dim + 1) for sign in (1, -1)]
         return _FromDistribution("4wrapped", Mixture([WrappedNormal(S, m, 0.3) for m in means]), **kw)
 
     def antipodal():
         # The paper's appendix: vMF(30) at the antipode of the base distribution's mean.
         return _FromDistribution("antipodal", VonMisesFisher(-S.origin(**kw), 30.0), **kw)
 
-    return {
-        "1wrapped": lambda: _FromDistribution("1wrapped", WrappedNormal(S, unit((-1, -1, -1)), 0.3), **kw),
+    table = {
+        "1wrapped": lambda: _FromDistribution(
+            "1wrapped", WrappedNormal(S, unit([-1] * (dim + 1)), 0.3), **kw
+        ),
         "4wrapped": four_wrapped,
         "bigcheckerboard": lambda: BigCheckerboardSphere(**kw),
         "antipodal": antipodal,
     }
+    if dim != 2:
+        del table["bigcheckerboard"]
+    return table
 
 
 DENSITIES = {"Hyperboloid": _hyperboloid_densities, "Sphere": _sphere_densities}
 
-#: Valid dataset names for each manifold (synthetic densities).
+#: Valid dataset names for each manifold (synthetic densities, n = 2).
 DATASETS = {m: tuple(f(torch.float64, None)) for m, f in DENSITIES.items()}
 
 
-def get_density(manifold_name: str, dataset: str, dtype=torch.float64, device=None) -> Density:
-    """The named test density on the named manifold (2-dimensional).
+def datasets(manifold_name: str, dim: int = 2) -> tuple:
+    """The synthetic densities defined on the named manifold in dimension ``dim``."""
+    return tuple(DENSITIES[manifold_name](torch.float64, None, dim))
+
+
+def get_density(manifold_name: str, dataset: str, dtype=torch.float64, device=None, dim: int = 2) -> Density:
+    """The named test density on the named manifold of dimension ``dim`` (default 2, the paper's).
 
     Its parameters are built in ``dtype`` on ``device`` (default float64 on the CPU: the training
     and evaluation code samples and scores the truth in float64 and casts batches itself).
 
     Raises:
-        ValueError: unknown manifold, or a dataset that does not exist for that manifold (the
-            message lists the valid ones).
+        ValueError: unknown manifold, or a dataset that does not exist for that manifold in that
+            dimension (the message lists the valid ones).
     """
     if manifold_name not in DENSITIES:
         raise ValueError(f"unknown manifold {manifold_name!r}; valid: {', '.join(DENSITIES)}")
-    table = DENSITIES[manifold_name](dtype, torch.device(device or "cpu"))
+    if not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    table = DENSITIES[manifold_name](dtype, torch.device(device or "cpu"), dim)
     if dataset not in table:
-        raise ValueError(
-            f"dataset {dataset!r} does not exist on the {manifold_name}; valid: {', '.join(table)}"
-        )
+        where = f"the {manifold_name}" if dim == 2 else f"the {dim}-dimensional {manifold_name}"
+        why = {
+            "bigcheckerboard": " (the checkerboards are 2-dimensional only)",
+            "mult_wrapped": " (it needs n >= 2)",
+        }
+        only2 = why.get(dataset, "") if dataset in DATASETS[manifold_name] else ""
+        raise ValueError(f"dataset {dataset!r} does not exist on {where}{only2}; valid: {', '.join(table)}")
     return table[dataset]()

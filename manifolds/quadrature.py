@@ -1,9 +1,13 @@
-"""Quadrature rules on 2-dimensional manifolds, to check that densities integrate to 1.
+"""Quadrature rules on 2- and 3-dimensional manifolds, to check that densities integrate to 1.
 
 - Sphere ``S^2``: midpoint rule in (polar angle theta, azimuth phi), area element ``sin(theta)``.
 - Hyperboloid ``H^2``: midpoint rule in geodesic polar coordinates ``(r, a)`` around the origin,
   ``x = exp_o(r (cos a e_1 + sin a e_2))``, area element ``sinh(r)``; truncated at ``r_max``.
 - Euclidean ``R^2``: polar coordinates around 0, area element ``r``; truncated at ``r_max``.
+- ``n = 3``: geodesic polar coordinates around the origin, ``x = exp_o(r w)`` with ``w`` on the
+  2-sphere of directions (midpoint rule in its polar angle and azimuth, element ``sin(theta)``)
+  and volume element ``s(r)^2`` with ``s = sin`` (``r < pi``), ``sinh`` (``r < r_max``) or ``r``;
+  ``n_radial`` cells in ``r``, ``n_angular`` in the azimuth and ``n_angular / 2`` in the polar angle.
 """
 
 from __future__ import annotations
@@ -20,8 +24,12 @@ def quadrature_grid(
 
     ``n_radial`` cells along theta (sphere) or r, ``n_angular`` along the angle.
     """
+    if manifold.dim == 3:
+        return _polar_grid_3d(manifold, n_radial, n_angular, r_max, dtype, device)
     if manifold.dim != 2:
-        raise ValueError(f"quadrature is implemented for 2-dimensional manifolds, got dim={manifold.dim}")
+        raise ValueError(
+            f"quadrature is implemented for 2- and 3-dimensional manifolds, got dim={manifold.dim}"
+        )
     kw = dict(dtype=dtype, device=device)
     a = (torch.arange(n_angular, **kw) + 0.5) * (2 * math.pi / n_angular)
     da = 2 * math.pi / n_angular
@@ -39,6 +47,23 @@ def quadrature_grid(
     x = manifold.chart(o, v)
     area = torch.sinh(rr) if name == "Hyperboloid" else rr
     return x, (area * (r_max / n_radial) * da).reshape(-1)
+
+
+def _polar_grid_3d(manifold, n_radial, n_angular, r_max, dtype, device):
+    kw = dict(dtype=dtype, device=device)
+    name = manifold.name
+    r_end = math.pi if name == "Sphere" else r_max
+    dr, n_polar = r_end / n_radial, max(n_angular // 2, 1)
+    r = (torch.arange(n_radial, **kw) + 0.5) * dr
+    th = (torch.arange(n_polar, **kw) + 0.5) * (math.pi / n_polar)
+    ph = (torch.arange(n_angular, **kw) + 0.5) * (2 * math.pi / n_angular)
+    T, P = torch.meshgrid(th, ph, indexing="ij")
+    w = torch.stack([T.sin() * P.cos(), T.sin() * P.sin(), T.cos()], -1).reshape(-1, 3)
+    dw = (T.sin() * (math.pi / n_polar) * (2 * math.pi / n_angular)).reshape(-1)
+    s = {"Sphere": torch.sin, "Hyperboloid": torch.sinh}.get(name, lambda x: x)(r)
+    v = (r[:, None, None] * w[None]).reshape(-1, 3)
+    x = manifold.chart(manifold.origin(**kw), v)
+    return x, (s[:, None] ** 2 * dr * dw[None]).reshape(-1)
 
 
 def integrate(log_prob, manifold, chunk: int = 50_000, **grid_kwargs) -> float:

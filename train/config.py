@@ -107,6 +107,9 @@ def fill_objective(args, earth: bool, resuming: bool = False):
         args.conc = 1.0
     if args.conc == 0 and args.M != "Sphere":
         raise UserError("--conc 0 (a uniform base) exists only on the sphere")
+    if args.contsave and args.dim != 2:
+        raise UserError(f"--contsave draws density maps of 2-dimensional manifolds, not --dim {args.dim}; "
+                        "--save draws the pairwise marginals of samples in any dimension")  # fmt: skip
 
 
 def fill_settings(args):

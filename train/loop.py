@@ -400,6 +400,10 @@ class Trainer:
         dtype = torch.float64 if accurate else torch.float32
         return lambda x: m.log_prob(x.to(self.device, dtype))
 
+    @torch.no_grad()
+    def model_samples(self, n):
+        return self.eval_model().sample(n).cpu()
+
     def save_frame(self, epoch):
         from viz.figures import density_figure
 
@@ -453,7 +457,7 @@ class Trainer:
         if args.save:
             t0 = time.perf_counter()
             self.task.figure(self.figure_log_prob(), self.out / f"{args.dataset}_{args.M}.png", args.res,
-                             progress=not args.quiet)  # fmt: skip
+                             progress=not args.quiet, model_sample=self.model_samples)  # fmt: skip
             metrics["figure_seconds"] = time.perf_counter() - t0
         if args.contsave:
             # only the frames this run wrote (a user's files in contsave/ are neither shown nor touched)
@@ -464,8 +468,9 @@ class Trainer:
             frames = [f for f in names if f.is_file()]
             metrics["gif_frames"] = figures.make_gif(frames, self.out / "training.gif")
         if args.samples:
-            x = self.eval_model().sample(args.samples).cpu()
+            x = self.model_samples(args.samples)
             np.save(self.out / "samples.npy", x.numpy())
-            figures.samples_figure(self.task.sample_panels(x, args.samples), args.M, self.out / "samples.png")
+            draw = figures.samples_figure if args.dim == 2 else figures.marginals_figure
+            draw(self.task.sample_panels(x, args.samples), args.M, self.out / "samples.png")
         utils.atomic_write_json(json_safe(metrics), self.out / "metrics.json")
         print(self.task.done_line(metrics, self.train_seconds, self.out))

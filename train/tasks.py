@@ -22,6 +22,8 @@ from utils import UserError
 
 #: The test set does not depend on the training seed.
 TEST_SEED = 20_201_206
+#: Samples per panel of the marginal figures drawn for n != 2.
+FIGURE_SAMPLES = 20_000
 
 
 def is_earth(dataset) -> bool:
@@ -41,16 +43,14 @@ class SyntheticTask:
     def __init__(self, args):
         from data import get_density
 
-        if args.dim != 2:
-            raise UserError(
-                f"the synthetic densities are defined on 2-dimensional manifolds; got --dim {args.dim}"
-            )
-        self.name, self.manifold = args.dataset, args.M
+        self.name, self.manifold, self.dim = args.dataset, args.M, args.dim
         try:  # the true density is built, and the test set drawn, in float64 whatever the model's dtype
-            self.density = get_density(args.M, args.dataset, dtype=torch.float64)
+            self.density = get_density(args.M, args.dataset, dtype=torch.float64, dim=args.dim)
         except ValueError as e:
             extra = (
-                "; Earth data on the Sphere: volcano, earthquake, flood, fire" if args.M == "Sphere" else ""
+                "; Earth data on the Sphere: volcano, earthquake, flood, fire"
+                if args.M == "Sphere" and args.dim == 2
+                else ""
             )
             raise UserError(f"{e}{extra}") from None
         self.x_test = self.density.sample(args.test_size, generator=torch.Generator().manual_seed(TEST_SEED))
@@ -72,11 +72,17 @@ class SyntheticTask:
         return (f"done: test NLL {metrics['test_nll']:.4f}, entropy {metrics['entropy']:.4f}, "
                 f"KL {metrics['kl']:.4f} +- {metrics['kl_stderr']:.4f} in {seconds:.1f} s; results in {out}")  # fmt: skip
 
-    def figure(self, model_log_prob, path, res, progress):
-        from viz.figures import density_figure
+    def figure(self, model_log_prob, path, res, progress, model_sample=None):
+        """Densities on the manifold (n = 2); for n != 2, the pairwise marginals of samples
+        (``model_sample(k)``) beside the truth's, in the exponential chart at the origin."""
+        from viz import figures
 
-        density_figure({"ground truth": self.density.log_prob, "model": model_log_prob}, self.manifold, path,
-                       res=res, progress=progress)  # fmt: skip
+        if self.dim != 2:
+            figures.marginals_figure(self.sample_panels(model_sample(FIGURE_SAMPLES), FIGURE_SAMPLES),
+                                     self.manifold, path)  # fmt: skip
+            return
+        figures.density_figure({"ground truth": self.density.log_prob, "model": model_log_prob}, self.manifold,
+                               path, res=res, progress=progress)  # fmt: skip
 
     def sample_panels(self, x_model, n):
         gen = torch.Generator().manual_seed(TEST_SEED + 1)
@@ -114,7 +120,7 @@ class EarthTask:
         return (f"done: test NLL {metrics['test_nll']:.4f} (best validation epoch {metrics['best_epoch']}) "
                 f"in {seconds:.1f} s; results in {out}")  # fmt: skip
 
-    def figure(self, model_log_prob, path, res, progress):
+    def figure(self, model_log_prob, path, res, progress, model_sample=None):
         from viz import figures
 
         values = figures.density_values(model_log_prob, "Sphere", res, progress=progress)

@@ -220,6 +220,60 @@ def samples_figure(samples: dict, manifold: str, path):
     return plot_panels(panels, manifold, path)
 
 
+def chart_coordinates(x, manifold: str):
+    """Points ``(N, n+1)`` of S^n or H^n to their exponential-chart coordinates ``(N, n)`` at the origin.
+
+    The coordinates of ``log_o x`` in the basis ``e_1, ..., e_n`` (``o = -e_0`` on the sphere, ``e_0``
+    on the hyperboloid): geodesic distance and direction from the origin, for any ``n``.
+    """
+    x = torch.as_tensor(x, dtype=torch.float64).detach().cpu()
+    M = (Sphere if manifold == "Sphere" else Hyperboloid)(x.shape[-1] - 1)
+    return M.logmap(M.origin(dtype=x.dtype), x)[..., 1:].numpy()
+
+
+def marginal_pairs(n: int):
+    """Coordinate pairs shown by :func:`marginals_figure`: three pairs covering the first four axes."""
+    if n == 1:
+        return [(0,)]
+    pairs = [(0, 1), (0, 2), (1, 2)] if n == 3 else [(i, i + 1) for i in range(min(n - 1, 3))]
+    return pairs
+
+
+def marginals_figure(samples: dict, manifold: str, path, bins: int = 80):
+    """Pairwise marginals of point sets in any dimension: one row per set (e.g. model and true
+    samples), one column per coordinate pair of :func:`chart_coordinates`, as 2-D histograms on
+    shared bins (a 1-D histogram when ``n = 1``), so that rows can be compared cell by cell."""
+    coords = {t: chart_coordinates(x, manifold) for t, x in samples.items()}
+    n = next(iter(coords.values())).shape[-1]
+    pairs = marginal_pairs(n)
+    ref = np.concatenate(list(coords.values()))
+    lo, hi = np.quantile(ref, 0.005, axis=0), np.quantile(ref, 0.995, axis=0)
+    pad = 0.05 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    fig, axes = plt.subplots(len(coords), len(pairs), figsize=(3.2 * len(pairs), 3.0 * len(coords)),
+                             squeeze=False, dpi=DPI)  # fmt: skip
+    for row, (title, c) in zip(axes, coords.items(), strict=True):
+        for ax, pair in zip(row, pairs, strict=True):
+            if len(pair) == 1:
+                ax.hist(c[:, 0], bins=bins, range=(lo[0], hi[0]), density=True, color="0.3")
+                ax.set_xlabel("v_1")
+            else:
+                i, j = pair
+                ax.hist2d(c[:, i], c[:, j], bins=bins, range=[[lo[i], hi[i]], [lo[j], hi[j]]], density=True,
+                          cmap=CMAP)  # fmt: skip
+                ax.set_xlabel(f"v_{i + 1}")
+                ax.set_ylabel(f"v_{j + 1}")
+            ax.set_title(f"{title}", fontsize=9)
+    name = "S" if manifold == "Sphere" else "H"
+    fig.suptitle(f"{name}^{n}: pairwise marginals of the chart coordinates v = log_o(x)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def training_curve(history, path, losses=None, entropy=None, loss_label="training NLL (batch)"):
     """Training loss and test (or validation) NLL against epochs, with the true entropy as a floor.
 
