@@ -259,9 +259,21 @@ def main(argv=None):
     json_path.write_text(json.dumps(res, indent=2) + "\n")
     md = render(res)
     md_path.parent.mkdir(exist_ok=True)
+    old = md_path.read_text() if md_path.is_file() else ""
     md_path.write_text(md)
+    keep_dimensions_section(old, md_path)
     print(md)
     return 0
+
+
+def keep_dimensions_section(old_text, md_path):
+    """Put back the section benchmarks.dimensions wrote into the page (this script rewrites the rest)."""
+    from benchmarks.dimensions import BEGIN, END
+    from scripts.pages import replace_block
+
+    if BEGIN in old_text and END in old_text:
+        block = old_text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n").splitlines()
+        replace_block(md_path, BEGIN, END, [*block, ""], before="\0")
 
 
 def render(res):
