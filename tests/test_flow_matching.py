@@ -60,6 +60,28 @@ def test_exactly_antipodal_pairs_are_dropped_not_nan():
     assert torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("r", [2.0, 5.0, 7.0])
+def test_float32_data_far_out_on_the_hyperboloid_gives_the_float64_targets(r):
+    """Training batches are float32: a point at r = 7 has x_0 ~ 550 and float32 rounding puts it off
+    the sheet by ~0.04 in <x, x>_L; without re-projection log_x z was wrong by 10x and more. (The
+    paper's densities reach r ~ 7; beyond r ~ 10 the ambient closed forms lose every digit even in
+    float64, docs/math.md.)"""
+    M = get_manifold("Hyperboloid", 2)
+    g = torch.Generator().manual_seed(0)
+    a = 2 * torch.pi * torch.rand(256, generator=g, dtype=torch.float64)
+    o = M.origin(dtype=torch.float64)
+    x64 = M.expmap(o, r * torch.stack([torch.zeros_like(a), a.cos(), a.sin()], -1))
+    z = M.random(256, generator=g, dtype=torch.float64)
+    t = torch.rand(256, generator=g, dtype=torch.float64)
+    xt64, ut64, _ = conditional_path(M, x64, z, t)
+    xt32, ut32, _ = conditional_path(M, x64.float(), z, t)
+    # the float32 point differs from the float64 one by its rounding (relative 6e-8 of x_0 ~ e^r / 2),
+    # so the target may differ by that much times the distance, never by O(1)
+    tol = 1e-6 * r * torch.cosh(torch.tensor(r)).item()
+    assert (M.norm(xt32, ut32) - M.dist(x64, z)).abs().max() < tol
+    assert (M.norm(xt64, ut64) - M.dist(x64, z)).abs().max() < tol
+
+
 def test_per_sample_times_match_scalar_times():
     model = MCNF("Hyperboloid", dim=3, hidden=16, activation="silu").double()
     x = model.manifold.random(5, dtype=torch.float64)
