@@ -26,14 +26,19 @@ def conditional_path(manifold, x, z, t):
     """``(x_t, u_t, keep)``: the geodesic from ``x`` to ``z`` at times ``t`` ``(B,)`` and its velocity.
 
     Computed in the manifold's compute dtype (float64 on the hyperboloid for float32 inputs), with
-    ``x`` and ``z`` re-projected onto the manifold after the cast; ``x_t`` is re-projected onto the
+    ``x`` and ``z`` re-projected onto the manifold when they are cast; ``x_t`` is re-projected onto the
     manifold and ``u_t`` onto its tangent space. ``keep`` is False for
     pairs at the sphere's cut locus.
     """
     dt = manifold.compute_dtype(x)
-    # re-projected after the cast: a float32 hyperboloid point at r = 7 (x_0 ~ 550) is off the sheet
-    # by ~0.04 in <x, x>_L, which made log_x z, and so the regression targets, wrong by 10x and more
-    x, z, t = manifold.projx(x.to(dt)), manifold.projx(z.to(dt)), t.to(dt).unsqueeze(-1)
+    # re-projected after an up-cast: a float32 hyperboloid point at r = 7 (x_0 ~ 550) is off the
+    # sheet by ~0.04 in <x, x>_L, which made log_x z, and so the regression targets, wrong by 10x
+    # and more (points already in the compute dtype are used as given)
+    if x.dtype != dt:
+        x = manifold.projx(x.to(dt))
+    if z.dtype != dt:
+        z = manifold.projx(z.to(dt))
+    t = t.to(dt).unsqueeze(-1)
     u = manifold.logmap(x, z)
     xt, ut = manifold.geodesic(x, u, t)
     xt = manifold.projx(xt)
