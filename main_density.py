@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--chart_center", choices=["point", "origin"], default=None)
     mod.add_argument("--solver", default=None, help="torchdiffeq method: dopri5, rk4, midpoint, euler, ...")
     mod.add_argument("--step_size", type=positive_float, default=None, help="step of fixed-step solvers")
+    mod.add_argument("--solver_guard", type=nonneg_float, default=0.0,
+                     help="fixed-step solvers: at every evaluation compare the training solver's NLL of a fixed "
+                          "batch of training points with an accurate solve (dopri5 at --eval_tol, float64) and "
+                          "halve --step_size while they differ by more than this many nats (0: off; e.g. 0.02)")  # fmt: skip
     mod.add_argument("--atol", type=positive_float, default=None, help="training atol (adaptive solvers)")
     mod.add_argument("--rtol", type=positive_float, default=None, help="training rtol (adaptive solvers)")
     mod.add_argument("--eval_tol", type=positive_float, default=1e-5,

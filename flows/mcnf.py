@@ -422,6 +422,11 @@ class MCNF(nn.Module):
         return x.detach(), (base.log_prob(z) + delta).detach()
 
     # -- persistence ----------------------------------------------------------------------------
+    def set_train_step(self, step_size: float):
+        """Change the training solver's fixed step (the solver guard's refinement), config included."""
+        self.train_solver.step_size = float(step_size)
+        self.config["train_solver"] = asdict(self.train_solver)
+
     def save(self, path, **extra):
         """Write ``{"model_config", "model"}`` (plus ``extra``) to ``path`` with ``torch.save``."""
         torch.save({"model_config": self.config, "model": self.state_dict(), **extra}, path)

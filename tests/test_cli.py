@@ -187,3 +187,37 @@ def test_solver_gap_script(tmp_path):
     coarse, exact = (float(part.split()[-1]) for part in line.split(": ", 1)[1].split(", "))
     # an almost untrained model has nothing to exploit: both solvers agree closely
     assert math.isfinite(coarse) and abs(coarse - exact) < 0.02, line
+
+
+def test_solver_guard_refines_a_gamed_step_and_records_it(tmp_path):
+    """rk4 at step 1 (one step per unit time) is far from the exact flow after a few epochs at lr 1e-2:
+    the guard must halve the step until the training NLL of its fixed points is within 0.02 nats of
+    the accurate solve, log it, and keep the refined step in the checkpoint (so a resume uses it)."""
+    out = tmp_path / "g"
+    r = run("--M", "Hyperboloid", "--dataset", "5gaussians", "--epochs", 20, "--lr", "1e-2", "--step_size", 1,
+            "--solver_guard", "0.02", "--dev", "cpu", "--out", out, "--test_size", 300, "--quiet", "--eval_freq", 10)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "solver guard:" in r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    events = m["guard_events"]
+    assert events and events[0]["step_size"] == 1.0 and events[0]["refined_to"] <= 0.5
+    assert abs(events[0]["gap"]) > 0.02 and abs(events[0]["gap_after"]) <= 0.02
+    assert m["final_step_size"] == events[-1]["refined_to"]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert all("guard" in h for h in history)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["args"]["step_size"] == m["final_step_size"]
+    from flows import load_model
+
+    assert load_model(out / "checkpoint.pt").train_solver.step_size == m["final_step_size"]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--solver", "dopri5"], "--solver_guard refines the step of fixed-step solvers"),
+    (["--objective", "fm"], "--solver_guard only mean"),
+])  # fmt: skip
+def test_solver_guard_refusals(tmp_path, extra, needle):
+    r = run("--M", "Sphere", "--dataset", "1wrapped", "--epochs", 2, "--solver_guard", "0.02", *extra,
+            "--dev", "cpu", "--out", tmp_path / "x", *FAST)  # fmt: skip
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

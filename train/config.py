@@ -57,7 +57,7 @@ FM_SETTINGS = {
                         fourier=0, fourier_scale=1.0, epochs=5_000, eval_freq=1_000),
 }  # fmt: skip
 #: Flags that only mean something for maximum-likelihood training (the training ODE solve).
-MLE_ONLY = ("solver", "step_size", "atol", "rtol", "adjoint", "reference_settings")
+MLE_ONLY = ("solver", "step_size", "atol", "rtol", "adjoint", "reference_settings", "solver_guard")
 
 # flags that may change when a run is resumed; everything else comes from the checkpoint
 RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save", "contsave", "save_freq",
@@ -120,3 +120,8 @@ def fill_settings(args):
             setattr(args, k, v)
     if args.solver in ("rk4", "midpoint", "euler") and args.step_size is None:
         args.step_size = 1 / 8
+    if getattr(args, "solver_guard", 0) and args.solver not in ("rk4", "midpoint", "euler"):
+        from utils import UserError
+
+        raise UserError(f"--solver_guard refines the step of fixed-step solvers (rk4, midpoint, euler); "
+                        f"--solver {args.solver} controls its error by --atol/--rtol")  # fmt: skip

@@ -27,6 +27,11 @@ from .distributed import dist_env, gather_cat
 from .rundir import check_limits, check_writable, choose_out, clean_temp_files, json_safe
 from .tasks import build_task, is_earth
 
+#: The solver guard scores this many fixed training points (drawn once, with this seed).
+GUARD_POINTS, GUARD_SEED = 1000, 7
+#: The guard does not refine the training step below this.
+MIN_GUARD_STEP = 1 / 256
+
 
 def build_model(args):
     from flows import MCNF
@@ -178,6 +183,10 @@ class Trainer:
         self.opt = make_optimizer(args, self.model.parameters())
         self.sched = make_scheduler(self.opt, args.epochs, args.num_drops, args.lr_schedule, args.warmup)
         self.ema = EMA(self.model, args.ema) if args.ema else None
+        self.guard_x = None
+        if getattr(args, "solver_guard", 0):  # the fixed training points the solver guard scores
+            self.guard_x = self.task.random_batch(GUARD_POINTS, torch.Generator().manual_seed(GUARD_SEED),
+                                                  torch.float64)  # fmt: skip
         self.train_gen = torch.Generator().manual_seed(args.seed)
         self.start_epoch, self.history, self.losses, self.train_seconds = 0, [], [], 0.0
         self.nfe = {"forward": 0, "backward": 0, "steps": 0}
@@ -270,6 +279,9 @@ class Trainer:
                                          "epoch": epoch, "val_nll": m["val_nll"]}, self.out / "best.pt")  # fmt: skip
         else:
             m = self.sharded_metrics(self.task.x_test, with_truth=self.task.truth is not None)
+        guard = self.solver_guard(epoch) if self.guard_x is not None else None
+        if guard:
+            m["guard"] = guard
         m.update(epoch=epoch, train_loss=loss, lr=self.opt.param_groups[0]["lr"],
                  train_seconds=self.train_seconds, eval_seconds=time.perf_counter() - t0)  # fmt: skip
         self.history.append(m)
@@ -277,6 +289,37 @@ class Trainer:
             with open(self.out / "history.jsonl", "a") as f:
                 f.write(json.dumps(m) + "\n")
         return m
+
+    @torch.no_grad()
+    def training_solver_gap(self):
+        """Mean NLL of the guard's fixed training points under the training solver minus under the
+        evaluation solver (dopri5 at --eval_tol, float64): negative when the model exploits the
+        training solver's error, the "gaming" of long maximum-likelihood runs."""
+        from flows import model_log_prob
+
+        x = self.guard_x.to(self.device)
+        self.model.train()
+        train_nll = -float(self.model.log_prob(x.to(self.dtype)).double().mean())
+        exact_nll = -float(model_log_prob(self.eval_model(), x).double().mean())
+        return train_nll - exact_nll
+
+    def solver_guard(self, epoch):
+        """Halve the training step while the gap exceeds ``--solver_guard`` nats (down to
+        :data:`MIN_GUARD_STEP`); returns the check's record for history.jsonl. Every rank computes the
+        same numbers (same weights, same points), so the ranks stay in step without communication."""
+        args = self.args
+        gap = self.training_solver_gap()
+        record = {"gap": gap, "step_size": args.step_size}
+        while abs(gap) > args.solver_guard and args.step_size / 2 >= MIN_GUARD_STEP:
+            args.step_size /= 2
+            self.model.set_train_step(args.step_size)
+            gap = self.training_solver_gap()
+            record.update(refined_to=args.step_size, gap_after=gap)
+        if "refined_to" in record and self.is_main:
+            print(f"epoch {epoch}: solver guard: training NLL differed from the accurate solve by "
+                  f"{record['gap']:+.4f} nats; --step_size {record['step_size']:g} -> {args.step_size:g} "
+                  f"(gap now {gap:+.4f})", flush=True)  # fmt: skip
+        return record
 
     def train(self):
         from tqdm import tqdm
@@ -449,6 +492,10 @@ class Trainer:
             "device": str(self.device), "ranks": self.world, "ranks_in_sync": in_sync,
             "args": {k: v for k, v in vars(args).items() if k != "explicit"},
         }  # fmt: skip
+        checks = [dict(epoch=h["epoch"], **h["guard"]) for h in self.history if "guard" in h]
+        if checks:  # the solver guard's refinements, and the step the run ended with
+            metrics["guard_events"] = [c for c in checks if "refined_to" in c]
+            metrics["final_step_size"] = args.step_size
         from viz import figures
 
         losses = np.array(self.losses).reshape(-1, 2).T
