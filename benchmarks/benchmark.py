@@ -76,17 +76,23 @@ def step(model, opt, x):
 
 
 def time_steps(reps, steps, device):
-    cfgs = configs()
-    state = {}
-    for name, (M, s) in cfgs.items():
-        model = build(M, s, device)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        den = density(M)
+    runs = {}
+    for name, (M, s) in configs().items():
         g = torch.Generator().manual_seed(1)
-        batches = [den.sample(200, generator=g).to(device, torch.float32) for _ in range(steps)]
+        batches = [density(M).sample(200, generator=g).to(device, torch.float32) for _ in range(steps)]
+        runs[name] = (build(M, s, device), batches)
+    return time_interleaved(runs, reps, device)
+
+
+def time_interleaved(runs, reps, device):
+    """``{name: (model, batches)}`` -> seconds per training step (median over ``reps`` passes over the
+    batches, the runs interleaved so that every one sees the same machine conditions) and NFE."""
+    state = {}
+    for name, (model, batches) in runs.items():
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         step(model, opt, batches[0])  # warm-up
         state[name] = (model, opt, batches, [], [])
-    for _ in range(reps):  # interleaved: every configuration sees the same machine conditions
+    for _ in range(reps):
         for model, opt, batches, times, nfes in state.values():
             sync(device)
             t0 = time.perf_counter()
@@ -94,12 +100,9 @@ def time_steps(reps, steps, device):
                 nfes.append(step(model, opt, x))
             sync(device)
             times.append((time.perf_counter() - t0) / len(batches))
-    res = {}
-    for name, (_, _, _, times, nfes) in state.items():
-        res[name] = dict(sec_per_step=statistics.median(times), sec_per_step_all=times,
-                         nfe_forward=statistics.mean(n[0] for n in nfes),
-                         nfe_backward=statistics.mean(n[1] for n in nfes))  # fmt: skip
-    return res
+    return {name: dict(sec_per_step=statistics.median(times), sec_per_step_all=times,
+                       nfe_forward=statistics.mean(n[0] for n in nfes), nfe_backward=statistics.mean(n[1] for n in nfes))
+            for name, (_, _, _, times, nfes) in state.items()}  # fmt: skip
 
 
 def peak_memory(name, device):

@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.benchmark import step, sync
+from benchmarks.benchmark import step, sync, time_interleaved
 from scripts.pages import replace_block
 from train.config import DEFAULT_SETTINGS
 
@@ -56,23 +55,8 @@ def time_steps(M, n, device, reps, steps):
     den = get_density(M, "1wrapped", dim=n)
     g = torch.Generator().manual_seed(1)
     batches = [den.sample(200, generator=g).to(device, torch.float32) for _ in range(steps)]
-    state = {}
-    for div in ("exact", "hutchinson"):
-        model = build(M, n, div, device)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        step(model, opt, batches[0])  # warm-up
-        state[div] = (model, opt, [], [])
-    for _ in range(reps):
-        for model, opt, times, nfes in state.values():
-            sync(device)
-            t0 = time.perf_counter()
-            for x in batches:
-                nfes.append(step(model, opt, x))
-            sync(device)
-            times.append((time.perf_counter() - t0) / len(batches))
-    return {div: dict(sec_per_step=statistics.median(t), nfe_forward=statistics.mean(a for a, _ in nf),
-                      nfe_backward=statistics.mean(b for _, b in nf))
-            for div, (_, _, t, nf) in state.items()}  # fmt: skip
+    runs = {div: (build(M, n, div, device), batches) for div in ("exact", "hutchinson")}
+    return time_interleaved(runs, reps, device)
 
 
 def kl_after(M, n, dataset, divergence, device, epochs, n_test=2000, lr=1e-2):
