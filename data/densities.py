@@ -103,14 +103,10 @@ class FiveGaussians(_PushedFromOriginChart):
 
     def __init__(self, name, manifold, dtype, device):
         super().__init__(name, manifold, dtype, device)
-        n = manifold.dim
-        axes = (
-            torch.eye(n, dtype=torch.float64).repeat_interleave(2, 0)
-            * torch.tensor([1.0, -1]).repeat(n)[:, None]
-        )
-        self.centers = 3.0 * torch.cat(
-            [axes, torch.zeros(1, n, dtype=torch.float64)]
-        )  # n = 2: the paper's order
+        eye = torch.eye(manifold.dim, dtype=torch.float64)
+        # +e_1, -e_1, +e_2, -e_2, ..., then 0: at n = 2 the paper's centres, in the paper's order
+        axes = torch.stack([sign * e for e in eye for sign in (1.0, -1.0)])
+        self.centers = 3.0 * torch.cat([axes, torch.zeros(1, manifold.dim, dtype=torch.float64)])
 
     def sample_tangent(self, n, generator, dtype):
         k, dim = self.centers.shape

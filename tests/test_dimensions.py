@@ -78,6 +78,12 @@ def test_which_densities_exist_in_which_dimension():
         get_density("Sphere", "bigcheckerboard", dim=3)
     with pytest.raises(ValueError, match="needs n >= 2"):
         get_density("Hyperboloid", "mult_wrapped", dim=1)
+    # n = 2 keeps the paper's parameters
+    paper = 3.0 * torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1], [0, 0]], dtype=torch.float64)
+    assert torch.equal(get_density("Hyperboloid", "5gaussians").centers, paper)
+    means = torch.stack([c.loc for c in get_density("Sphere", "4wrapped").dist.components])
+    paper = torch.tensor([[1.0, 1, 1], [-1, -1, -1], [1, 1, -1], [-1, -1, 1]], dtype=torch.float64) / 3**0.5
+    torch.testing.assert_close(means, paper, atol=1e-15, rtol=0)
     # the multi-mode densities have 2n modes (sphere) and 2n + 1 (hyperboloid)
     assert len(get_density("Sphere", "4wrapped", dim=5).dist.components) == 10
     assert get_density("Hyperboloid", "5gaussians", dim=5).centers.shape == (11, 5)
