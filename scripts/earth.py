@@ -272,7 +272,7 @@ def write(path, results, a):
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for ds, ms in results.items():
         nll = [m["test_nll"] for m in ms]
-        sd = statistics.stdev(nll) if len(nll) > 1 else float("nan")
+        spread = f" ± {statistics.stdev(nll):.3f}" if len(nll) > 1 else " (one split)"
         integ = ", ".join(f"{m['integral']:.3f} ± {m['integral_stderr']:.3f}" if "integral" in m else "-"
                           for m in ms)  # fmt: skip
         epochs = ms[0]["epochs"]
@@ -281,7 +281,7 @@ def write(path, results, a):
         wall = [m["wall_seconds"] for m in ms if "wall_seconds" in m]
         wall_s = f"{statistics.mean(wall):.0f}" if wall else ""
         lines.append(f"| {ds} | {ms[0]['n_train']} | {len(ms)} | {epochs} ({steps}) | "
-                     f"{statistics.mean(nll):.3f} ± {sd:.3f} | {', '.join(f'{x:.3f}' for x in nll)} | {integ} | "
+                     f"{statistics.mean(nll):.3f}{spread} | {', '.join(f'{x:.3f}' for x in nll)} | {integ} | "
                      f"{statistics.mean(m['train_seconds'] for m in ms):.0f} | {wall_s} |")  # fmt: skip
     if fm:
         lines += ["", "Beside maximum likelihood, Moser Flow and Riemannian flow matching: "
