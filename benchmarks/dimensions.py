@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.benchmark import step, sync, time_interleaved
+from benchmarks.benchmark import exact_kl, step, sync, time_interleaved
 from scripts.pages import replace_block
 from train.config import DEFAULT_SETTINGS
 
@@ -61,10 +61,7 @@ def time_steps(M, n, device, reps, steps):
 
 def kl_after(M, n, dataset, divergence, device, epochs, n_test=2000, lr=1e-2):
     """Train ``epochs`` steps (batch 200) and return the exact test KL, its stderr and the seconds."""
-    import copy
-
     from data import get_density
-    from flows import SolverSettings, evaluate
 
     den = get_density(M, dataset, dim=n)
     model = build(M, n, divergence, device)
@@ -75,15 +72,10 @@ def kl_after(M, n, dataset, divergence, device, epochs, n_test=2000, lr=1e-2):
         step(model, opt, den.sample(200, generator=g).to(device, torch.float32))
     sync(device)
     seconds = time.perf_counter() - t0
-    ev = copy.deepcopy(model).double().eval()
-    ev.dynamics.divergence = "exact"
-    ev.eval_solver = SolverSettings(atol=1e-5, rtol=1e-5)
     x_test = den.sample(n_test, generator=torch.Generator().manual_seed(123))
     t1 = time.perf_counter()
-    m = evaluate(ev, den.log_prob, x_test.to(device))
-    return dict(
-        kl=m["kl"], kl_stderr=m["kl_stderr"], train_seconds=seconds, eval_seconds=time.perf_counter() - t1
-    )
+    kl, kl_stderr = exact_kl(model, den, x_test, device)
+    return dict(kl=kl, kl_stderr=kl_stderr, train_seconds=seconds, eval_seconds=time.perf_counter() - t1)
 
 
 def main(argv=None):
@@ -198,7 +190,7 @@ def write(md, res):
     lines += ["", *summary(res)]
     if not md.is_file():
         md.write_text("# Benchmark\n")
-    replace_block(md, BEGIN, END, [*lines, ""], before="\0")
+    replace_block(md, BEGIN, END, [*lines, ""])
 
 
 if __name__ == "__main__":

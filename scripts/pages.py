@@ -23,14 +23,15 @@ def table_rows(md: Path, keys, n_key: int = 1, min_cells: int = 2, stop: str | N
     return rows
 
 
-def replace_block(md: Path, begin: str, end: str, lines: list[str], before: str) -> None:
-    """Put ``begin``, ``lines``, ``end`` into page ``md``: in place of an earlier block, else before ``before``."""
+def replace_block(md: Path, begin: str, end: str, lines: list[str], before: str | None = None) -> None:
+    """Put ``begin``, ``lines``, ``end`` into page ``md``: in place of an earlier block, else before the
+    text ``before`` (at the end of the page when it is None or absent)."""
     text = md.read_text()
     block = "\n".join([begin, *lines, end])
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         text = head + block + rest.split(end, 1)[1]
-    elif before in text:
+    elif before and before in text:
         head, tail = text.split(before, 1)
         text = head.rstrip("\n") + "\n\n" + block + "\n\n" + before + tail
     else:

@@ -136,13 +136,11 @@ def main(argv=None):
     from scripts.paper_grid import paper_grid, runs_from_dirs
 
     with torch.no_grad():
-        if a.no_grid:
-            dirs, anti = [], []
-        if dirs:
+        if dirs and not a.no_grid:
             grid = "docs/reproduction_fm.png" if fm else "docs/reproduction.png"
             paper_grid(runs_from_dirs(dirs), ROOT / grid, res=a.res)
         ok = [(label, out) for label, _, m, _, _, _, out in anti if m is not None]
-        if ok:
+        if ok and not a.no_grid:
             loaded = runs_from_dirs([o for _, o in ok])
             loaded = [(f"antipodal, charts={lab}", *r[1:]) for (lab, _), r in zip(ok, loaded, strict=True)]
             paper_grid(loaded, ROOT / "docs/antipodal.png", res=a.res)

@@ -118,10 +118,12 @@ def fill_settings(args):
     for k, v in table[args.M].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if args.solver in ("rk4", "midpoint", "euler") and args.step_size is None:
+    from flows.mcnf import FIXED_STEP
+
+    if args.solver in FIXED_STEP and args.step_size is None:
         args.step_size = 1 / 8
-    if getattr(args, "solver_guard", 0) and args.solver not in ("rk4", "midpoint", "euler"):
+    if getattr(args, "solver_guard", 0) and args.solver not in FIXED_STEP:
         from utils import UserError
 
-        raise UserError(f"--solver_guard refines the step of fixed-step solvers (rk4, midpoint, euler); "
+        raise UserError(f"--solver_guard refines the step of fixed-step solvers ({', '.join(FIXED_STEP)}); "
                         f"--solver {args.solver} controls its error by --atol/--rtol")  # fmt: skip

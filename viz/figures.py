@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from manifolds import Hyperboloid, Sphere  # noqa: E402
+from manifolds import Hyperboloid, Sphere, get_manifold  # noqa: E402
 
 PANEL_INCHES = 4.0
 DPI = 100
@@ -227,7 +227,7 @@ def chart_coordinates(x, manifold: str):
     on the hyperboloid): geodesic distance and direction from the origin, for any ``n``.
     """
     x = torch.as_tensor(x, dtype=torch.float64).detach().cpu()
-    M = (Sphere if manifold == "Sphere" else Hyperboloid)(x.shape[-1] - 1)
+    M = get_manifold(manifold, x.shape[-1] - 1)
     return M.logmap(M.origin(dtype=x.dtype), x)[..., 1:].numpy()
 
 
@@ -235,8 +235,7 @@ def marginal_pairs(n: int):
     """Coordinate pairs shown by :func:`marginals_figure`: three pairs covering the first four axes."""
     if n == 1:
         return [(0,)]
-    pairs = [(0, 1), (0, 2), (1, 2)] if n == 3 else [(i, i + 1) for i in range(min(n - 1, 3))]
-    return pairs
+    return [(0, 1), (0, 2), (1, 2)] if n == 3 else [(i, i + 1) for i in range(min(n - 1, 3))]
 
 
 def marginals_figure(samples: dict, manifold: str, path, bins: int = 80):
