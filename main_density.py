@@ -117,10 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--chart_center", choices=["point", "origin"], default=None)
     mod.add_argument("--solver", default=None, help="torchdiffeq method: dopri5, rk4, midpoint, euler, ...")
     mod.add_argument("--step_size", type=positive_float, default=None, help="step of fixed-step solvers")
-    mod.add_argument("--solver_guard", type=nonneg_float, default=0.0,
+    mod.add_argument("--solver_guard", type=nonneg_float, default=None,
                      help="fixed-step solvers: at every evaluation compare the training solver's NLL of a fixed "
                           "batch of training points with an accurate solve (dopri5 at --eval_tol, float64) and "
-                          "halve --step_size while they differ by more than this many nats (0: off; e.g. 0.02)")  # fmt: skip
+                          "halve --step_size while they differ by more than this many nats (0: off; default "
+                          "0.02 with a fixed-step solver, 0 with --reference_settings)")  # fmt: skip
     mod.add_argument("--atol", type=positive_float, default=None, help="training atol (adaptive solvers)")
     mod.add_argument("--rtol", type=positive_float, default=None, help="training rtol (adaptive solvers)")
     mod.add_argument("--eval_tol", type=positive_float, default=1e-5,
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--adjoint", action=argparse.BooleanOptionalAction, default=None,
                      help="adjoint method for gradients (default: direct backprop)")  # fmt: skip
     mod.add_argument("--dtype", choices=list(utils.DTYPES), default="float32")
+    mod.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                     help="torch.compile the training ODE function (auto: maximum likelihood runs of at least "
+                          "1000 epochs, where the 15-20 s compilation pays off; see docs/benchmark.md)")  # fmt: skip
     mod.add_argument("--reference_settings", action="store_true",
                      help="the published code's exact solver/chart/divergence configuration")  # fmt: skip
 

@@ -22,7 +22,7 @@ import torch
 import utils
 from utils import UserError
 
-from .config import RESUMABLE, RUN_FILES, fill_objective, fill_settings
+from .config import RESUMABLE, RUN_FILES, fill_objective, fill_settings, resolve_compile
 from .distributed import dist_env, gather_cat
 from .rundir import check_limits, check_writable, choose_out, clean_temp_files, json_safe
 from .tasks import build_task, is_earth
@@ -174,6 +174,8 @@ class Trainer:
 
         utils.seed_everything(args.seed)
         self.model = build_model(args).to(device=self.device, dtype=self.dtype)
+        self.compiled = resolve_compile(args, args.epochs - int(ckpt["epoch"] if ckpt else 0), self.device)
+        self.model.compile_ode(self.compiled)
         self.loss_fn = FlowMatching(self.model) if args.objective == "fm" else MeanNLL(self.model)
         if self.world > 1:  # every rank starts from rank 0's weights; DDP averages the gradients
             from torch.nn.parallel import DistributedDataParallel
@@ -490,6 +492,7 @@ class Trainer:
             "nfe_forward": self.nfe["forward"] / steps,
             "nfe_backward": self.nfe["backward"] / steps,
             "device": str(self.device), "ranks": self.world, "ranks_in_sync": in_sync,
+            "compiled": bool(self.model.dynamics.compiled),
             "args": {k: v for k, v in vars(args).items() if k != "explicit"},
         }  # fmt: skip
         checks = [dict(epoch=h["epoch"], **h["guard"]) for h in self.history if "guard" in h]
