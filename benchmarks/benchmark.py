@@ -42,6 +42,7 @@ def configs():
         out[f"{M}/reference"] = (M, r)
         out[f"{M}/default+hutchinson"] = (M, {**d, "divergence": "hutchinson"})
         out[f"{M}/default+adjoint"] = (M, {**d, "adjoint": True})
+        out[f"{M}/default+compile"] = (M, {**d, "compile": True})
     return out
 
 
@@ -52,7 +53,7 @@ def build(M, s, device, seed=0):
     m = MCNF(M, charts=s["charts"], chart_center=s["chart_center"], divergence=s["divergence"],
              train_solver=dict(method=s["solver"], step_size=s["step_size"], atol=s["atol"], rtol=s["rtol"],
                                adjoint=s["adjoint"]))  # fmt: skip
-    return m.to(device).train()
+    return m.to(device).train().compile_ode(s.get("compile", False))
 
 
 def density(M):
@@ -110,23 +111,104 @@ def peak_memory(name, device):
     cmd = [sys.executable, "-m", "benchmarks.benchmark", "--probe", name, "--dev", str(device)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     try:
-        return float(r.stdout.strip().splitlines()[-1])
+        peak, base = map(float, r.stdout.strip().splitlines()[-1].split())
+        return peak, base
     except (ValueError, IndexError):
-        return float("nan")
+        return float("nan"), float("nan")
+
+
+def _status_mib(field):
+    """``VmRSS`` (resident now) or ``VmHWM`` (its high-water mark) of this process, MiB (Linux), or
+    the peak from ``getrusage`` where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss():
+    """Reset the kernel's resident high-water mark of this process (Linux: ``5 > clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def _probe(name, device):
+    """``"peak baseline"``: the peak memory of 3 training steps, and what the process held before them.
+
+    CPU: the resident memory with torch imported, the model built and the batches drawn (Python,
+    torch and its libraries: the baseline), and the high-water mark of the resident memory during the
+    steps (reset just before them). The model's own peak is the difference: memory the steps took
+    beyond what the process held, a lower bound where the allocator reuses freed pages.
+    A compiled configuration is warmed up (compiled) before the baseline is read, so the compiler's
+    memory counts as baseline. GPU: ``max_memory_allocated`` of the steps, baseline 0.
+    """
     M, s = configs()[name]
     m = build(M, s, device)
     opt = torch.optim.Adam(m.parameters())
     xs = [density(M).sample(200).to(device, torch.float32) for _ in range(3)]
+    if s.get("compile"):
+        step(m, opt, xs[0])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    _reset_peak_rss()
+    base = 0.0 if device.type == "cuda" else _status_mib("VmRSS")
     for x in xs:
         step(m, opt, x)
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB
+        return f"{torch.cuda.max_memory_allocated() / 2**20} {base}"
+    return f"{_status_mib('VmHWM')} {base}"
+
+
+def _median_ms(fn, device, n=200, reps=5):
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) / n * 1e3)
+    return statistics.median(times)
+
+
+def eval_cost(M, device, batch=200):
+    """Milliseconds of one evaluation of the ODE function with its exact divergence, forward and
+    backward, at ``batch`` points inside a chart (``|v| ~ 0.4``): eager, compiled, and the bare
+    network (:meth:`flows.VectorField.ambient`, the 32x3 tanh MLP of ``[x, t]``) forward and backward
+    on the same points. Also the seconds of the first compiled call (the compilation)."""
+    m = build(M, DEFAULT_SETTINGS[M], device)
+    dyn, Mf = m.dynamics, m.manifold
+    x = density(M).sample(batch, generator=torch.Generator().manual_seed(3)).to(device, torch.float32)
+    p = Mf.projx(x.to(Mf.compute_dtype(x)))
+    E = Mf.tangent_basis(p)
+    v = 0.25 * torch.randn(batch, Mf.dim, generator=torch.Generator().manual_seed(4), dtype=p.dtype).to(
+        device
+    )
+    t = torch.tensor(0.3, dtype=p.dtype, device=device)
+    dyn.basis, dyn.max_nfe = E, None
+    zero = torch.zeros(batch, dtype=p.dtype, device=device)
+
+    def ode():
+        g, d, _ = dyn(t, (v, zero, p))
+        (g.sum() + d.sum()).backward()
+
+    def bare():
+        m.field.ambient(t.float(), x).sum().backward()
+
+    out = dict(eager_ms=_median_ms(ode, device), bare_ms=_median_ms(bare, device))
+    m.compile_ode()
+    t0 = time.perf_counter()
+    ode()
+    out["compile_seconds"] = time.perf_counter() - t0
+    out["compiled_ms"] = _median_ms(ode, device)
+    return out
 
 
 def grid_seconds(device, res=500):
@@ -224,6 +306,70 @@ def time_to_quality_fm(M, device, max_epochs, threshold=0.1, eval_every=10):
     return _until_kl(model, draw, train_step, den, device, max_epochs, threshold, eval_every)
 
 
+#: The side-by-side runs against the published code: (manifold, dataset, epochs), the issue's budgets.
+PUBLISHED_RUNS = [("Hyperboloid", "5gaussians", 300), ("Sphere", "4wrapped", 100)]
+
+
+def train_run(M, epochs, device, compile_ode=False, lr=1e-2):
+    """``epochs`` training steps of the default configuration as ``main_density.py`` takes them (Adam
+    lr 1e-2 with weight decay 1e-5, x0.1 drops at 1/3 and 2/3, a fresh batch of 200 per step); every
+    step timed. ``total_s`` includes the compilation, which happens in the first step."""
+    model = build(M, {**DEFAULT_SETTINGS[M], "compile": compile_ode}, device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [epochs // 3, 2 * epochs // 3], gamma=0.1)
+    den, g = density(M), torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(epochs):
+        x = den.sample(200, generator=g).to(device, torch.float32)
+        sync(device)
+        t0 = time.perf_counter()
+        step(model, opt, x)
+        sched.step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return dict(epochs=epochs, total_s=sum(times), mean_step_s=statistics.fmean(times),
+                steady_step_s=statistics.median(times[1:]), first_step_s=times[0])  # fmt: skip
+
+
+def published(checkout, device, threads, ttq_epochs):
+    """The published code timed from ``checkout`` (a clone of github.com/CUAI/Neural-Manifold-Ordinary-
+    Differential-Equations) by ``benchmarks/published.py`` in its own process, one run per row of
+    :data:`PUBLISHED_RUNS` plus its time to KL < 0.1 on S^2 4wrapped; this project's default
+    configuration over the same epochs (eager and compiled) beside each."""
+    import tempfile
+
+    if device.type != "cpu":
+        raise SystemExit("--published times the published code on the CPU (run the benchmark with --dev cpu)")
+    script = ROOT / "benchmarks" / "published.py"
+    base = [sys.executable, str(script), "--checkout", str(checkout), "--threads", str(threads or 1)]
+
+    def run(*args):
+        r = subprocess.run([*base, *map(str, args)], capture_output=True, text=True, timeout=3600)
+        if r.returncode != 0:
+            tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SystemExit(f"--published: the published code failed ({tail})")
+        return json.loads(r.stdout[r.stdout.index("{") :])
+
+    out = {"rows": {}}
+    for M, dataset, epochs in PUBLISHED_RUNS:
+        print(f"published code vs default: {M} {dataset} {epochs} epochs ...", flush=True)
+        out["rows"][f"{M}/{dataset}"] = dict(
+            published=run("--M", M, "--dataset", dataset, "--epochs", epochs),
+            default=train_run(M, epochs, device),
+            compiled=train_run(M, epochs, device, compile_ode=True),
+        )
+    if ttq_epochs:
+        print("published code: time to KL < 0.1 on Sphere 4wrapped ...", flush=True)
+        den = density("Sphere")
+        x = den.sample(4000, generator=torch.Generator().manual_seed(123))  # the same points as _until_kl
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "test.pt"
+            torch.save({"x": x, "log_p": den.log_prob(x)}, path)
+            out["ttq_sphere"] = run("--M", "Sphere", "--dataset", "4wrapped", "--epochs", ttq_epochs,
+                                    "--test", path, "--eval_every", 10, "--kl_below", 0.1)  # fmt: skip
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dev", default="cpu")
@@ -235,6 +381,12 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None)
+    p.add_argument(
+        "--published",
+        default=None,
+        metavar="PATH",
+        help="also time the published code from this clone of its repository (CPU)",
+    )
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     device = torch.device(a.dev)
@@ -256,7 +408,9 @@ def main(argv=None):
     print(f"timing training steps on {name} ...", flush=True)
     res["steps"] = time_steps(a.reps, a.steps, device)
     for k in res["steps"]:
-        res["steps"][k]["peak_mib"] = peak_memory(k, device)
+        res["steps"][k]["peak_mib"], res["steps"][k]["baseline_mib"] = peak_memory(k, device)
+    print("cost of one evaluation ...", flush=True)
+    res["eval_cost"] = {M: eval_cost(M, device) for M in ("Sphere", "Hyperboloid")}
     print("grid evaluation ...", flush=True)
     res["grid_500_seconds"] = grid_seconds(device)
     res["time_to_kl_0.1"] = {}
@@ -269,6 +423,12 @@ def main(argv=None):
             res["time_to_kl_0.1"][f"{M}/default fm"] = time_to_quality_fm(
                 M, device, a.ttq_steps_fm, eval_every=50
             )
+    if a.published:
+        if not (Path(a.published) / "flows" / "mcnf.py").is_file():
+            p.error(
+                f"--published: {a.published!r} is not a clone of the published repository (no flows/mcnf.py)"
+            )
+        res["published"] = published(Path(a.published).resolve(), device, a.threads, a.ttq_epochs)
     tag = "" if device.type == "cpu" else "_" + device.type
     json_path = Path(a.json or ROOT / f"benchmarks/results{tag}.json")
     md_path = Path(a.md or ROOT / f"docs/benchmark{tag}.md")
@@ -292,20 +452,75 @@ def keep_dimensions_section(old_text, md_path):
         replace_block(md_path, BEGIN, END, [*block, ""])
 
 
+def published_lines(pub, ttq):
+    lines = ["", "## Against the published code", "",
+             "The published code itself (a clone of github.com/CUAI/Neural-Manifold-Ordinary-Differential-"
+             "Equations at the path given to `--published`), driven by `benchmarks/published.py` in its own "
+             "process with the loop of its `main_density.py` (lr 1e-2, batch 200, its solvers: dopri5 at "
+             "1e-3 with the adjoint on H^2, rk4 step 1/16 x 4 charts with the adjoint on S^2), one thread; "
+             "this project's default configuration over the same epochs in this process, eager and with "
+             "`--compile on`. Mean seconds per training step over the whole run (the published "
+             "hyperboloid's adaptive solver takes more steps as the model sharpens); the compiled column "
+             "includes the compilation in its first step, and its steady step (median) follows in "
+             "brackets. Figures and evaluation are not timed.", "",
+             "| run | epochs | published s / step | default s / step | speed-up | compiled s / step (steady) | speed-up (steady) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for k, r in pub["rows"].items():
+        P, d, c = r["published"]["mean_step_s"], r["default"]["mean_step_s"], r["compiled"]
+        lines.append(f"| {k} | {r['default']['epochs']} | {P:.4f} | {d:.4f} | {P / d:.1f}x | "
+                     f"{c['mean_step_s']:.4f} ({c['steady_step_s']:.4f}) | {P / c['mean_step_s']:.1f}x "
+                     f"({P / c['steady_step_s']:.1f}x) |")  # fmt: skip
+    t = pub.get("ttq_sphere")
+    if t:
+        last = t["evals"][-1] if t["evals"] else {}
+        reached = last and last["kl"] < 0.1
+        ours = ttq.get("Sphere/default", {})
+        sec = (
+            f"{last['seconds']:.1f} s ({last['epoch']} epochs, KL {last['kl']:.3f})"
+            if reached
+            else (f"not reached in {t['epochs_run']} epochs ({t['train_seconds']:.0f} s)")
+        )
+        lines += ["", f"Time to test KL < 0.1 on S^2 4wrapped (same 4000 test points and evaluation cadence as "
+                  f"the time-to-quality table; the published model scored with its own solver): published "
+                  f"code {sec}"]  # fmt: skip
+        if reached and ours.get("seconds"):
+            lines[-1] += (
+                f"; this project's default {ours['seconds']:.1f} s ({ours['epochs']} epochs): "
+                f"{last['seconds'] / ours['seconds']:.0f}x shorter."
+            )
+        else:
+            lines[-1] += "."
+    return lines
+
+
 def render(res):
     s = res["steps"]
     lines = [f"# Benchmark on {res['device']}", "",
              f"Produced by `{res.get('command', 'python -m benchmarks.benchmark')}` (torch {res['torch']}, "
              f"{res['threads']} threads). "
-             "Batch 200, float32; medians over interleaved repetitions. Peak memory: peak RSS of a fresh "
-             "process that builds the model and runs 3 steps (CPU; includes Python and torch, about "
-             "300 MiB before any step), or `torch.cuda.max_memory_allocated` (GPU).", "",
-             "| configuration | s / step | NFE fwd | NFE bwd | peak MiB | speed-up vs reference |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             "Batch 200, float32; medians over interleaved repetitions. Memory (CPU): a fresh process builds "
+             "the model, draws the batches (and compiles, for the compiled rows) and runs 3 steps; baseline "
+             "is its peak RSS before the steps (Python, torch and its libraries), model peak the growth of "
+             "the peak RSS during the steps. GPU: `torch.cuda.max_memory_allocated` of the steps.", "",
+             "| configuration | s / step | NFE fwd | NFE bwd | baseline MiB | model peak MiB | speed-up vs reference |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for k, v in s.items():
         ref = s[k.split("/")[0] + "/reference"]["sec_per_step"]
+        own = v["peak_mib"] - v.get("baseline_mib", 0.0)
         lines.append(f"| {k} | {v['sec_per_step']:.4f} | {v['nfe_forward']:.0f} | {v['nfe_backward']:.0f} | "
-                     f"{v['peak_mib']:.0f} | {ref / v['sec_per_step']:.1f}x |")  # fmt: skip
+                     f"{v.get('baseline_mib', float('nan')):.0f} | {own:.1f} | {ref / v['sec_per_step']:.1f}x |")  # fmt: skip
+    if "eval_cost" in res:
+        lines += ["", "Cost of one evaluation of the ODE function with its exact divergence, forward and backward, "
+                  "batch 200 (milliseconds, median), against the bare network (the 32x3 tanh MLP of [x, t], "
+                  "`VectorField.ambient`) forward and backward on the same points; `--compile` compiles the "
+                  "first (`MCNF.compile_ode`):", "",
+                  "| manifold | bare network | eager | eager / network | compiled | compiled / network | compile s |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for M, c in res["eval_cost"].items():
+            lines.append(f"| {M} | {c['bare_ms']:.3f} | {c['eager_ms']:.3f} | {c['eager_ms'] / c['bare_ms']:.1f}x | "
+                         f"{c['compiled_ms']:.3f} | {c['compiled_ms'] / c['bare_ms']:.1f}x | {c['compile_seconds']:.1f} |")  # fmt: skip
+    if "published" in res:
+        lines += published_lines(res["published"], res.get("time_to_kl_0.1", {}))
     lines += ["", "500x500 density grid (`flows.FIGURE_SOLVER`, float32, random-init model):", ""]
     lines += [f"- {k}: {v:.1f} s" for k, v in res["grid_500_seconds"].items()]
     if res["time_to_kl_0.1"]:
