@@ -389,6 +389,8 @@ def main(argv=None):
     )
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.published and not (Path(a.published) / "flows" / "mcnf.py").is_file():
+        p.error(f"--published: {a.published!r} is not a clone of the published repository (no flows/mcnf.py)")
     device = torch.device(a.dev)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -424,10 +426,6 @@ def main(argv=None):
                 M, device, a.ttq_steps_fm, eval_every=50
             )
     if a.published:
-        if not (Path(a.published) / "flows" / "mcnf.py").is_file():
-            p.error(
-                f"--published: {a.published!r} is not a clone of the published repository (no flows/mcnf.py)"
-            )
         res["published"] = published(Path(a.published).resolve(), device, a.threads, a.ttq_epochs)
     tag = "" if device.type == "cpu" else "_" + device.type
     json_path = Path(a.json or ROOT / f"benchmarks/results{tag}.json")

@@ -1,0 +1,154 @@
+"""The speed features: the compiled ODE function, the solver guard's defaults, the benchmark's
+memory probe and its published-code option."""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import FAST, run
+
+import flows.mcnf as mcnf_mod
+from flows import MCNF
+from train.config import COMPILE_MIN_EPOCHS, DEFAULT_SOLVER_GUARD, resolve_compile
+from utils import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _loss_and_grads(model, x):
+    model.zero_grad()
+    loss = -model.log_prob(x).mean()
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def _model(M, **kw):
+    torch.manual_seed(0)
+    charts = 2 if M == "Sphere" else 1
+    return MCNF(M, charts=charts, train_solver=dict(method="rk4", step_size=0.25), **kw).train()
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++")), reason="inductor needs a C++ compiler")
+def test_compiled_ode_function_matches_eager_in_value_and_gradient():
+    # the sphere with 2 charts: the first chart's centre is data (no grad), the second's depends on the
+    # parameters, so both compiled graphs are exercised, and gradients flow through the chart switch
+    eager, comp = _model("Sphere"), _model("Sphere").compile_ode()
+    x = eager.manifold.random(64, generator=torch.Generator().manual_seed(1))
+    l0, g0 = _loss_and_grads(eager, x)
+    l1, g1 = _loss_and_grads(comp, x)
+    assert comp.dynamics.compiled, "compilation fell back to eager"
+    assert torch.allclose(l0, l1, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g0, g1, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    # evaluation stays eager (other batch sizes, float64) and is unaffected
+    comp.eval()
+    eager.eval()
+    with torch.no_grad():
+        assert torch.allclose(comp.log_prob(x[:7]), eager.log_prob(x[:7]), atol=1e-5)
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    def broken():
+        def f(*a, **k):
+            raise RuntimeError("no C++ compiler found\nlong details")
+
+        return f
+
+    monkeypatch.setattr(mcnf_mod, "_compiled_chart_divergence", broken)
+    eager, comp = _model("Hyperboloid"), _model("Hyperboloid").compile_ode()
+    x = eager.manifold.random(32, generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        l1, _ = _loss_and_grads(comp, x)
+    assert any("torch.compile failed (no C++ compiler found)" in str(m.message) for m in w)
+    assert not comp.dynamics.compiled
+    l0, _ = _loss_and_grads(eager, x)
+    assert torch.equal(l0, l1)
+
+
+def test_compile_refuses_the_autograd_divergence():
+    with pytest.raises(ValueError, match="closed-form divergences"):
+        MCNF("Sphere", divergence="exact_autograd").compile_ode()
+
+
+def _args(**kw):
+    base = dict(compile="auto", objective="mle", divergence="exact")
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_compile_auto_rule():
+    cpu = torch.device("cpu")
+    has_cxx = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+    assert resolve_compile(_args(), COMPILE_MIN_EPOCHS, cpu) == bool(has_cxx)
+    assert not resolve_compile(_args(), COMPILE_MIN_EPOCHS - 1, cpu)  # the demo's 300 epochs stay eager
+    assert not resolve_compile(_args(objective="fm"), 10**5, cpu)
+    assert not resolve_compile(_args(divergence="exact_autograd"), 10**5, cpu)
+    assert resolve_compile(_args(compile="on"), 1, cpu)
+    assert not resolve_compile(_args(compile="off"), 10**5, cpu)
+    with pytest.raises(UserError, match="nothing to compile"):
+        resolve_compile(_args(compile="on", objective="fm"), 10, cpu)
+
+
+def test_cli_compile_flag_refusal_and_record(tmp_path):
+    r = run("--M", "Sphere", "--dataset", "1wrapped", "--epochs", 2, "--objective", "fm", "--compile", "on",
+            "--dev", "cpu", "--out", tmp_path / "a", *FAST)  # fmt: skip
+    assert (
+        r.returncode == 2 and "--compile on: nothing to compile" in r.stderr and "Traceback" not in r.stderr
+    )
+    r = run(
+        "--M",
+        "Sphere",
+        "--dataset",
+        "1wrapped",
+        "--epochs",
+        2,
+        "--dev",
+        "cpu",
+        "--out",
+        tmp_path / "b",
+        *FAST,
+    )
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m["compiled"] is False and m["args"]["compile"] == "auto"  # 2 epochs: auto stays eager
+
+
+@pytest.mark.parametrize(
+    "extra, guard, step",
+    [
+        ([], DEFAULT_SOLVER_GUARD, 0.25),  # the default: rk4 step 1/4 under the guard
+        (["--solver_guard", "0"], 0.0, 0.25),
+        (["--reference_settings"], 0.0, None),  # the published configuration as it is (dopri5)
+        (["--solver", "dopri5"], 0.0, 0.25),  # adaptive: no guard (the unused step keeps its default)
+    ],
+)
+def test_solver_guard_defaults(tmp_path, extra, guard, step):
+    r = run("--M", "Hyperboloid", "--dataset", "1wrapped", "--epochs", 2, "--dev", "cpu", "--out", tmp_path,
+            *extra, *FAST)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["args"]["solver_guard"] == guard
+    assert m["args"]["step_size"] == step
+    checks = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert all(("guard" in h) == bool(guard) for h in checks)
+
+
+def test_benchmark_memory_probe_separates_the_baseline():
+    r = subprocess.run([sys.executable, "-m", "benchmarks.benchmark", "--probe", "Sphere/default", "--dev", "cpu"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    peak, base = map(float, r.stdout.split())
+    assert base > 50  # Python and torch
+    assert peak >= base and peak - base < 500  # 3 steps of a 32x3 field at batch 200
+
+
+def test_benchmark_published_option_refuses_a_folder_that_is_not_the_published_code(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "benchmarks.benchmark", "--published", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
+    assert r.returncode == 2 and "is not a clone of the published repository" in r.stderr
