@@ -130,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--adjoint", action=argparse.BooleanOptionalAction, default=None,
                      help="adjoint method for gradients (default: direct backprop)")  # fmt: skip
     mod.add_argument("--dtype", choices=list(utils.DTYPES), default="float32")
+    mod.add_argument(
+        "--kinetic",
+        type=nonneg_float,
+        default=0.0,
+        help="weight of the kinetic-energy regularizer int |f|^2 dt (Finlay et al. 2020; 0: off)",
+    )
+    mod.add_argument("--jacobian", type=nonneg_float, default=0.0,
+                     help="weight of the Jacobian Frobenius regularizer int |grad f|_F^2 dt (0: off); with either, "
+                          "the logged training loss includes the penalty")  # fmt: skip
     mod.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                      help="torch.compile the training ODE function (auto: maximum likelihood runs of at least "
                           "1000 epochs, where the 15-20 s compilation pays off; see docs/benchmark.md)")  # fmt: skip

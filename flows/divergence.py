@@ -29,10 +29,15 @@ from manifolds.special import sum_last
 DIVERGENCES = ("exact", "hutchinson", "exact_autograd")
 
 
-def chart_divergence(manifold, field, t, p, v, basis, noise=None):
+def chart_divergence(manifold, field, t, p, v, basis, noise=None, reg: bool = False):
     """``(g, tr(dg/dv))`` at chart coordinates ``v`` ``(B, n)`` of the chart at ``p``.
 
-    ``noise`` ``(B, n)`` switches to the Hutchinson estimator.
+    ``noise`` ``(B, n)`` switches to the Hutchinson estimator. With ``reg`` also the integrands of
+    the regularizers of Finlay et al. (2020), "How to train your neural ODE": the kinetic energy
+    ``|f(y)|^2`` and the squared Frobenius norm of the covariant derivative,
+    ``sum_i |P_y D_(e_i) f|^2`` over the orthonormal frame (exact) or ``|P_y D_w f|^2`` for the
+    Hutchinson direction ``w`` (an unbiased estimate of the same), with ``P_y`` the projection onto
+    ``T_y M``; returned as ``(g, div, kinetic, frobenius)``.
     """
     M = manifold
     coef = M.chart_coefficients(p, v, basis)
@@ -45,7 +50,10 @@ def chart_divergence(manifold, field, t, p, v, basis, noise=None):
     div_f = sum_last(M.inner(y.unsqueeze(-2), dirs, df))  # sum_i <e_i, D_{e_i} f>
     g = M.chart_velocity(p, v, f, basis, coef)
     div = div_f - sum_last(M.grad_logdetexp(p, v, coef) * g)
-    return g, div
+    if not reg:
+        return g, div
+    cov = M.proju(y.unsqueeze(-2), df)  # the covariant derivatives, tangent at y
+    return g, div, M.inner(y, f, f), M.inner(y.unsqueeze(-2), cov, cov).sum(-1)
 
 
 def exact_autograd(g_fn, v):

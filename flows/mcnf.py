@@ -117,6 +117,7 @@ class ChartDynamics(nn.Module):
         self.basis = None
         self.guard = None  # a fixed chart's bound on |v| (set by MCNF during a forward solve)
         self.compiled = False  # use the torch.compile'd divergence in training (see MCNF.compile_ode)
+        self.reg_weights = (0.0, 0.0)  # (kinetic, jacobian): see MCNF's regularization
 
     def velocity(self, t, v, p, E):
         """``g(t, v)``: the vector field in chart coordinates, shape ``(B, n)``."""
@@ -124,7 +125,8 @@ class ChartDynamics(nn.Module):
         return self.manifold.chart_velocity(p, v, self.field(t, coef["y"]), E, coef)
 
     def forward(self, t, state):
-        v, _, p = state
+        v, p = state[0], state[2]
+        reg = len(state) == 4  # (v, int div, p, int of the regularizers' integrand): see MCNF.regularization
         self.nfe += 1
         if self.max_nfe is not None and self.nfe > self.max_nfe:
             raise SolverError(
@@ -140,18 +142,22 @@ class ChartDynamics(nn.Module):
             g, div = div_mod.exact_autograd(lambda vv: self.velocity(t, vv, p, E), v)
         else:
             noise = self.noise if self.divergence == "hutchinson" else None
-            g = None
+            g, out = None, None
             if self.compiled and self.training and torch.is_grad_enabled():
                 try:
-                    g, div = _compiled_chart_divergence()(M, self.field, t, p, v, E, noise=noise)
+                    out = _compiled_chart_divergence()(M, self.field, t, p, v, E, noise=noise, reg=reg)
                 except Exception as e:  # no C++ compiler, an unsupported backend: run eagerly from now on
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     warnings.warn(
                         f"torch.compile failed ({first[:200]}); the ODE function runs eagerly", stacklevel=2
                     )
                     self.compiled = False
-            if g is None:
-                g, div = div_mod.chart_divergence(M, self.field, t, p, v, E, noise=noise)
+            if out is None:
+                out = div_mod.chart_divergence(M, self.field, t, p, v, E, noise=noise, reg=reg)
+            g, div = out[:2]
+            if reg:
+                w_ke, w_jf = self.reg_weights
+                r = w_ke * out[2] + w_jf * out[3]
         # one host synchronization per evaluation for both checks (the chart guard wins: beyond it
         # the state may well be non-finite, and the segment is redone with re-centring)
         finite = torch.isfinite(g).all() & torch.isfinite(div).all()
@@ -165,7 +171,7 @@ class ChartDynamics(nn.Module):
             raise _ChartExit
         if not finite:
             raise SolverError(f"non-finite ODE state at t={float(t):.4f}")
-        return g, div, torch.zeros_like(p)
+        return (g, div, torch.zeros_like(p), r) if reg else (g, div, torch.zeros_like(p))
 
 
 _COMPILED = []
@@ -230,6 +236,8 @@ class MCNF(nn.Module):
         max_speed: float | None = None,
         fourier: int = 0,
         fourier_scale: float = 1.0,
+        kinetic: float = 0.0,
+        jacobian: float = 0.0,
     ):
         super().__init__()
         M = get_manifold(manifold, dim) if isinstance(manifold, str) else manifold
@@ -273,6 +281,20 @@ class MCNF(nn.Module):
         )  # fmt: skip
         if fourier:  # only when used: older checkpoints and readers see the same config as before
             self.config.update(fourier=int(fourier), fourier_scale=float(fourier_scale))
+        if not (kinetic >= 0 and jacobian >= 0):
+            raise ValueError(f"kinetic and jacobian weights must be >= 0, got {kinetic}, {jacobian}")
+        if (kinetic or jacobian) and divergence == "exact_autograd":
+            raise ValueError(
+                "the kinetic/jacobian regularizers use the closed-form divergence (exact, hutchinson)"
+            )
+        if kinetic or jacobian:
+            self.config.update(kinetic=float(kinetic), jacobian=float(jacobian))
+        self.dynamics.reg_weights = (float(kinetic), float(jacobian))
+        #: After a training forward with ``kinetic``/``jacobian`` weights: ``(B,)`` per point, the
+        #: weighted integrals ``int_0^1 (kinetic |f|^2 + jacobian |grad f|_F^2) dt`` along the
+        #: trajectory (Finlay et al. 2020), to add to the loss (``train.loop.MeanNLL`` does); else None.
+        self.regularization = None
+        self._reg_acc = None
         self.nfe_forward = 0
         self.n_charts_used = 0
 
@@ -324,6 +346,8 @@ class MCNF(nn.Module):
         E = M.tangent_basis(p)
         v0 = torch.zeros_like(x[..., : M.dim]) if self.chart_center == "point" else M.chart_inverse(p, x, E)
         state0 = (v0, torch.zeros_like(x[..., 0]), p)
+        if self._reg_acc is not None:
+            state0 = (*state0, torch.zeros_like(x[..., 0]))
         self.dynamics.basis = None if s.adjoint else E
         event_fn = None
         if adaptive:
@@ -336,7 +360,9 @@ class MCNF(nn.Module):
         dyn = self.dynamics
         dyn.guard = self.chart_guard if not adaptive else None
         try:
-            t_end, (v1, integral, _) = self._solve(state0, t0, t1, s, event_fn)
+            t_end, (v1, integral, _, *reg) = self._solve(state0, t0, t1, s, event_fn)
+            if reg:
+                self._reg_acc = self._reg_acc + reg[0]
         finally:  # the guards act on forward solves only (an adjoint's backward solve retraces them)
             dyn.guard = None
         y = M.projx(M.chart(p, v1, E))
@@ -361,10 +387,15 @@ class MCNF(nn.Module):
             dyn.noise = div_mod.sample_noise(
                 x[..., : self.manifold.dim].shape, self.noise_kind, dtype=x.dtype, device=x.device
             )
+        on = with_div and self.training and torch.is_grad_enabled() and any(dyn.reg_weights)
+        self._reg_acc = torch.zeros_like(x[..., 0]) if on else None
+        self.regularization = None
         try:
-            return self._flow_segments(x, t0, t1, s)
+            out = self._flow_segments(x, t0, t1, s)
+            self.regularization = self._reg_acc
+            return out
         finally:  # drop per-solve tensors (they hold autograd graphs; deepcopy/pickle must not see them)
-            dyn.basis = dyn.noise = None
+            dyn.basis = dyn.noise = self._reg_acc = None
 
     def _adaptive_segments(self, x, t0, t1, s):
         """Charts re-centred whenever ``|v|`` reaches ``chart_radius``; returns ``(y, D, n charts)``."""

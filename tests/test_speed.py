@@ -152,3 +152,80 @@ def test_benchmark_published_option_refuses_a_folder_that_is_not_the_published_c
     r = subprocess.run([sys.executable, "-m", "benchmarks.benchmark", "--published", str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
     assert r.returncode == 2 and "is not a clone of the published repository" in r.stderr
+
+
+# -- kinetic-energy and Jacobian-Frobenius regularization (Finlay et al. 2020) ----------------------
+
+
+def test_frobenius_integrand_equals_the_autograd_covariant_derivative():
+    from flows import divergence as div_mod
+
+    for M in ("Sphere", "Hyperboloid"):
+        torch.manual_seed(0)
+        m = MCNF(M)
+        Mf, field = m.manifold, m.field.double()
+        y = Mf.random(5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        E = Mf.tangent_basis(y)
+        v = torch.zeros(5, Mf.dim, dtype=torch.float64)
+        t = torch.tensor(0.4, dtype=torch.float64)
+        _, _, ke, jf = div_mod.chart_divergence(Mf, field, t, y, v, E, reg=True)
+        f = field(t, y)
+        assert torch.allclose(ke, Mf.inner(y, f, f))
+        want = torch.zeros(5, dtype=torch.float64)
+        for i in range(Mf.dim):
+            _, d = torch.func.jvp(lambda yy: field(t, yy), (y,), (E[:, i],))
+            cov = Mf.proju(y, d)
+            want = want + Mf.inner(y, cov, cov)
+        assert torch.allclose(jf, want, rtol=1e-10, atol=1e-12)
+
+
+def test_kinetic_regularization_is_the_integral_of_the_speed_squared_along_the_trajectory():
+    torch.manual_seed(0)
+    m = MCNF("Hyperboloid", kinetic=1.0, train_solver=dict(method="rk4", step_size=1 / 64)).double().train()
+    x = m.manifold.random(6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    m.log_prob(x)
+    got = m.regularization.detach()
+    # trapezoid rule on 129 points of the trajectory, each reached by an accurate solve from x
+    m.eval()
+    ts = torch.linspace(0, 1, 129, dtype=torch.float64)
+    speed2 = []
+    with torch.no_grad():
+        for t in ts.tolist():
+            y = x if t == 0 else m._flow(x, 0.0, t, with_div=False)[0]
+            f = m.field(torch.tensor(t, dtype=torch.float64), y)
+            speed2.append(m.manifold.inner(y, f, f))
+    want = torch.trapezoid(torch.stack(speed2), ts, dim=0)
+    assert torch.allclose(got, want, rtol=2e-4), (got, want)
+
+
+def test_hutchinson_frobenius_is_unbiased():
+    from flows import divergence as div_mod
+
+    torch.manual_seed(0)
+    m = MCNF("Sphere", dim=4)
+    Mf, field = m.manifold, m.field.double()
+    y = Mf.random(1, generator=torch.Generator().manual_seed(5), dtype=torch.float64).expand(20000, -1)
+    E, v = Mf.tangent_basis(y), torch.zeros(20000, Mf.dim, dtype=torch.float64)
+    t = torch.tensor(0.2, dtype=torch.float64)
+    noise = div_mod.sample_noise(
+        v.shape, "rademacher", dtype=torch.float64, generator=torch.Generator().manual_seed(6)
+    )
+    *_, exact = div_mod.chart_divergence(Mf, field, t, y, v, E, reg=True)
+    *_, est = div_mod.chart_divergence(Mf, field, t, y, v, E, noise=noise, reg=True)
+    se = est.std() / 20000**0.5
+    assert abs(est.mean() - exact[0]) < 5 * se
+
+
+def test_regularized_loss_through_the_cli_and_refusals(tmp_path):
+    r = run("--M", "Sphere", "--dataset", "1wrapped", "--epochs", 3, "--kinetic", "0.01", "--jacobian", "0.01",
+            "--dev", "cpu", "--out", tmp_path / "a", *FAST)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    from flows import load_model
+
+    assert load_model(tmp_path / "a" / "checkpoint.pt").config["kinetic"] == 0.01
+    r = run("--M", "Sphere", "--dataset", "1wrapped", "--epochs", 3, "--kinetic", "0.01",
+            "--divergence", "exact_autograd", "--dev", "cpu", "--out", tmp_path / "b", *FAST)  # fmt: skip
+    assert r.returncode == 2 and "closed-form divergence" in r.stderr
+    r = run("--M", "Sphere", "--dataset", "1wrapped", "--epochs", 3, "--jacobian", "0.01", "--objective", "fm",
+            "--dev", "cpu", "--out", tmp_path / "c", *FAST)  # fmt: skip
+    assert r.returncode == 2 and "--jacobian" in r.stderr

@@ -64,7 +64,17 @@ FM_SETTINGS = {
                         fourier=0, fourier_scale=1.0, epochs=5_000, eval_freq=1_000),
 }  # fmt: skip
 #: Flags that only mean something for maximum-likelihood training (the training ODE solve).
-MLE_ONLY = ("solver", "step_size", "atol", "rtol", "adjoint", "reference_settings", "solver_guard")
+MLE_ONLY = (
+    "solver",
+    "step_size",
+    "atol",
+    "rtol",
+    "adjoint",
+    "reference_settings",
+    "solver_guard",
+    "kinetic",
+    "jacobian",
+)
 
 # flags that may change when a run is resumed; everything else comes from the checkpoint
 RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save", "contsave", "save_freq",

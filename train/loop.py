@@ -40,7 +40,7 @@ def build_model(args):
         return MCNF(
             args.M, dim=args.dim, hidden=args.flow_hidden_size, n_hidden=args.n_hidden, charts=args.charts,
             activation=args.activation, max_speed=args.max_speed, fourier=args.fourier,
-            fourier_scale=args.fourier_scale,
+            fourier_scale=args.fourier_scale, kinetic=args.kinetic, jacobian=args.jacobian,
             chart_center=args.chart_center, conc=args.conc, divergence=args.divergence,
             train_solver=dict(method=args.solver, atol=args.atol, rtol=args.rtol, step_size=args.step_size,
                               adjoint=args.adjoint),
@@ -90,14 +90,17 @@ def make_optimizer(args, params):
 
 
 class MeanNLL(torch.nn.Module):
-    """``-mean log p(x)``: the training loss, as a module so that DistributedDataParallel wraps it."""
+    """``-mean log p(x)`` (plus the mean of ``--kinetic``/``--jacobian``'s regularization when set): the
+    training loss, as a module so that DistributedDataParallel wraps it."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, x):
-        return -self.model.log_prob(x).mean()
+        loss = -self.model.log_prob(x).mean()
+        reg, self.model.regularization = self.model.regularization, None  # (it holds the graph)
+        return loss if reg is None else loss + reg.mean()
 
 
 class FlowMatching(torch.nn.Module):
