@@ -435,19 +435,21 @@ def main(argv=None):
     md_path.parent.mkdir(exist_ok=True)
     old = md_path.read_text() if md_path.is_file() else ""
     md_path.write_text(md)
-    keep_dimensions_section(old, md_path)
+    keep_other_sections(old, md_path)
     print(md)
     return 0
 
 
-def keep_dimensions_section(old_text, md_path):
-    """Put back the section benchmarks.dimensions wrote into the page (this script rewrites the rest)."""
-    from benchmarks.dimensions import BEGIN, END
+def keep_other_sections(old_text, md_path):
+    """Put back the sections other benchmark scripts wrote into the page (this script rewrites the rest):
+    benchmarks.dimensions' and benchmarks.regularization's."""
+    from benchmarks import dimensions, regularization
     from scripts.pages import replace_block
 
-    if BEGIN in old_text and END in old_text:
-        block = old_text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n").splitlines()
-        replace_block(md_path, BEGIN, END, [*block, ""])
+    for mod in (dimensions, regularization):
+        if mod.BEGIN in old_text and mod.END in old_text:
+            block = old_text.split(mod.BEGIN, 1)[1].split(mod.END, 1)[0].strip("\n").splitlines()
+            replace_block(md_path, mod.BEGIN, mod.END, [*block, ""])
 
 
 def published_lines(pub, ttq):

@@ -159,11 +159,21 @@ def summary(res):
     return out
 
 
+def settings_text():
+    """The solver and charts used, in words (from DEFAULT_SETTINGS, which :func:`build` uses)."""
+
+    def one(M):
+        d = DEFAULT_SETTINGS[M]
+        return f"{M.lower()}: {d['solver']} step 1/{round(1 / d['step_size'])}, {d['charts']} chart{'s' * (d['charts'] > 1)}"
+
+    return f"{one('Sphere')}; {one('Hyperboloid')}; no solver guard"
+
+
 def write(md, res):
     s = res["settings"]
     lines = ["## Dimensions", "",
              f"Produced by `{res['command']}` (torch {s['torch']}, {s['threads']} thread(s), {s['device']}). "
-             "Default solver and charts (sphere: rk4 step 1/4, 4 charts; hyperboloid: rk4 step 1/8, 1 chart), "
+             f"Default solver and charts ({settings_text()}), "
              "32x3 tanh field, batch 200, float32, lr 1e-2. Seconds per training step: median over interleaved "
              "repetitions; NFE: function evaluations per step, forward / backward. KL: exact test KL to the true "
              f"density after {s['epochs']} steps (dopri5 at 1e-5, float64, exact divergence, 2000 held-out "

@@ -229,3 +229,16 @@ def test_regularized_loss_through_the_cli_and_refusals(tmp_path):
     r = run("--M", "Sphere", "--dataset", "1wrapped", "--epochs", 3, "--jacobian", "0.01", "--objective", "fm",
             "--dev", "cpu", "--out", tmp_path / "c", *FAST)  # fmt: skip
     assert r.returncode == 2 and "--jacobian" in r.stderr
+
+
+def test_benchmark_page_keeps_the_sections_of_the_other_benchmark_scripts(tmp_path):
+    from benchmarks import dimensions, regularization
+    from benchmarks.benchmark import keep_other_sections
+
+    old = f"# old\n\n{dimensions.BEGIN}\n## Dimensions\nrow d\n{dimensions.END}\n\n{regularization.BEGIN}\nrow r\n{regularization.END}\n"
+    md = tmp_path / "b.md"
+    md.write_text("# Benchmark\n\nnew table\n")
+    keep_other_sections(old, md)
+    text = md.read_text()
+    assert text.startswith("# Benchmark\n\nnew table") and "row d" in text and "row r" in text
+    assert text.index(dimensions.BEGIN) < text.index(regularization.BEGIN)
