@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "batch of training points with an accurate solve (dopri5 at --eval_tol, float64) and "
                           "halve --step_size while they differ by more than this many nats (0: off; default "
                           "0.02 with a fixed-step solver, 0 with --reference_settings)")  # fmt: skip
+    mod.add_argument(
+        "--guard_freq",
+        type=positive_int,
+        default=100,
+        help="epochs between the solver guard's checks (also at every evaluation)",
+    )
     mod.add_argument("--atol", type=positive_float, default=None, help="training atol (adaptive solvers)")
     mod.add_argument("--rtol", type=positive_float, default=None, help="training rtol (adaptive solvers)")
     mod.add_argument("--eval_tol", type=positive_float, default=1e-5,

@@ -178,11 +178,13 @@ def _median_ms(fn, device, n=200, reps=5):
     return statistics.median(times)
 
 
-def eval_cost(M, device, batch=200):
+def eval_cost(M, device, batch=200, first_call_only=False):
     """Milliseconds of one evaluation of the ODE function with its exact divergence, forward and
     backward, at ``batch`` points inside a chart (``|v| ~ 0.4``): eager, compiled, and the bare
     network (:meth:`flows.VectorField.ambient`, the 32x3 tanh MLP of ``[x, t]``) forward and backward
-    on the same points. Also the seconds of the first compiled call (the compilation)."""
+    on the same points. Also the seconds of the first compiled call (the compilation), with inductor's
+    disk cache warm (in this process, after a Dynamo reset) and cold (a fresh process and cache).
+    ``first_call_only``: compile and return the first call's seconds (the cold probe's body)."""
     m = build(M, DEFAULT_SETTINGS[M], device)
     dyn, Mf = m.dynamics, m.manifold
     x = density(M).sample(batch, generator=torch.Generator().manual_seed(3)).to(device, torch.float32)
@@ -202,13 +204,36 @@ def eval_cost(M, device, batch=200):
     def bare():
         m.field.ambient(t.float(), x).sum().backward()
 
+    if first_call_only:
+        m.compile_ode()
+        t0 = time.perf_counter()
+        ode()
+        return time.perf_counter() - t0
     out = dict(eager_ms=_median_ms(ode, device), bare_ms=_median_ms(bare, device))
+    torch._dynamo.reset()  # compile afresh (inductor's disk cache stays: a "warm" compilation)
     m.compile_ode()
     t0 = time.perf_counter()
     ode()
-    out["compile_seconds"] = time.perf_counter() - t0
+    out["compile_seconds_warm"] = time.perf_counter() - t0
     out["compiled_ms"] = _median_ms(ode, device)
+    out["compile_seconds_cold"] = cold_compile_seconds(M, device)
     return out
+
+
+def cold_compile_seconds(M, device):
+    """Seconds of the first compiled evaluation in a fresh process with an empty inductor cache."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tmp}
+        cmd = [sys.executable, "-m", "benchmarks.benchmark", "--probe_compile", M, "--dev", str(device),
+               "--threads", str(torch.get_num_threads())]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    try:
+        return float(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return float("nan")
 
 
 def grid_seconds(device, res=500):
@@ -314,6 +339,8 @@ def train_run(M, epochs, device, compile_ode=False, lr=1e-2):
     """``epochs`` training steps of the default configuration as ``main_density.py`` takes them (Adam
     lr 1e-2 with weight decay 1e-5, x0.1 drops at 1/3 and 2/3, a fresh batch of 200 per step); every
     step timed. ``total_s`` includes the compilation, which happens in the first step."""
+    if compile_ode:
+        torch._dynamo.reset()  # this run pays its compilation (with inductor's disk cache warm)
     model = build(M, {**DEFAULT_SETTINGS[M], "compile": compile_ode}, device)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [epochs // 3, 2 * epochs // 3], gamma=0.1)
@@ -388,6 +415,7 @@ def main(argv=None):
         help="also time the published code from this clone of its repository (CPU)",
     )
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--probe_compile", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.published and not (Path(a.published) / "flows" / "mcnf.py").is_file():
         p.error(f"--published: {a.published!r} is not a clone of the published repository (no flows/mcnf.py)")
@@ -396,6 +424,9 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     if a.probe:
         print(_probe(a.probe, device))
+        return 0
+    if a.probe_compile:
+        print(eval_cost(a.probe_compile, device, first_call_only=True))
         return 0
     name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
     res = dict(
@@ -461,8 +492,8 @@ def published_lines(pub, ttq):
              "this project's default configuration over the same epochs in this process, eager and with "
              "`--compile on`. Mean seconds per training step over the whole run (the published "
              "hyperboloid's adaptive solver takes more steps as the model sharpens); the compiled column "
-             "includes the compilation in its first step, and its steady step (median) follows in "
-             "brackets. Figures and evaluation are not timed.", "",
+             "includes the compilation (warm inductor cache) in its first step, and its steady step "
+             "(median) follows in brackets. Figures and evaluation are not timed.", "",
              "| run | epochs | published s / step | default s / step | speed-up | compiled s / step (steady) | speed-up (steady) |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for k, r in pub["rows"].items():
@@ -514,11 +545,17 @@ def render(res):
                   "batch 200 (milliseconds, median), against the bare network (the 32x3 tanh MLP of [x, t], "
                   "`VectorField.ambient`) forward and backward on the same points; `--compile` compiles the "
                   "first (`MCNF.compile_ode`):", "",
-                  "| manifold | bare network | eager | eager / network | compiled | compiled / network | compile s |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| manifold | bare network | eager | eager / network | compiled | compiled / network | "
+                  "compile s, cold cache | compile s, warm cache |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for M, c in res["eval_cost"].items():
             lines.append(f"| {M} | {c['bare_ms']:.3f} | {c['eager_ms']:.3f} | {c['eager_ms'] / c['bare_ms']:.1f}x | "
-                         f"{c['compiled_ms']:.3f} | {c['compiled_ms'] / c['bare_ms']:.1f}x | {c['compile_seconds']:.1f} |")  # fmt: skip
+                         f"{c['compiled_ms']:.3f} | {c['compiled_ms'] / c['bare_ms']:.1f}x | "
+                         f"{c['compile_seconds_cold']:.1f} | {c['compile_seconds_warm']:.1f} |")  # fmt: skip
+        lines += ["", "Cold: a fresh process with an empty inductor cache (`TORCHINDUCTOR_CACHE_DIR`), the first "
+                  "compilation on a machine; warm: a new compilation of the same code in a process whose inductor "
+                  "disk cache already holds it, as for every later run on the machine. A training run compiles "
+                  "two graphs (the first chart's centre is data, later ones depend on the weights) and their "
+                  "backward passes."]  # fmt: skip
     if "published" in res:
         lines += published_lines(res["published"], res.get("time_to_kl_0.1", {}))
     lines += ["", "500x500 density grid (`flows.FIGURE_SOLVER`, float32, random-init model):", ""]

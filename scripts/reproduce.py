@@ -181,8 +181,8 @@ def drift_lines(rows, runs: Path):
              "training solver (fixed step, float32 weights, the step the solver guard ended with) on 20,000 "
              "fresh samples of the true density (`scripts.reproduce.training_solver_kl`): the training NLL "
              "minus the entropy, without batch noise. Guard: the epochs at which the solver guard "
-             "(`--solver_guard`, default 0.02 nats, checked at every evaluation, here every 1000 epochs) "
-             "halved the step.", "",
+             "(`--solver_guard`, default 0.02 nats, checked every `--guard_freq` = 100 epochs) halved "
+             "the step.", "",
              "| manifold | dataset | KL at 2000 | KL at end | rise / stderr | training-solver KL | guard: step refined at | "
              "final step | both criteria |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for M, ds, ep, m, _, _, _ in rows:
@@ -193,8 +193,7 @@ def drift_lines(rows, runs: Path):
         at = {h["epoch"]: h for h in hist if "kl" in h}
         mid = at.get(2 * ep // 5)
         tk, tse, step = training_solver_kl(out)
-        refined = [f"{h['epoch']} (-> 1/{round(1 / h['guard']['refined_to'])})" for h in hist
-                   if "refined_to" in h.get("guard", {})]  # fmt: skip
+        refined = [f"{g['epoch']} (-> 1/{round(1 / g['refined_to'])})" for g in m.get("guard_events", [])]
         if mid is None:
             continue
         rise = (m["kl"] - mid["kl"]) / m["kl_stderr"]

@@ -242,3 +242,19 @@ def test_benchmark_page_keeps_the_sections_of_the_other_benchmark_scripts(tmp_pa
     text = md.read_text()
     assert text.startswith("# Benchmark\n\nnew table") and "row d" in text and "row r" in text
     assert text.index(dimensions.BEGIN) < text.index(regularization.BEGIN)
+
+
+def test_solver_guard_checks_on_its_own_schedule_and_resumes(tmp_path):
+    base = ("--M", "Sphere", "--dataset", "1wrapped", "--epochs", 20, "--dev", "cpu", "--test_size", 300,
+            "--quiet", "--eval_freq", 20, "--guard_freq", 5)  # fmt: skip
+    r = run(*base, "--out", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["guard_checks"] == 4 and m["guard_seconds"] > 0  # epochs 5, 10, 15, 20
+    # the same run in two pieces checks at the same epochs
+    r = run(*base, "--out", tmp_path / "b", "--stop_after", 12)
+    assert r.returncode == 0, r.stderr
+    r = run("--resume", tmp_path / "b" / "checkpoint.pt", "--quiet")
+    assert r.returncode == 0, r.stderr
+    m2 = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m2["guard_checks"] == 4 and m2["kl"] == m["kl"]

@@ -74,11 +74,12 @@ MLE_ONLY = (
     "solver_guard",
     "kinetic",
     "jacobian",
+    "guard_freq",
 )
 
 # flags that may change when a run is resumed; everything else comes from the checkpoint
 RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save", "contsave", "save_freq",
-             "samples", "res", "resume", "test_size", "data_dir", "overwrite", "compile"}  # fmt: skip
+             "samples", "res", "resume", "test_size", "data_dir", "overwrite", "compile", "guard_freq"}  # fmt: skip
 #: ``--compile auto`` compiles the training ODE function for runs of at least this many epochs. The
 #: compilation costs 15-20 s on one CPU thread and saves 40-60% of a maximum-likelihood step, so it
 #: pays for itself after roughly 500 (hyperboloid) to 1000 (sphere) epochs of the demo settings

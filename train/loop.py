@@ -151,7 +151,7 @@ class Trainer:
             for k, v in saved.items():
                 if k not in RESUMABLE and k != "explicit":
                     setattr(args, k, v)
-            for k in ("epochs", "eval_freq", "test_size"):
+            for k in ("epochs", "eval_freq", "test_size", "guard_freq"):
                 if k not in args.explicit:
                     setattr(args, k, saved.get(k, getattr(args, k)))
             if "out" not in args.explicit:
@@ -194,6 +194,7 @@ class Trainer:
                                                   torch.float64)  # fmt: skip
         self.train_gen = torch.Generator().manual_seed(args.seed)
         self.start_epoch, self.history, self.losses, self.train_seconds = 0, [], [], 0.0
+        self.guard_log, self.guard_seconds = [], 0.0
         self.nfe = {"forward": 0, "backward": 0, "steps": 0}
         if ckpt is not None:
             try:
@@ -208,6 +209,8 @@ class Trainer:
                 self.history = list(ckpt.get("history", []))
                 self.losses = [tuple(x) for x in ckpt.get("losses", [])]
                 self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+                self.guard_log = list(ckpt.get("guard_log", []))
+                self.guard_seconds = float(ckpt.get("guard_seconds", 0.0))
             except Exception as e:  # doctored or mismatched contents
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise UserError(
@@ -259,6 +262,7 @@ class Trainer:
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "epoch": epoch, "args": args, "rng": utils.rng_state(), "train_rng": self.train_gen.get_state(),
                 "history": self.history, "losses": self.losses, "train_seconds": self.train_seconds,
+                "guard_log": self.guard_log, "guard_seconds": self.guard_seconds,
             },
             self.out / "checkpoint.pt",
         )  # fmt: skip
@@ -284,9 +288,8 @@ class Trainer:
                                          "epoch": epoch, "val_nll": m["val_nll"]}, self.out / "best.pt")  # fmt: skip
         else:
             m = self.sharded_metrics(self.task.x_test, with_truth=self.task.truth is not None)
-        guard = self.solver_guard(epoch) if self.guard_x is not None else None
-        if guard:
-            m["guard"] = guard
+        if self.guard_log and self.guard_log[-1]["epoch"] == epoch:  # the check made at this epoch
+            m["guard"] = {k: v for k, v in self.guard_log[-1].items() if k != "epoch"}
         m.update(epoch=epoch, train_loss=loss, lr=self.opt.param_groups[0]["lr"],
                  train_seconds=self.train_seconds, eval_seconds=time.perf_counter() - t0)  # fmt: skip
         self.history.append(m)
@@ -313,8 +316,9 @@ class Trainer:
         :data:`MIN_GUARD_STEP`); returns the check's record for history.jsonl. Every rank computes the
         same numbers (same weights, same points), so the ranks stay in step without communication."""
         args = self.args
+        t0 = time.perf_counter()
         gap = self.training_solver_gap()
-        record = {"gap": gap, "step_size": args.step_size}
+        record = {"epoch": epoch, "gap": gap, "step_size": args.step_size}
         while abs(gap) > args.solver_guard and args.step_size / 2 >= MIN_GUARD_STEP:
             args.step_size /= 2
             self.model.set_train_step(args.step_size)
@@ -324,6 +328,8 @@ class Trainer:
             print(f"epoch {epoch}: solver guard: training NLL differed from the accurate solve by "
                   f"{record['gap']:+.4f} nats; --step_size {record['step_size']:g} -> {args.step_size:g} "
                   f"(gap now {gap:+.4f})", flush=True)  # fmt: skip
+        self.guard_log.append(record)
+        self.guard_seconds += time.perf_counter() - t0
         return record
 
     def train(self):
@@ -372,7 +378,13 @@ class Trainer:
             done = epoch + 1
             if args.contsave and done % args.save_freq == 0 and self.is_main:
                 self.save_frame(done)
-            if done % args.eval_freq == 0 or done == args.epochs:
+            is_eval = done % args.eval_freq == 0 or done == args.epochs
+            if self.guard_x is not None and (done % args.guard_freq == 0 or is_eval):
+                try:
+                    self.solver_guard(done)
+                except (FloatingPointError, RuntimeError) as e:
+                    return self.fail(epoch, f"solver guard failed: {e}")
+            if is_eval:
                 try:
                     m = self.evaluate(done, loss_val)
                 except (FloatingPointError, RuntimeError) as e:  # SolverError is a RuntimeError
@@ -498,9 +510,10 @@ class Trainer:
             "compiled": bool(self.model.dynamics.compiled),
             "args": {k: v for k, v in vars(args).items() if k != "explicit"},
         }  # fmt: skip
-        checks = [dict(epoch=h["epoch"], **h["guard"]) for h in self.history if "guard" in h]
-        if checks:  # the solver guard's refinements, and the step the run ended with
-            metrics["guard_events"] = [c for c in checks if "refined_to" in c]
+        if self.guard_log:  # the solver guard's refinements, its checks, and the step the run ended with
+            metrics["guard_events"] = [c for c in self.guard_log if "refined_to" in c]
+            metrics["guard_checks"] = len(self.guard_log)
+            metrics["guard_seconds"] = self.guard_seconds
             metrics["final_step_size"] = args.step_size
         from viz import figures
 
