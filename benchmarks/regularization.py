@@ -75,6 +75,16 @@ def main(argv=None):
         else:
             lines.append(f"| {M} | {ds} | {w:g} | {m['nfe_forward']:.1f} | {m['train_seconds']:.0f} | "
                          f"{m['kl']:.4f} +- {m['kl_stderr']:.4f} | {c} |")  # fmt: skip
+    lines.append("")
+    for M, ds, _ in RUNS:
+        got = {w: m for MM, _, w, m, _, _ in rows if MM == M and m is not None}
+        if 0.0 not in got:
+            continue
+        z = got[0.0]
+        parts = [f"W = {w:g}: {m['nfe_forward'] / z['nfe_forward'] - 1:+.0%} evaluations per step, KL "
+                 f"{m['kl']:.4f} against {z['kl']:.4f} ({(m['kl'] - z['kl']) / (m['kl_stderr'] ** 2 + z['kl_stderr'] ** 2) ** 0.5:+.1f} "
+                 "combined stderrs)" for w, m in got.items() if w]  # fmt: skip
+        lines.append(f"- {M} {ds}: " + "; ".join(parts) + ".")
     md = ROOT / a.md
     replace_block(md, BEGIN, END, [*lines, ""])
     print("\n".join(lines))
