@@ -65,7 +65,8 @@ def main(argv=None):
              "solver (atol = rtol = 1e-3, exact closed-form divergence, direct backprop), lr 1e-2, batch 200, "
              f"{a.epochs} epochs, `--kinetic W --jacobian W` (Finlay et al. 2020; W = 0: none). NFE: forward "
              "evaluations per training step, mean over the run; KL: exact test KL at the end (dopri5 at 1e-5, "
-             "float64, 20,000 points). Train s includes the compilation of the ODE function (`--compile auto`).",
+             "float64, 20,000 points). Train s includes the compilation of the ODE function (`--compile auto`) and "
+             "depends on what else ran on the machine; the evaluation counts do not.",
              "", "| manifold | dataset | W | NFE per step | train s | KL +- stderr | command |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for M, ds, w, m, err, cmd in rows:
