@@ -251,7 +251,9 @@ def write_markdown(path, rows, anti, a):
     fm = a.objective == "fm"
     flags = f"--objective fm --epochs {a.epochs}" + (f" --lr {a.lr}" if a.lr else "") if fm else (
         f"--epochs {a.epochs} --lr {a.lr}")  # fmt: skip
-    anti_flag = "" if fm else f" --antipodal_epochs {a.antipodal_epochs}"
+    anti_flag = (
+        "" if fm else " --no_antipodal" if a.no_antipodal else f" --antipodal_epochs {a.antipodal_epochs}"
+    )
     title = (
         "# The paper's densities trained by flow matching"
         if fm
@@ -276,10 +278,12 @@ def write_markdown(path, rows, anti, a):
         lines += drift_lines(rows, ROOT / a.runs)
     old = Path(path).read_text() if Path(path).is_file() else ""
     if not anti and "## The antipodal experiment" in old:  # --no_antipodal keeps the section already there
-        lines += [
-            "## The antipodal experiment" + old.split("## The antipodal experiment", 1)[1].rstrip("\n"),
-            "",
-        ]
+        kept = old.split("## The antipodal experiment", 1)[1].strip("\n")
+        note = ("Kept from an earlier run of this script (this one had `--no_antipodal`); its commands "
+                "predate the solver guard's default, so repeating them exactly needs `--solver_guard 0`.")  # fmt: skip
+        if not kept.startswith(note):
+            kept = note + "\n\n" + kept
+        lines += ["## The antipodal experiment", "", kept, ""]
     if anti:
         lines += ["## The antipodal experiment", "",
                   "Target: vMF with concentration 30 at the antipode of the base's mean; base vMF with "
