@@ -268,7 +268,7 @@ def write_markdown(path, rows, anti, a):
              "training on this project's 2-core machine unless the command says otherwise; runs shared the two cores "
              "with up to three other jobs, so equal work can show up to 2x different times. Maximum-likelihood "
              "runs of 1000 epochs or more compile their ODE function (`--compile auto`); the compilation "
-             "(15-20 s) is part of train s."
+             "(3-4 s with a warm inductor cache, up to 30 s with a cold one) is part of train s."
              + (" Flow matching solves no ODE in training (NFE 0 / 0); evaluation is the same exact "
                 "likelihood as for maximum likelihood (dopri5, float64, atol = rtol = 1e-5)." if fm else ""),
              "", head]  # fmt: skip

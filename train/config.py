@@ -80,10 +80,11 @@ MLE_ONLY = (
 # flags that may change when a run is resumed; everything else comes from the checkpoint
 RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save", "contsave", "save_freq",
              "samples", "res", "resume", "test_size", "data_dir", "overwrite", "compile", "guard_freq"}  # fmt: skip
-#: ``--compile auto`` compiles the training ODE function for runs of at least this many epochs. The
-#: compilation costs 15-20 s on one CPU thread and saves 40-60% of a maximum-likelihood step, so it
-#: pays for itself after roughly 500 (hyperboloid) to 1000 (sphere) epochs of the demo settings
-#: (docs/benchmark.md, "Compiled ODE function").
+#: ``--compile auto`` compiles the training ODE function for runs of at least this many epochs.
+#: Measured on one CPU thread (docs/benchmark.md): the compilation costs 26 s (sphere) / 29 s
+#: (hyperboloid) with an empty inductor cache and 3.4 / 3.9 s once the cache holds it, and saves
+#: 0.023 / 0.029 s of a default training step (0.049 -> 0.026, 0.052 -> 0.023). So it pays for
+#: itself after about 1100 / 1000 epochs the first time on a machine, and after about 150 later.
 COMPILE_MIN_EPOCHS = 1000
 #: Upper bounds on sizes (beyond them a run would exhaust memory or never finish): one-line errors.
 LIMITS = {
