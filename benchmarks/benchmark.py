@@ -382,8 +382,12 @@ def published(checkout, device, threads, ttq_epochs):
     script = ROOT / "benchmarks" / "published.py"
     base = [sys.executable, str(script), "--checkout", str(checkout), "--threads", str(threads or 1)]
 
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(checkout)}  # its packages, not this project's (same names)
+
     def run(*args):
-        r = subprocess.run([*base, *map(str, args)], capture_output=True, text=True, timeout=3600)
+        r = subprocess.run([*base, *map(str, args)], capture_output=True, text=True, timeout=3600, env=env)
         if r.returncode != 0:
             tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
             raise SystemExit(f"--published: the published code failed ({tail})")

@@ -1,11 +1,11 @@
 """Time the published code (github.com/CUAI/Neural-Manifold-Ordinary-Differential-Equations) itself.
 
-    python benchmarks/published.py --checkout PATH --M Sphere --dataset 4wrapped --epochs 100 \
-        [--threads 1] [--test test.pt --eval_every 10 --kl_below 0.1] [--json out.json]
+    PYTHONPATH=PATH python benchmarks/published.py --checkout PATH --M Sphere --dataset 4wrapped \
+        --epochs 100 [--threads 1] [--test test.pt --eval_every 10 --kl_below 0.1] [--json out.json]
 
-Run as a plain script in its own process (``benchmarks.benchmark --published PATH`` does this): the
-published code's top-level packages (``flows``, ``distributions``) share names with this project's,
-so the two cannot live in one interpreter. Nothing of the published code is copied here: this file
+Run as a plain script in its own process with the checkout on ``PYTHONPATH`` (``benchmarks.benchmark
+--published PATH`` does this): the published code's top-level packages (``flows``, ``distributions``)
+share names with this project's, so the two cannot live in one interpreter. Nothing of the published code is copied here: this file
 imports its model classes, base distributions and data generators from the checkout and drives them
 with the same loop as its ``main_density.py`` (Adam with weight decay 1e-5, learning-rate drops x0.1
 at ``j * epochs // 3``, a fresh batch of ``data_gen(dataset, 200)`` per step, loss
@@ -25,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 
 def main(argv=None):
@@ -48,12 +49,20 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     torch.distributions.Distribution.set_default_validate_args(False)
-    sys.path.insert(0, a.checkout)
-    from distributions.vmf import VonMisesFisher  # noqa: I001 (the published code's packages, not ours)
-    from distributions.wnormal import WrappedNormal
-    from flows.hyperbolic import Lorentz
-    from flows.mcnf import HCNF, SCNF
-    from flows.sphere import Sphere
+    try:
+        from distributions.vmf import VonMisesFisher  # noqa: I001 (the published code's packages, not ours)
+        from distributions.wnormal import WrappedNormal
+        from flows.hyperbolic import Lorentz
+        from flows.mcnf import HCNF, SCNF
+        from flows.sphere import Sphere
+    except ImportError as e:
+        sys.exit(f"published.py: cannot import the published code ({e}); run it with PYTHONPATH=CHECKOUT")
+
+    import flows  # noqa: I001
+
+    if not Path(flows.__file__).resolve().is_relative_to(Path(a.checkout).resolve()):
+        sys.exit(f"published.py: 'flows' comes from {flows.__file__}, not from --checkout {a.checkout}: run it "
+                 "with PYTHONPATH=CHECKOUT as a plain script (python benchmarks/published.py), not as a module")  # fmt: skip
 
     if a.M == "Hyperboloid":
         from test_densities.density_hyp import data_gen_hyp as data_gen

@@ -189,6 +189,8 @@ def drift_lines(rows, runs: Path):
         if m is None:
             continue
         out = runs / f"{M}_{ds}_{ep}"
+        if not (out / "history.jsonl").is_file() or not (out / "checkpoint.pt").is_file():
+            continue
         hist = [json.loads(h) for h in (out / "history.jsonl").read_text().splitlines() if h.strip()]
         at = {h["epoch"]: h for h in hist if "kl" in h}
         mid = at.get(2 * ep // 5)
@@ -251,9 +253,8 @@ def write_markdown(path, rows, anti, a):
     fm = a.objective == "fm"
     flags = f"--objective fm --epochs {a.epochs}" + (f" --lr {a.lr}" if a.lr else "") if fm else (
         f"--epochs {a.epochs} --lr {a.lr}")  # fmt: skip
-    anti_flag = (
-        "" if fm else " --no_antipodal" if a.no_antipodal else f" --antipodal_epochs {a.antipodal_epochs}"
-    )
+    no_anti = getattr(a, "no_antipodal", False)
+    anti_flag = "" if fm else " --no_antipodal" if no_anti else f" --antipodal_epochs {a.antipodal_epochs}"
     title = (
         "# The paper's densities trained by flow matching"
         if fm
@@ -275,7 +276,7 @@ def write_markdown(path, rows, anti, a):
     lines += [_fmt_row([M, ds], ep, m, integ, cmd, err) for M, ds, ep, m, integ, cmd, err in rows]
     lines += ["", f"![paper-style grid]({'reproduction_fm.png' if fm else 'reproduction.png'})", ""]
     if not fm:
-        lines += drift_lines(rows, ROOT / a.runs)
+        lines += drift_lines(rows, ROOT / getattr(a, "runs", "results/reproduce"))
     old = Path(path).read_text() if Path(path).is_file() else ""
     if not anti and "## The antipodal experiment" in old:  # --no_antipodal keeps the section already there
         kept = old.split("## The antipodal experiment", 1)[1].strip("\n")
