@@ -180,8 +180,10 @@ _COMPILED = []
 def _compiled_chart_divergence():
     """:func:`flows.divergence.chart_divergence` through ``torch.compile`` (built on first use).
 
-    One compiled function for all models: Dynamo guards on the identity of the manifold and field
-    arguments, so each model gets its own graphs, and a copy of a model never runs another's.
+    One compiled function for all models. The manifold and field are arguments: Dynamo guards on
+    them (and on the tensors' shapes, dtypes and ``requires_grad``) and recompiles when a guard
+    fails, and the weights are read from the field passed in, so no model runs with another's
+    weights (tests/test_speed.py checks two compiled models side by side).
     """
     if not _COMPILED:
         _COMPILED.append(torch.compile(div_mod.chart_divergence))
