@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fixed-step solvers: at every evaluation compare the training solver's NLL of a fixed "
                           "batch of training points with an accurate solve (dopri5 at --eval_tol, float64) and "
                           "halve --step_size while they differ by more than this many nats (0: off; default "
-                          "0.02 with a fixed-step solver, 0 with --reference_settings)")  # fmt: skip
+                          "0.005 with a fixed-step solver, 0 with --reference_settings)")  # fmt: skip
     mod.add_argument(
         "--guard_freq",
         type=positive_int,

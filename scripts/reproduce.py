@@ -181,7 +181,7 @@ def drift_lines(rows, runs: Path):
              "training solver (fixed step, float32 weights, the step the solver guard ended with) on 20,000 "
              "fresh samples of the true density (`scripts.reproduce.training_solver_kl`): the training NLL "
              "minus the entropy, without batch noise. Guard: the epochs at which the solver guard "
-             "(`--solver_guard`, default 0.02 nats, checked every `--guard_freq` = 100 epochs) halved "
+             "(`--solver_guard`, default 0.005 nats, checked every `--guard_freq` = 100 epochs) halved "
              "the step.", "",
              "| manifold | dataset | KL at 2000 | KL at end | rise / stderr | training-solver KL | guard: step refined at | "
              "final step | both criteria |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
