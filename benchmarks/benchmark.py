@@ -210,22 +210,6 @@ def eval_cost(M, device, batch=200):
     return out
 
 
-def _first_steps(M, device):
-    """Seconds of the first and second training steps of a compiled default model (fresh process)."""
-    m = build(M, {**DEFAULT_SETTINGS[M], "compile": True}, device)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    den, g = density(M), torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(2):
-        x = den.sample(200, generator=g).to(device, torch.float32)
-        sync(device)
-        t0 = time.perf_counter()
-        step(m, opt, x)
-        sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def compile_cost(M, device):
     """The compilation a training run pays: first training step minus second, each in a fresh process
     with one inductor cache folder, empty for the first process ("cold", the first run on a machine)
@@ -442,7 +426,8 @@ def main(argv=None):
         print(_probe(a.probe, device))
         return 0
     if a.probe_compile:
-        print(*_first_steps(a.probe_compile, device))
+        r = train_run(a.probe_compile, 2, device, compile_ode=True)  # first and second step
+        print(r["first_step_s"], r["steady_step_s"])
         return 0
     name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
     res = dict(

@@ -39,6 +39,7 @@ network keeps its own dtype (its inputs are cast); results are returned in the i
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -142,7 +143,7 @@ class ChartDynamics(nn.Module):
             g, div = div_mod.exact_autograd(lambda vv: self.velocity(t, vv, p, E), v)
         else:
             noise = self.noise if self.divergence == "hutchinson" else None
-            g, out = None, None
+            out = None
             if self.compiled and self.training and torch.is_grad_enabled():
                 try:
                     out = _compiled_chart_divergence()(M, self.field, t, p, v, E, noise=noise, reg=reg)
@@ -174,9 +175,7 @@ class ChartDynamics(nn.Module):
         return (g, div, torch.zeros_like(p), r) if reg else (g, div, torch.zeros_like(p))
 
 
-_COMPILED = []
-
-
+@functools.cache
 def _compiled_chart_divergence():
     """:func:`flows.divergence.chart_divergence` through ``torch.compile`` (built on first use).
 
@@ -185,9 +184,7 @@ def _compiled_chart_divergence():
     fails, and the weights are read from the field passed in, so no model runs with another's
     weights (tests/test_speed.py checks two compiled models side by side).
     """
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(div_mod.chart_divergence))
-    return _COMPILED[0]
+    return torch.compile(div_mod.chart_divergence)
 
 
 def _settings(s, defaults) -> SolverSettings:

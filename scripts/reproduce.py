@@ -194,10 +194,10 @@ def drift_lines(rows, runs: Path):
         hist = [json.loads(h) for h in (out / "history.jsonl").read_text().splitlines() if h.strip()]
         at = {h["epoch"]: h for h in hist if "kl" in h}
         mid = at.get(2 * ep // 5)
-        tk, tse, step = training_solver_kl(out)
-        refined = [f"{g['epoch']} (-> 1/{round(1 / g['refined_to'])})" for g in m.get("guard_events", [])]
         if mid is None:
             continue
+        tk, tse, step = training_solver_kl(out)
+        refined = [f"{g['epoch']} (-> 1/{round(1 / g['refined_to'])})" for g in m.get("guard_events", [])]
         rise = (m["kl"] - mid["kl"]) / m["kl_stderr"]
         ok = rise <= 2 and tk >= -m["kl_stderr"]
         lines.append(f"| {M} | {ds} | {mid['kl']:.4f} +- {mid['kl_stderr']:.4f} | {m['kl']:.4f} +- "

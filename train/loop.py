@@ -177,8 +177,9 @@ class Trainer:
 
         utils.seed_everything(args.seed)
         self.model = build_model(args).to(device=self.device, dtype=self.dtype)
-        self.compiled = resolve_compile(args, args.epochs - int(ckpt["epoch"] if ckpt else 0), self.device)
-        self.model.compile_ode(self.compiled)
+        self.model.compile_ode(
+            resolve_compile(args, args.epochs - int(ckpt["epoch"] if ckpt else 0), self.device)
+        )
         self.loss_fn = FlowMatching(self.model) if args.objective == "fm" else MeanNLL(self.model)
         if self.world > 1:  # every rank starts from rank 0's weights; DDP averages the gradients
             from torch.nn.parallel import DistributedDataParallel
@@ -313,7 +314,8 @@ class Trainer:
 
     def solver_guard(self, epoch):
         """Halve the training step while the gap exceeds ``--solver_guard`` nats (down to
-        :data:`MIN_GUARD_STEP`); returns the check's record for history.jsonl. Every rank computes the
+        :data:`MIN_GUARD_STEP`); the check's record goes to ``guard_log`` (checkpoint, metrics, and the
+        evaluation record of the same epoch) and is returned. Every rank computes the
         same numbers (same weights, same points), so the ranks stay in step without communication."""
         args = self.args
         t0 = time.perf_counter()
