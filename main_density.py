@@ -101,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--contsave", action="store_true", help="save a density frame every --save_freq epochs")
     ref.add_argument("--save_freq", type=positive_int, default=5)
 
+    base = p.add_argument_group("the paper's baselines (docs/baselines.md)")
+    base.add_argument("--model", choices=["mcnf", "whc", "prnvp", "ncp"], default="mcnf",
+                      help="mcnf: the Manifold Continuous Normalizing Flow; whc: Wrapped Hyperboloid Coupling and "
+                           "prnvp: projected RealNVP (Hyperboloid; Bose et al. 2020); ncp: recursive flow with "
+                           "non-compact projections (Sphere; Rezende et al. 2020). The baselines use "
+                           "--flow_hidden_size, --n_hidden and --activation for their conditioner networks")  # fmt: skip
+    base.add_argument("--blocks", type=positive_int, default=8,
+                      help="coupling layers of a baseline (ncp: alternating circle and interval layers)")  # fmt: skip
+    base.add_argument("--components", type=positive_int, default=8,
+                      help="mixture components of each ncp layer")  # fmt: skip
+
     mod = p.add_argument_group("model and solver (defaults: fastest measured; see README)")
     mod.add_argument("--dim", type=positive_int, default=2, help="intrinsic dimension n of S^n / H^n")
     mod.add_argument("--n_hidden", type=positive_int, default=3, help="hidden layers of the MLP")

@@ -1,5 +1,6 @@
 """Manifold continuous normalizing flows: vector field, divergence, multi-chart integration."""
 
+from .baselines import BASELINE_MANIFOLD, BASELINES, NCP, PRNVP, WHC, DiscreteFlow
 from .checkpoint import CheckpointError, read_checkpoint
 from .divergence import DIVERGENCES
 from .evaluation import (
@@ -17,8 +18,18 @@ from .matching import conditional_path, flow_matching_loss
 from .mcnf import MCNF, ChartDynamics, SolverError, SolverSettings, load_model, model_from_checkpoint
 from .vector_field import VectorField
 
+#: ``main_density.py --model`` names: the MCNF and the paper's baselines (:mod:`flows.baselines`).
+MODELS = ("mcnf", *BASELINES)
+
 __all__ = [
     "MCNF",
+    "WHC",
+    "PRNVP",
+    "NCP",
+    "DiscreteFlow",
+    "BASELINES",
+    "BASELINE_MANIFOLD",
+    "MODELS",
     "ChartDynamics",
     "SolverError",
     "SolverSettings",

@@ -36,6 +36,8 @@ def figure_model(model, dtype=torch.float32, accurate: bool = False):
 
     if accurate:  # float64 and the model's own evaluation solver (dtype is ignored)
         return copy.deepcopy(model).to(torch.float64).eval()
+    if not hasattr(model, "eval_solver"):  # a discrete baseline flow (flows.baselines): no solver to set
+        return copy.deepcopy(model).to(dtype).eval()
     m = copy.deepcopy(model).to(dtype).eval()
     settings = dict(FIGURE_SOLVER[m.manifold.name])
     train = m.train_solver

@@ -510,8 +510,9 @@ class MCNF(nn.Module):
         torch.save({"model_config": self.config, "model": self.state_dict(), **extra}, path)
 
 
-def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> MCNF:
-    """Build the :class:`MCNF` described by ``ckpt["model_config"]`` and load ``ckpt["model"]`` into it.
+def model_from_checkpoint(ckpt: dict, where: str = "checkpoint"):
+    """Build the model described by ``ckpt["model_config"]`` (an :class:`MCNF`, or the baseline its
+    ``"model"`` key names) and load ``ckpt["model"]`` into it.
 
     A configuration or state dict that does not fit raises :class:`flows.checkpoint.CheckpointError`.
     """
@@ -521,7 +522,15 @@ def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> MCNF:
     if not isinstance(config, dict) or not isinstance(state, dict) or not state:
         raise CheckpointError(f"{where}: model_config/model entries are missing or of the wrong type")
     try:
-        model = MCNF(**config)
+        kind = config.get("model", "mcnf")  # checkpoints written before the baselines have no "model" key
+        if kind != "mcnf":
+            from .baselines import BASELINES
+
+            if kind not in BASELINES:
+                raise ValueError(f"unknown model kind {kind!r}")
+            model = BASELINES[kind](**{k: v for k, v in config.items() if k != "model"})
+        else:
+            model = MCNF(**{k: v for k, v in config.items() if k != "model"})
         dtypes = {v.dtype for v in state.values() if isinstance(v, torch.Tensor)}
         if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
             raise ValueError("the weights are not all floating-point tensors of one dtype")
@@ -533,8 +542,9 @@ def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> MCNF:
     return model
 
 
-def load_model(path, map_location="cpu") -> MCNF:
-    """Load a trained :class:`MCNF` (eval mode) from a checkpoint of ``main_density.py``.
+def load_model(path, map_location="cpu"):
+    """Load a trained model (eval mode) from a checkpoint of ``main_density.py``: an :class:`MCNF`, or
+    with ``--model whc|prnvp|ncp`` the baseline (:mod:`flows.baselines`), which has the same interface.
 
     Loading is safe for files from others: ``torch.load(weights_only=True)`` (see
     :mod:`flows.checkpoint`); a file that is not such a checkpoint raises ``CheckpointError``.

@@ -70,7 +70,8 @@ def integral(out: Path) -> float:
     if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
         return json.loads(cache.read_text())["integral"]
     model = load_model(ckpt).double()
-    model.eval_solver = SolverSettings(atol=1e-6, rtol=1e-6)
+    if hasattr(model, "eval_solver"):  # the MCNF (the discrete baselines have no solver)
+        model.eval_solver = SolverSettings(atol=1e-6, rtol=1e-6)
     grid = dict(n_radial=200, n_angular=400) if model.manifold.name == "Sphere" else dict(
         n_radial=240, n_angular=360, r_max=8.0)  # fmt: skip
     value = model_integral(model, **grid)
@@ -97,8 +98,19 @@ def main(argv=None):
     p.add_argument("--md", default=None, help="default docs/reproduction.md, docs/reproduction_fm.md (fm)")
     p.add_argument("--assemble", action="store_true", help="train nothing; tabulate the finished runs")
     p.add_argument("--no_grid", action="store_true", help="write the tables only, not the figures")
+    p.add_argument("--baselines", action="store_true",
+                   help="train the paper's baselines beside the MCNF at every --budgets and write docs/baselines.md "
+                        "(see scripts/baselines.py)")  # fmt: skip
+    p.add_argument("--budgets", type=int, nargs="+", default=[10, 50, 300, 1000, 5000, 25000],
+                   help="--baselines: training budgets in epochs of 200 samples")  # fmt: skip
+    p.add_argument("--mcnf_max", type=int, default=5000,
+                   help="--baselines: the MCNF's largest budget (the paper's 1M samples)")  # fmt: skip
     a = p.parse_args(argv)
     fm = a.objective == "fm"
+    if a.baselines and fm:
+        p.error(
+            "--baselines compares maximum-likelihood runs (the baselines have no flow-matching objective)"
+        )
     a.runs = a.runs or ("results/reproduce_fm" if fm else "results/reproduce")
     a.md = a.md or ("docs/reproduction_fm.md" if fm else "docs/reproduction.md")
     if a.lr is None and not fm:
@@ -109,6 +121,10 @@ def main(argv=None):
     runs = ROOT / a.runs
     runs.mkdir(parents=True, exist_ok=True)
     todo = PAPER if a.only is None else [pd for o in a.only for pd in PAPER if f"{pd[0]}/{pd[1]}" == o]
+    if a.baselines:
+        from scripts.baselines import main_baselines
+
+        return main_baselines(todo, a, ROOT)
     rows, dirs = [], []
     with open(runs / "log.txt", "a") as log:
         for M, ds in todo:
@@ -130,7 +146,14 @@ def main(argv=None):
                 anti.append(
                     (label, a.antipodal_epochs, m, None if m is None else integral(out), cmd, err, out)
                 )
-    write_markdown(ROOT / a.md, rows, anti, a)
+    from scripts.baselines import BLOCK_BEGIN, BLOCK_END
+
+    page = ROOT / a.md
+    kept = page.read_text() if page.is_file() else ""
+    write_markdown(page, rows, anti, a)
+    if BLOCK_BEGIN in kept and BLOCK_END in kept:  # the --baselines block survives a rewrite of the table
+        block = kept.split(BLOCK_BEGIN, 1)[1].split(BLOCK_END, 1)[0].strip("\n").splitlines()
+        replace_block(page, BLOCK_BEGIN, BLOCK_END, block, before="<!-- both objectives side by side")
     if a.md in ("docs/reproduction.md", "docs/reproduction_fm.md"):  # the default pages
         side_by_side(ROOT / "docs/reproduction.md", ROOT / "docs/reproduction_fm.md")
     from scripts.paper_grid import paper_grid, runs_from_dirs

@@ -83,6 +83,13 @@ MLE_ONLY = (
     "guard_freq",
 )
 
+#: Flags that only mean something for the MCNF (its ODE, charts, field and base); a baseline
+#: (``--model whc|prnvp|ncp``) refuses them when given explicitly.
+MCNF_ONLY = (*MLE_ONLY, "charts", "chart_center", "divergence", "eval_tol", "max_speed", "fourier",
+             "fourier_scale", "conc")  # fmt: skip
+#: Flags of the baselines only.
+BASELINE_ONLY = ("blocks", "components")
+
 # flags that may change when a run is resumed; everything else comes from the checkpoint
 RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save", "contsave", "save_freq",
              "samples", "res", "resume", "test_size", "data_dir", "overwrite", "compile", "guard_freq"}  # fmt: skip
@@ -105,6 +112,36 @@ LIMITS = {
 }
 #: Files that mark a folder as holding a run (the ones a run writes first and reads on resume).
 RUN_FILES = ("checkpoint.pt", "metrics.json", "history.jsonl")
+
+
+def check_model(args):
+    """``--model``: the baselines live on one manifold each, train by maximum likelihood, and take
+    neither the MCNF's flags nor it theirs (UserError otherwise)."""
+    from flows import BASELINE_MANIFOLD
+    from utils import UserError
+
+    kind = getattr(args, "model", "mcnf")
+    if kind == "mcnf":
+        bad = [k for k in BASELINE_ONLY if k in args.explicit]
+        if bad:
+            raise UserError(f"{', '.join('--' + k for k in bad)} set the baseline flows "
+                            "(--model whc|prnvp|ncp), not the MCNF")  # fmt: skip
+        return
+    if args.M != BASELINE_MANIFOLD[kind]:
+        other = [k for k, m in BASELINE_MANIFOLD.items() if m == args.M]
+        raise UserError(f"--model {kind} is a flow on the {BASELINE_MANIFOLD[kind]}, not the {args.M}; "
+                        f"on the {args.M}: --model {' or '.join(['mcnf', *other])}")  # fmt: skip
+    if args.objective != "mle":
+        raise UserError(f"--model {kind} trains by maximum likelihood only (--objective fm needs the MCNF's "
+                        "vector field)")  # fmt: skip
+    if kind != "ncp" and "components" in args.explicit:
+        raise UserError("--components sets the mixtures of --model ncp")
+    bad = [k for k in MCNF_ONLY if k in args.explicit]
+    if bad:
+        raise UserError(f"{', '.join('--' + k for k in bad)} only mean something for --model mcnf "
+                        f"(--model {kind} is a discrete flow: no ODE, charts or vector field)")  # fmt: skip
+    if getattr(args, "compile", "auto") == "on":
+        raise UserError(f"--compile on: nothing to compile (--model {kind} solves no ODE)")
 
 
 def fill_objective(args, earth: bool, resuming: bool = False):
@@ -143,7 +180,13 @@ def fill_objective(args, earth: bool, resuming: bool = False):
 
 
 def fill_settings(args):
-    """Solver/chart settings: explicit flags win, then --reference_settings, then the defaults."""
+    """Solver/chart settings: explicit flags win, then --reference_settings, then the defaults.
+
+    The baselines (``--model whc|prnvp|ncp``) have none: their settings stay None and the guard off.
+    """
+    if getattr(args, "model", "mcnf") != "mcnf":
+        args.solver_guard = 0.0
+        return
     table = REFERENCE_SETTINGS if args.reference_settings else DEFAULT_SETTINGS
     for k, v in table[args.M].items():
         if getattr(args, k) is None:
@@ -173,6 +216,8 @@ def resolve_compile(args, remaining_epochs: int, device) -> bool:
     from utils import UserError
 
     mode = getattr(args, "compile", "off") or "off"
+    if getattr(args, "model", "mcnf") != "mcnf":
+        return False  # a discrete flow (check_model refuses --compile on)
     eligible = args.objective == "mle" and args.divergence in ("exact", "hutchinson")
     if mode == "on" and not eligible:
         why = (

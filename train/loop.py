@@ -22,7 +22,7 @@ import torch
 import utils
 from utils import UserError
 
-from .config import RESUMABLE, RUN_FILES, fill_objective, fill_settings, resolve_compile
+from .config import RESUMABLE, RUN_FILES, check_model, fill_objective, fill_settings, resolve_compile
 from .distributed import dist_env, gather_cat
 from .rundir import check_limits, check_writable, choose_out, clean_temp_files, json_safe
 from .tasks import build_task, is_earth
@@ -34,8 +34,15 @@ MIN_GUARD_STEP = 1 / 256
 
 
 def build_model(args):
-    from flows import MCNF
+    from flows import BASELINES, MCNF
 
+    if args.model != "mcnf":
+        try:
+            extra = dict(components=args.components) if args.model == "ncp" else {}
+            return BASELINES[args.model](args.M, dim=args.dim, hidden=args.flow_hidden_size, n_hidden=args.n_hidden,
+                                         activation=args.activation, blocks=args.blocks, **extra)  # fmt: skip
+        except ValueError as e:
+            raise UserError(str(e)) from None
     try:
         return MCNF(
             args.M, dim=args.dim, hidden=args.flow_hidden_size, n_hidden=args.n_hidden, charts=args.charts,
@@ -156,6 +163,7 @@ class Trainer:
                     setattr(args, k, saved.get(k, getattr(args, k)))
             if "out" not in args.explicit:
                 args.out = None  # the checkpoint's own folder (choose_out)
+        check_model(args)
         fill_objective(args, is_earth(args.dataset), resuming=ckpt is not None)
         check_limits(args)
         fill_settings(args)
@@ -177,9 +185,11 @@ class Trainer:
 
         utils.seed_everything(args.seed)
         self.model = build_model(args).to(device=self.device, dtype=self.dtype)
-        self.model.compile_ode(
-            resolve_compile(args, args.epochs - int(ckpt["epoch"] if ckpt else 0), self.device)
-        )
+        compiled = resolve_compile(args, args.epochs - int(ckpt["epoch"] if ckpt else 0), self.device)
+        if compiled:  # (only the MCNF has an ODE function; resolve_compile refuses --compile on otherwise)
+            self.model.compile_ode(True)
+        #: the MCNF's ODE function (for its evaluation counts); None for the discrete baselines
+        self.dynamics = getattr(self.model, "dynamics", None)
         self.loss_fn = FlowMatching(self.model) if args.objective == "fm" else MeanNLL(self.model)
         if self.world > 1:  # every rank starts from rank 0's weights; DDP averages the gradients
             from torch.nn.parallel import DistributedDataParallel
@@ -356,7 +366,7 @@ class Trainer:
                 batch[0] = batch[0].to(self.dtype)
                 try:
                     loss = self.loss_fn(*batch)  # mle: a true mean NLL in nats per sample
-                    nfe_f = model.dynamics.nfe
+                    nfe_f = self.dynamics.nfe if self.dynamics is not None else 0
                     self.opt.zero_grad(set_to_none=True)
                     if not self.all_finite(loss):
                         raise FloatingPointError("loss is not finite")
@@ -364,7 +374,7 @@ class Trainer:
                 except (FloatingPointError, RuntimeError) as e:
                     return self.fail(epoch, e)
                 self.nfe["forward"] += nfe_f
-                self.nfe["backward"] += model.dynamics.nfe - nfe_f
+                self.nfe["backward"] += (self.dynamics.nfe if self.dynamics is not None else 0) - nfe_f
                 self.nfe["steps"] += 1
                 if args.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -509,7 +519,8 @@ class Trainer:
             "nfe_forward": self.nfe["forward"] / steps,
             "nfe_backward": self.nfe["backward"] / steps,
             "device": str(self.device), "ranks": self.world, "ranks_in_sync": in_sync,
-            "compiled": bool(self.model.dynamics.compiled),
+            "compiled": bool(self.dynamics is not None and self.dynamics.compiled),
+            "model": args.model, "parameters": sum(p.numel() for p in self.model.parameters()),
             "args": {k: v for k, v in vars(args).items() if k != "explicit"},
         }  # fmt: skip
         if self.guard_log:  # the solver guard's refinements, its checks, and the step the run ended with

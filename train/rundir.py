@@ -37,13 +37,14 @@ def holds_run(folder: Path) -> bool:
 def choose_out(args, resume_path) -> Path:
     """The output folder, by the overwrite/resume rules (README, "Output folders"); writes nothing.
 
-    - no ``--out``: ``results/{dataset}_{M}``, or the first ``results/{dataset}_{M}_N`` (N = 2, 3, ...)
+    - no ``--out``: ``results/{dataset}_{M}`` (``results/{dataset}_{M}_{model}`` for a baseline), or the first ``results/{dataset}_{M}_N`` (N = 2, 3, ...)
       that does not hold a run;
     - a folder holding a run is refused unless it is the folder of the checkpoint being resumed or
       ``--overwrite`` is given.
     """
     if args.out is None and resume_path is None:
-        base = Path(f"results/{args.dataset}_{args.M}")
+        kind = getattr(args, "model", "mcnf")
+        base = Path(f"results/{args.dataset}_{args.M}" + ("" if kind == "mcnf" else f"_{kind}"))
         out, n = base, 2
         while holds_run(out):
             out, n = Path(f"{base}_{n}"), n + 1

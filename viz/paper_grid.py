@@ -1,7 +1,8 @@
-"""Paper-style grid figure: one row per model, ground truth beside the model.
+"""Paper-style grid figures: one row per density, ground truth beside the model(s).
 
-:func:`paper_grid` draws log-density functions; it does not load anything. To draw finished runs
-from their folders: ``python -m scripts.paper_grid OUT.png RUN_DIR [RUN_DIR ...]``.
+:func:`paper_grid` (ground truth | model) and :func:`model_grid` (ground truth | any number of models,
+e.g. the paper's baselines beside the MCNF) draw log-density functions; they do not load anything. To
+draw finished runs from their folders: ``python -m scripts.paper_grid OUT.png RUN_DIR [RUN_DIR ...]``.
 """
 
 from __future__ import annotations
@@ -11,22 +12,31 @@ from pathlib import Path
 from viz.figures import DPI, PANEL_INCHES, density_values, draw_panel, plt
 
 
-def paper_grid(runs, path, res: int = 200, progress: bool = False):
-    """``runs``: list of ``(title, manifold, true_log_prob, model_log_prob)``; writes ``path``."""
-    n = len(runs)
-    width = 2 * 2 * PANEL_INCHES  # two columns wide enough for a 2:1 Mollweide panel each
-    fig = plt.figure(figsize=(width, PANEL_INCHES * n), dpi=DPI)
-    for i, (title, manifold, lp_true, lp_model) in enumerate(runs):
-        truth = density_values(lp_true, manifold, res, progress)
-        model = density_values(lp_model, manifold, res, progress)
-        vmax = float(max(truth.max(), model.max())) or 1.0
+def model_grid(rows, path, res: int = 200, progress: bool = False):
+    """``rows``: list of ``(title, manifold, [(column name, log_prob), ...])``, the ground truth first.
+
+    Every row shares one colour scale across its panels. Sphere panels (Mollweide, 2:1) get twice the
+    width of hyperboloid ones (Poincare disk); all rows should have the same number of columns.
+    """
+    n, cols = len(rows), max(len(r[2]) for r in rows)
+    wide = any(r[1] == "Sphere" for r in rows)
+    fig = plt.figure(figsize=((2 if wide else 1) * PANEL_INCHES * cols, PANEL_INCHES * n), dpi=DPI)
+    for i, (title, manifold, panels) in enumerate(rows):
+        values = [density_values(lp, manifold, res, progress) for _, lp in panels]
+        vmax = float(max(v.max() for v in values)) or 1.0
         y0 = 1 - (i + 1) / n
-        for j, (vals, name) in enumerate([(truth, "ground truth"), (model, "model")]):
-            w = 0.5 if manifold == "Sphere" else 0.25
-            x0 = j * 0.5 + (0.5 - w) / 2
+        for j, ((name, _), vals) in enumerate(zip(panels, values, strict=True)):
+            w = (1 if manifold == "Sphere" or not wide else 0.5) / cols
+            x0 = j / cols + (1 / cols - w) / 2
             draw_panel(fig, [x0, y0 + 0.02 / n, w, 0.85 / n], manifold, vals, vmax=vmax,
                        title=f"{title}: {name}" if title else name)  # fmt: skip
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def paper_grid(runs, path, res: int = 200, progress: bool = False):
+    """``runs``: list of ``(title, manifold, true_log_prob, model_log_prob)``; writes ``path``."""
+    rows = [(t, M, [("ground truth", lp_true), ("model", lp_model)]) for t, M, lp_true, lp_model in runs]
+    return model_grid(rows, path, res=res, progress=progress)

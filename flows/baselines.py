@@ -1,0 +1,436 @@
+"""The discrete normalizing flows that the paper compares the MCNF against (Lou et al. 2020, Sec. 6.1).
+
+- ``whc``: Wrapped Hyperboloid Coupling on ``H^n`` (Bose et al., ICML 2020).
+- ``prnvp``: Projected NVP on ``H^n``, RealNVP (Dinh et al. 2017) on a projection of the
+  hyperboloid onto ``R^n`` (the projection flows of Gemici et al. 2016).
+- ``ncp``: the recursive flow on ``S^2`` of Rezende et al. (ICML 2020), whose circle flows are
+  mixtures of non-compact projections (NCP), as the paper's sphere baseline.
+
+Each is written from those papers' equations (docs/math.md, "Baselines", has them with their
+log-determinants) and has the MCNF's interface: ``forward(x) -> (z, delta_logp)`` from data to base
+with ``log p(x) = base.log_prob(z) + delta_logp``, ``log_prob``, ``inverse``, ``sample``,
+``sample_base``, ``base``, ``config`` (which :func:`flows.model_from_checkpoint` rebuilds from), and
+log-densities in nats with respect to the Riemannian volume. Every layer is the identity at
+initialization (the conditioners' last layers start at zero), so an untrained model is its base.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from manifolds import Hyperboloid, get_manifold
+from manifolds.distributions import UniformSphere, WrappedNormal
+
+#: Log-scales (RealNVP's ``s``, NCP's ``log alpha``, the interval map's ``log a``) are soft-clamped
+#: to ``(-SCALE_BOUND, SCALE_BOUND)`` with ``B tanh(s / B)``: one layer changes a density by at most
+#: ``e^4`` per direction, which keeps training at the paper's learning rate (1e-2) finite.
+SCALE_BOUND = 4.0
+_ACT = {"tanh": nn.Tanh, "softplus": nn.Softplus, "silu": nn.SiLU}
+
+
+def soft_clamp(s):
+    return SCALE_BOUND * torch.tanh(s / SCALE_BOUND)
+
+
+def conditioner(n_in: int, n_out: int, hidden: int, n_hidden: int, activation: str) -> nn.Sequential:
+    """An MLP ``n_in -> hidden (x n_hidden) -> n_out`` whose last layer starts at zero (identity layer)."""
+    layers, width = [], n_in
+    for _ in range(n_hidden):
+        layers += [nn.Linear(width, hidden), _ACT[activation]()]
+        width = hidden
+    last = nn.Linear(width, n_out)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
+class DiscreteFlow(nn.Module):
+    """What the three baselines share: the public interface, built on ``_to_base`` / ``_to_data``.
+
+    Subclasses implement ``_to_base(x) -> (z, delta)`` (data to base, ``log p(x) = log p_base(z) +
+    delta``) and ``_to_data(z) -> (x, delta)`` with the same meaning of ``delta`` for the returned
+    ``x``, and ``base(dtype, device)``.
+    """
+
+    kind = "?"
+
+    def __init__(self, manifold, dim, hidden, n_hidden, activation, blocks, **extra):
+        super().__init__()
+        if activation not in _ACT:
+            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(_ACT)}")
+        if int(blocks) != blocks or blocks < 1:
+            raise ValueError(f"blocks must be a positive integer, got {blocks!r}")
+        self.manifold = get_manifold(manifold, dim) if isinstance(manifold, str) else manifold
+        self.config = dict(model=self.kind, manifold=self.manifold.name, dim=self.manifold.dim, hidden=hidden,
+                           n_hidden=n_hidden, activation=activation, blocks=int(blocks), **extra)  # fmt: skip
+        #: No training regularizer (``train.loop.MeanNLL`` reads it).
+        self.regularization = None
+
+    def compute_dtype(self, x):
+        return self.manifold.compute_dtype(x)
+
+    def forward(self, x):
+        """``(z, delta_logp)``: base points of data ``x`` and ``log p(x) - log p_base(z)``."""
+        z, delta = self._to_base(x.to(self.compute_dtype(x)))
+        return z.to(x.dtype), delta.to(x.dtype)
+
+    def log_prob(self, x):
+        z, delta = self._to_base(x.to(self.compute_dtype(x)))
+        return (self.base(z.dtype, z.device).log_prob(z) + delta).to(x.dtype)
+
+    def inverse(self, z, return_delta: bool = False):
+        """Base points to data; with ``return_delta`` also ``delta`` (``log p(x) = log p_base(z) + delta``)."""
+        x, delta = self._to_data(z.to(self.compute_dtype(z)))
+        return (x.to(z.dtype), delta.to(z.dtype)) if return_delta else x.to(z.dtype)
+
+    @torch.no_grad()
+    def sample_base(self, n: int, generator=None, dtype=None, device=None):
+        p = next(self.parameters())
+        dtype, device = dtype or p.dtype, device or p.device
+        base = self.base(dtype, device)
+        if isinstance(base, WrappedNormal):
+            return base.rsample(n, generator=generator)
+        return base.sample(n, generator=generator, dtype=dtype, device=device)
+
+    def sample(self, n: int, generator=None, return_log_prob: bool = False):
+        p = next(self.parameters())
+        z = self.sample_base(n, generator, p.dtype, p.device)
+        with torch.no_grad():
+            x, delta = self.inverse(z, return_delta=True)
+            if return_log_prob:
+                return x, self.base(z.dtype, z.device).log_prob(z) + delta
+        return x
+
+    def save(self, path, **extra):
+        torch.save({"model_config": self.config, "model": self.state_dict(), **extra}, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyperboloid: coupling layers on R^n (tangent coordinates at o, or the projection x -> x_(1:))
+# ---------------------------------------------------------------------------------------------
+def _split(n: int, i: int):
+    """Layer ``i``'s conditioning and transformed coordinates (alternating parity)."""
+    a = [j for j in range(n) if (j + i) % 2 == 0]
+    b = [j for j in range(n) if (j + i) % 2 == 1]
+    return a, b
+
+
+class _Coupling(nn.Module):
+    """One coupling layer on ``R^n``: ``y_A`` conditions, ``y_B`` is transformed (data -> base).
+
+    ``affine`` (RealNVP): ``u_B = (y_B - t) e^(-s)``. ``wrapped`` (WHC): ``y_B`` is read as a point
+    ``q = exp_o(y_B)`` of the totally geodesic ``H^m`` (``m = |B|``) and mapped to
+    ``u_B = e^(-s) PT_(tau -> o)(log_tau(q))`` with ``tau`` the lift of ``t`` to ``H^m``; the generative
+    direction is Bose et al.'s ``log_o(exp_tau(PT_(o -> tau)(u_B e^s)))``.
+    """
+
+    def __init__(self, n, i, hidden, n_hidden, activation, wrapped: bool):
+        super().__init__()
+        a, b = _split(n, i)
+        self.register_buffer("a", torch.tensor(a), persistent=False)
+        self.register_buffer("b", torch.tensor(b), persistent=False)
+        self.m, self.wrapped = len(b), wrapped
+        self.net = conditioner(len(a), 2 * len(b), hidden, n_hidden, activation)
+        self.sub = Hyperboloid(self.m) if wrapped else None
+        #: Use the closed form of a one-dimensional block (``H^1``, every block of ``H^2``): the general
+        #: path's exp/transport/log reduce to ``y_B = u_B e^s + asinh(t)`` (tests check both agree);
+        #: 4x faster per training step.
+        self.fast = True
+
+    def params(self, y):
+        h = self.net(y[..., self.a].to(self.net[-1].weight.dtype)).to(y.dtype)
+        return soft_clamp(h[..., : self.m]), h[..., self.m :]
+
+    def _lift(self, t):
+        return self.sub.projx(torch.cat([torch.zeros_like(t[..., :1]), t], -1))
+
+    def to_base(self, y):
+        s, t = self.params(y)
+        yb = y[..., self.b]
+        if not self.wrapped:
+            ub, ld = (yb - t) * torch.exp(-s), -s.sum(-1)
+        elif self.m == 1 and self.fast:  # H^1 is a line: exp_tau o PT translates by tau's signed distance
+            ub, ld = (yb - torch.asinh(t)) * torch.exp(-s), -s.sum(-1)
+        else:
+            H, tau = self.sub, self._lift(t)
+            o = H.origin(*yb.shape[:-1], dtype=y.dtype, device=y.device)
+            yb0 = torch.cat([torch.zeros_like(yb[..., :1]), yb], -1)
+            w = H.logmap(tau, H.expmap(o, yb0))
+            v = H.transp(tau, o, w)[..., 1:]
+            ub = v * torch.exp(-s)
+            ld = -s.sum(-1) - H.logdetexp(tau, w) + H.logdetexp(o, yb0)
+        return y.index_copy(-1, self.b, ub), ld
+
+    def to_data(self, u):
+        s, t = self.params(u)
+        ub = u[..., self.b]
+        if not self.wrapped:
+            yb, ld = ub * torch.exp(s) + t, -s.sum(-1)
+        elif self.m == 1 and self.fast:
+            yb, ld = ub * torch.exp(s) + torch.asinh(t), -s.sum(-1)
+        else:
+            H, tau = self.sub, self._lift(t)
+            o = H.origin(*ub.shape[:-1], dtype=u.dtype, device=u.device)
+            v = torch.cat([torch.zeros_like(ub[..., :1]), ub * torch.exp(s)], -1)
+            w = H.transp(o, tau, v)
+            yb0 = H.logmap(o, H.expmap(tau, w))
+            yb = yb0[..., 1:]
+            ld = -s.sum(-1) - H.logdetexp(tau, w) + H.logdetexp(o, yb0)
+        return u.index_copy(-1, self.b, yb), ld  # ld: the data -> base log-det at the returned point
+
+
+class _HyperbolicCoupling(DiscreteFlow):
+    wrapped = False
+
+    def __init__(self, manifold="Hyperboloid", dim=2, hidden=32, n_hidden=3, activation="tanh", blocks=8):
+        super().__init__(manifold, dim, hidden, n_hidden, activation, blocks)
+        M = self.manifold
+        if M.name != "Hyperboloid":
+            raise ValueError(f"--model {self.kind} is a flow on the hyperboloid, not the {M.name}; "
+                             "on the sphere the baseline is --model ncp")  # fmt: skip
+        if M.dim < 2:
+            raise ValueError(f"--model {self.kind} couples coordinates and needs --dim >= 2, got {M.dim}")
+        self.layers = nn.ModuleList(
+            _Coupling(M.dim, i, hidden, n_hidden, activation, self.wrapped) for i in range(blocks)
+        )
+
+    def _flow_to_base(self, y):
+        ld = torch.zeros(y.shape[:-1], dtype=y.dtype, device=y.device)
+        for layer in self.layers:
+            y, d = layer.to_base(y)
+            ld = ld + d
+        return y, ld
+
+    def _flow_to_data(self, u):
+        ld = torch.zeros(u.shape[:-1], dtype=u.dtype, device=u.device)
+        for layer in reversed(self.layers):
+            u, d = layer.to_data(u)
+            ld = ld + d
+        return u, ld
+
+
+class WHC(_HyperbolicCoupling):
+    """Wrapped Hyperboloid Coupling (Bose et al. 2020) on ``H^n``, base: wrapped normal at ``o``, std 1.
+
+    Data ``x`` is read in tangent coordinates ``y = log_o(x)``; each layer keeps the coordinates
+    ``A`` and maps ``B`` through the wrapped coupling of :class:`_Coupling` (its translation is a
+    point ``tau`` of the ``|B|``-dimensional hyperboloid spanned by ``o`` and ``B``, the coordinates
+    ``A`` being zero there, as in Bose et al.'s layer); the result ``u`` is ``z = exp_o(u)``. With
+    ``J_n(u) = (sinh|u| / |u|)^(n-1)``:
+    ``log p(x) = log p_base(z) + sum_layers ld + log J_n(u) - log J_n(y)``. On ``H^2`` each block is
+    one-dimensional, where ``exp_tau o PT`` is a translation by the signed distance of ``tau``.
+    """
+
+    kind, wrapped = "whc", True
+
+    def base(self, dtype=None, device=None):
+        p = next(self.parameters())
+        dtype, device = dtype or p.dtype, device or p.device
+        o = self.manifold.origin(dtype=dtype, device=device)
+        return WrappedNormal(self.manifold, o, torch.ones((), dtype=dtype, device=device))
+
+    def _tangent(self, x):
+        o = self.manifold.origin(dtype=x.dtype, device=x.device)
+        return self.manifold.logmap(o.expand_as(x), x)
+
+    def _to_base(self, x):
+        M = self.manifold
+        y0 = self._tangent(x)
+        u, ld = self._flow_to_base(y0[..., 1:])
+        u0 = torch.cat([torch.zeros_like(u[..., :1]), u], -1)
+        o = M.origin(dtype=x.dtype, device=x.device).expand_as(x)
+        return M.expmap(o, u0), ld + M.logdetexp(o, u0) - M.logdetexp(o, y0)
+
+    def _to_data(self, z):
+        M = self.manifold
+        u0 = self._tangent(z)
+        y, ld = self._flow_to_data(u0[..., 1:])
+        y0 = torch.cat([torch.zeros_like(y[..., :1]), y], -1)
+        o = M.origin(dtype=z.dtype, device=z.device).expand_as(z)
+        return M.expmap(o, y0), ld + M.logdetexp(o, u0) - M.logdetexp(o, y0)
+
+
+class ProjectedNormal:
+    """``N(0, I_n)`` on the coordinates ``y = x_(1:)`` of ``H^n``, as a density on ``H^n``.
+
+    The chart ``y -> (sqrt(1 + |y|^2), y)`` has metric ``I - y y^T / (1 + |y|^2)``, whose
+    determinant is ``1 / (1 + |y|^2) = 1 / x_0^2``; so ``log p(x) = log N(y) + log x_0``.
+    """
+
+    def __init__(self, manifold):
+        self.manifold = manifold
+
+    def log_prob(self, x):
+        y = x[..., 1:]
+        return (-0.5 * y * y - 0.5 * math.log(2 * math.pi)).sum(-1) + torch.log(x[..., 0])
+
+    def sample(self, n: int, generator=None, dtype=None, device=None):
+        y = torch.randn(n, self.manifold.dim, generator=generator, dtype=dtype, device=device)
+        return self.manifold.projx(torch.cat([torch.zeros_like(y[..., :1]), y], -1))
+
+
+class PRNVP(_HyperbolicCoupling):
+    """Projected NVP: RealNVP on ``y = x_(1:)`` (the projection of ``H^n`` onto ``R^n`` that drops
+    ``x_0``), with a standard normal on ``R^n`` as base (:class:`ProjectedNormal` on ``H^n``).
+
+    ``log p(x) = log N(u) + sum_layers ld + log x_0``, i.e. ``log p_base(z) + sum ld + log x_0 - log z_0``.
+    """
+
+    kind = "prnvp"
+
+    def base(self, dtype=None, device=None):
+        return ProjectedNormal(self.manifold)
+
+    def _to_base(self, x):
+        u, ld = self._flow_to_base(x[..., 1:])
+        z = self.manifold.projx(torch.cat([torch.zeros_like(u[..., :1]), u], -1))
+        return z, ld + torch.log(x[..., 0]) - torch.log(z[..., 0])
+
+    def _to_data(self, z):
+        y, ld = self._flow_to_data(z[..., 1:])
+        x = self.manifold.projx(torch.cat([torch.zeros_like(y[..., :1]), y], -1))
+        return x, ld + torch.log(x[..., 0]) - torch.log(z[..., 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sphere: the recursive flow of Rezende et al. (2020) in cylinder coordinates (z, phi)
+# ---------------------------------------------------------------------------------------------
+TWO_PI = 2 * math.pi
+#: Bisection steps of the sampling direction (2 pi / 2^60 is below float64 resolution).
+BISECTION_STEPS = 60
+#: ``|z|`` is kept below ``1 - POLE_EPS`` (the poles, where phi is undefined, have measure zero).
+POLE_EPS = 1e-12
+
+
+def _ncp(phi, la, beta, logits):
+    """Mixture of non-compact projections of the circle, its lift and log-derivative.
+
+    One component: ``f(phi) = beta + 2 atan(alpha tan((phi - beta) / 2))``, written as
+    ``phi + psi(phi)`` with ``psi = 2 atan2(alpha sin(d/2), cos(d/2)) - d`` (``d = phi - beta``
+    wrapped into ``[-pi, pi)``), a continuous ``2 pi``-periodic function; ``f' = 2 alpha / ((1 +
+    alpha^2) + (1 - alpha^2) cos(phi - beta)) > 0``. The convex combination with weights
+    ``softmax(logits)`` is again an increasing lift of a circle diffeomorphism.
+    """
+    alpha, rho = torch.exp(la), torch.softmax(logits, -1)
+    p = phi[..., None]
+    d = torch.remainder(p - beta + math.pi, TWO_PI) - math.pi
+    psi = 2 * torch.atan2(alpha * torch.sin(d / 2), torch.cos(d / 2)) - d
+    lift = phi + (rho * psi).sum(-1)
+    log_fp = math.log(2) + la - torch.log((1 + alpha * alpha) + (1 - alpha * alpha) * torch.cos(p - beta))
+    return lift, torch.logsumexp(torch.log_softmax(logits, -1) + log_fp, -1)
+
+
+def _interval(z, la, b, logits):
+    """Mixture of ``g(z) = tanh(a atanh(z) + b)`` on ``[-1, 1]`` (the interval's non-compact projection)
+    and its log-derivative ``log sum_i rho_i a_i sech^2(s_i) - log(1 - z^2)``, ``s_i = a_i atanh z + b_i``."""
+    z = z.clamp(-1 + POLE_EPS, 1 - POLE_EPS)
+    a = torch.exp(la)
+    s = a * torch.atanh(z)[..., None] + b
+    g = (torch.softmax(logits, -1) * torch.tanh(s)).sum(-1)
+    log_sech2 = 2 * (math.log(2) - s.abs() - torch.log1p(torch.exp(-2 * s.abs())))
+    log_gp = torch.logsumexp(torch.log_softmax(logits, -1) + la + log_sech2, -1) - torch.log1p(-z * z)
+    return g, log_gp
+
+
+def _bisect(fn, target, lo, hi):
+    """The ``x`` in ``[lo, hi]`` with ``fn(x) = target`` for an increasing ``fn`` (elementwise)."""
+    lo, hi = torch.full_like(target, lo), torch.full_like(target, hi)
+    for _ in range(BISECTION_STEPS):
+        mid = (lo + hi) / 2
+        below = fn(mid) < target
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return (lo + hi) / 2
+
+
+class NCP(DiscreteFlow):
+    """The recursive flow on ``S^2`` of Rezende et al. (2020) with NCP circle flows; base: uniform.
+
+    A point is written in cylinder coordinates, ``x = (sqrt(1 - z^2) cos phi, sqrt(1 - z^2) sin phi,
+    z)``, whose area element is ``dz dphi`` (Archimedes), so the density of the sphere equals the
+    density of ``(z, phi)`` on ``[-1, 1] x [0, 2 pi)``. Layers alternate: ``phi`` through a mixture of
+    ``components`` NCPs whose parameters depend on ``z``, then ``z`` through a mixture of interval
+    maps whose parameters depend on ``(cos phi, sin phi)``; ``log p(x) = -log(4 pi) + sum`` of the
+    layers' log-derivatives. The map is a diffeomorphism away from the poles ``z = +-1`` only:
+    there the density may vanish or diverge (the paper's objection to this construction).
+    Data to base is closed-form; sampling inverts each one-dimensional map by bisection.
+    """
+
+    kind = "ncp"
+
+    def __init__(self, manifold="Sphere", dim=2, hidden=32, n_hidden=3, activation="tanh", blocks=8,
+                 components=8):  # fmt: skip
+        if int(components) != components or components < 1:
+            raise ValueError(f"components must be a positive integer, got {components!r}")
+        super().__init__(manifold, dim, hidden, n_hidden, activation, blocks, components=int(components))
+        M = self.manifold
+        if M.name != "Sphere":
+            raise ValueError(f"--model ncp is a flow on the sphere, not the {M.name}; on the hyperboloid "
+                             "the baselines are --model whc and --model prnvp")  # fmt: skip
+        if M.dim != 2:
+            raise ValueError(
+                f"--model ncp is written for the 2-sphere (cylinder coordinates), not --dim {M.dim}"
+            )
+        self.k = int(components)
+        # even layers: circle (conditioned on z, 1 input); odd: interval (conditioned on cos/sin phi)
+        self.nets = nn.ModuleList(
+            conditioner(1 if i % 2 == 0 else 2, 3 * self.k, hidden, n_hidden, activation)
+            for i in range(blocks)
+        )
+
+    def compute_dtype(self, x):
+        return torch.float64  # atanh near the poles and the bisection want the digits; the nets stay float32
+
+    def base(self, dtype=None, device=None):
+        return UniformSphere(2)
+
+    def _params(self, i, z, phi):
+        net = self.nets[i]
+        feat = z[..., None] if i % 2 == 0 else torch.stack([torch.cos(phi), torch.sin(phi)], -1)
+        h = net(feat.to(net[-1].weight.dtype)).to(z.dtype)
+        return soft_clamp(h[..., : self.k]), h[..., self.k : 2 * self.k], h[..., 2 * self.k :]
+
+    @staticmethod
+    def _cyl(x):
+        return x[..., 2].clamp(-1, 1), torch.remainder(torch.atan2(x[..., 1], x[..., 0]), TWO_PI)
+
+    @staticmethod
+    def _point(z, phi):
+        r = torch.sqrt((1 - z * z).clamp(min=0))
+        return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+
+    def _to_base(self, x):
+        z, phi = self._cyl(x)
+        ld = torch.zeros_like(z)
+        for i in range(len(self.nets)):
+            la, shift, logits = self._params(i, z, phi)
+            if i % 2 == 0:
+                lift, d = _ncp(phi, la, shift, logits)
+                phi = torch.remainder(lift, TWO_PI)
+            else:
+                z, d = _interval(z, la, shift, logits)
+            ld = ld + d
+        return self._point(z, phi), ld
+
+    def _to_data(self, x):
+        z, phi = self._cyl(x)
+        ld = torch.zeros_like(z)
+        for i in reversed(range(len(self.nets))):
+            la, shift, logits = self._params(i, z, phi)
+            if i % 2 == 0:  # find phi0 with lift(phi0) = phi (mod 2 pi), lift(0) <= target < lift(0) + 2 pi
+                start = _ncp(torch.zeros_like(phi), la, shift, logits)[0]
+                target = start + torch.remainder(phi - start, TWO_PI)
+                phi = _bisect(lambda p: _ncp(p, la, shift, logits)[0], target, 0.0, TWO_PI)
+                d = _ncp(phi, la, shift, logits)[1]
+            else:
+                z = _bisect(lambda v: _interval(v, la, shift, logits)[0], z.clamp(-1, 1), -1.0, 1.0)
+                d = _interval(z, la, shift, logits)[1]
+            ld = ld + d
+        return self._point(z, phi), ld
+
+
+#: ``--model`` names of the baselines (the MCNF is ``mcnf``), with the manifold each lives on.
+BASELINES = {"whc": WHC, "prnvp": PRNVP, "ncp": NCP}
+BASELINE_MANIFOLD = {"whc": "Hyperboloid", "prnvp": "Hyperboloid", "ncp": "Sphere"}
