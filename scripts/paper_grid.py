@@ -28,7 +28,9 @@ def runs_from_dirs(dirs):
         accurate = args.get("objective") == "fm"  # see flows.figure_model
         model = figure_model(load_model(path), accurate=accurate)
         density = get_density(args["M"], args["dataset"], dtype=torch.float64)
-        runs.append((f"{args['M']} {args['dataset']}", args["M"], density.log_prob,
+        kind = args.get("model", "mcnf")
+        title = f"{args['M']} {args['dataset']}" + ("" if kind == "mcnf" else f" ({kind})")
+        runs.append((title, args["M"], density.log_prob,
                      lambda x, m=model, dt=torch.float64 if accurate else torch.float32: m.log_prob(x.to(dt))))  # fmt: skip
     return runs
 
