@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from manifolds import Hyperboloid, get_manifold
-from manifolds.distributions import UniformSphere, WrappedNormal
+from manifolds.distributions import UniformSphere, WrappedNormal, draw
 
 #: Log-scales (RealNVP's ``s``, NCP's ``log alpha``, the interval map's ``log a``) are soft-clamped
 #: to ``(-SCALE_BOUND, SCALE_BOUND)`` with ``B tanh(s / B)``: one layer changes a density by at most
@@ -90,10 +90,7 @@ class DiscreteFlow(nn.Module):
     def sample_base(self, n: int, generator=None, dtype=None, device=None):
         p = next(self.parameters())
         dtype, device = dtype or p.dtype, device or p.device
-        base = self.base(dtype, device)
-        if isinstance(base, WrappedNormal):
-            return base.rsample(n, generator=generator)
-        return base.sample(n, generator=generator, dtype=dtype, device=device)
+        return draw(self.base(dtype, device), n, generator, dtype, device)
 
     def sample(self, n: int, generator=None, return_log_prob: bool = False):
         p = next(self.parameters())

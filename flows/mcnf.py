@@ -48,7 +48,7 @@ from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from manifolds import get_manifold
-from manifolds.distributions import StandardNormal, UniformSphere, VonMisesFisher, WrappedNormal
+from manifolds.distributions import StandardNormal, UniformSphere, VonMisesFisher, WrappedNormal, draw
 
 from . import divergence as div_mod
 from .vector_field import VectorField
@@ -460,12 +460,7 @@ class MCNF(nn.Module):
         """``n`` samples ``(n, n+1)`` of the base distribution (default: the parameters' dtype/device)."""
         p = next(self.parameters())
         dtype, device = dtype or p.dtype, device or p.device
-        base = self.base(dtype, device)
-        if isinstance(base, WrappedNormal):
-            return base.rsample(n, generator=generator)
-        if isinstance(base, VonMisesFisher):
-            return base.sample(n, generator=generator).to(dtype=dtype, device=device)
-        return base.sample(n, generator=generator, dtype=dtype, device=device)
+        return draw(self.base(dtype, device), n, generator, dtype, device)
 
     def sample(self, n: int, generator=None, return_log_prob: bool = False):
         """``n`` samples ``(n, n+1)`` of the model (base samples flowed backwards)."""

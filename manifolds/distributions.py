@@ -264,3 +264,13 @@ class StandardNormal:
 
     def sample(self, n: int, generator=None, dtype=None, device=None):
         return torch.randn(n, self.manifold.dim, generator=generator, dtype=dtype, device=device)
+
+
+def draw(dist, n: int, generator=None, dtype=None, device=None):
+    """``n`` samples of any base distribution of this module, in ``dtype`` on ``device``: the one place
+    that knows their differing ``sample`` signatures (the MCNF and the baselines both draw through it)."""
+    if isinstance(dist, WrappedNormal):
+        return dist.rsample(n, generator=generator).to(dtype=dtype, device=device)
+    if isinstance(dist, VonMisesFisher):
+        return dist.sample(n, generator=generator).to(dtype=dtype, device=device)
+    return dist.sample(n, generator=generator, dtype=dtype, device=device)

@@ -186,7 +186,9 @@ class Trainer:
         utils.seed_everything(args.seed)
         self.model = build_model(args).to(device=self.device, dtype=self.dtype)
         compiled = resolve_compile(args, args.epochs - int(ckpt["epoch"] if ckpt else 0), self.device)
-        if compiled:  # (only the MCNF has an ODE function; resolve_compile refuses --compile on otherwise)
+        if (
+            compiled
+        ):  # only ever for the MCNF (a baseline has no ODE function; check_model refuses --compile on)
             self.model.compile_ode(True)
         #: the MCNF's ODE function (for its evaluation counts); None for the discrete baselines
         self.dynamics = getattr(self.model, "dynamics", None)
