@@ -129,10 +129,19 @@ def test_wrong_manifold_or_settings_raise():
         (["--model", "realnvp"], "invalid choice"),
     ],
 )
-def test_cli_refuses_bad_model_settings(tmp_path, args, message):
-    r = run(*args, "--epochs", 2, "--dev", "cpu", "--out", tmp_path / "o", *FAST)
-    assert r.returncode == 2 and message in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_cli_refuses_bad_model_settings(tmp_path, capsys, args, message):
+    """Exit 2 with one line, nothing written (in-process; one refusal runs as a subprocess below)."""
+    import main_density
+
+    try:
+        code = main_density.main(
+            [*args, "--epochs", "2", "--dev", "cpu", "--out", str(tmp_path / "o"), *FAST]
+        )
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 
@@ -173,3 +182,7 @@ def test_cli_trains_saves_loads_and_resumes_a_baseline(tmp_path):
     r = run(*common, "--epochs", 1, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "results" / "4wrapped_Sphere_ncp" / "metrics.json").is_file()
+    # a model on the wrong manifold, as a user's shell sees it
+    r = run("--model", "ncp", "--M", "Hyperboloid", "--epochs", 1, "--out", tmp_path / "bad", *FAST)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad").exists()
