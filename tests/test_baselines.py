@@ -1,6 +1,7 @@
 """The paper's baselines (flows.baselines): exact densities, invertibility, and the CLI's --model."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -186,3 +187,40 @@ def test_cli_trains_saves_loads_and_resumes_a_baseline(tmp_path):
     r = run("--model", "ncp", "--M", "Hyperboloid", "--epochs", 1, "--out", tmp_path / "bad", *FAST)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_sample_efficiency_arithmetic():
+    """scripts.baselines: the baseline's best KL, where the MCNF reaches it, the ratios and the sentence."""
+    from types import SimpleNamespace
+
+    from scripts.baselines import efficiency, statement
+
+    a = SimpleNamespace(budgets=[10, 100, 1000, 10000], mcnf_max=1000)
+
+    def m(kl, se=0.001):
+        return ({"kl": kl, "kl_stderr": se}, None, None)
+
+    results = {
+        ("S", "d", "mcnf", 10): m(1.0),
+        ("S", "d", "mcnf", 100): m(0.1),
+        ("S", "d", "mcnf", 1000): m(0.01),
+    }
+    results.update(
+        {("S", "d", "ncp", e): m(k) for e, k in [(10, 2.0), (100, 1.0), (1000, 0.5), (10000, 0.1)]}
+    )
+    r = efficiency(results, "S", "d", "ncp", a)
+    assert r["best_kl"] == 0.1 and r["best_n"] == 10000 * 200 and r["mcnf_n"] == 100 * 200
+    assert r["ratio"] == 100 and abs(r["ratio_interp"] - 100) < 1e-9  # the crossing is exactly on the grid
+    assert r["mcnf_at_max"] == 0.01 and r["base_at_max"] == 0.5 and r["resolved"]
+    # a best KL between two MCNF budgets: log-log interpolation, 0.3 between 1.0 (10) and 0.1 (100)
+    results[("S", "d", "ncp", 10000)] = m(0.3)
+    r = efficiency(results, "S", "d", "ncp", a)
+    assert r["best_kl"] == 0.3 and r["mcnf_n"] == 100 * 200
+    crossing = 10 * 10 ** (-math.log10(0.3))  # KL falls one decade per decade of samples from 1.0 at 10
+    assert abs(r["ratio_interp"] - 10000 / crossing) < 1e-6
+    text = statement([("S", "d", "ncp", r)], a)[0]
+    assert "at least 8x fewer samples in 1" in text and "lower in 1 of 1" in text
+    # within noise: not ranked
+    results[("S", "d", "ncp", 10000)] = m(0.3, se=0.2)
+    text = statement([("S", "d", "ncp", efficiency(results, "S", "d", "ncp", a))], a)[0]
+    assert "Not ranked" in text
