@@ -18,7 +18,7 @@ ARGS = ["--M", "Sphere", "--dataset", "4wrapped", "--dev", "cpu", "--eval_freq",
 
 #: torchrun failures that say nothing about this code: start-up (a port taken by another process), and
 #: a rank aborting in Gloo's C++ threads at interpreter exit, a known upstream teardown race (seen once
-#: in about 20 runs of this file on the 2-core machine: "terminate called without an active exception",
+#: in seven runs of this file on the 2-core machine: "terminate called without an active exception",
 #: SIGABRT after the rank had finished; pytorch/pytorch PR 179291 describes the mechanism). Retried once.
 TRANSIENT = ("Address already in use", "EADDRINUSE", "RendezvousConnectionError", "Connection refused",
              "terminate called without an active exception")  # fmt: skip
