@@ -101,13 +101,16 @@ class DiscreteFlow(nn.Module):
                 return x, self.base(z.dtype, z.device).log_prob(z) + delta
         return x
 
-    def save(self, path, **extra):
-        torch.save({"model_config": self.config, "model": self.state_dict(), **extra}, path)
-
 
 # ---------------------------------------------------------------------------------------------
 # Hyperboloid: coupling layers on R^n (tangent coordinates at o, or the projection x -> x_(1:))
 # ---------------------------------------------------------------------------------------------
+def _pad(v):
+    """``(0, v)``: coordinates ``v in R^n`` as the ambient vector of ``R^(n+1)`` with a leading zero
+    (a tangent vector at the origin ``o``, or a point to lift with ``projx``)."""
+    return torch.cat([torch.zeros_like(v[..., :1]), v], -1)
+
+
 def _split(n: int, i: int):
     """Layer ``i``'s conditioning and transformed coordinates (alternating parity)."""
     a = [j for j in range(n) if (j + i) % 2 == 0]
@@ -142,7 +145,7 @@ class _Coupling(nn.Module):
         return soft_clamp(h[..., : self.m]), h[..., self.m :]
 
     def _lift(self, t):
-        return self.sub.projx(torch.cat([torch.zeros_like(t[..., :1]), t], -1))
+        return self.sub.projx(_pad(t))
 
     def to_base(self, y):
         s, t = self.params(y)
@@ -154,7 +157,7 @@ class _Coupling(nn.Module):
         else:
             H, tau = self.sub, self._lift(t)
             o = H.origin(*yb.shape[:-1], dtype=y.dtype, device=y.device)
-            yb0 = torch.cat([torch.zeros_like(yb[..., :1]), yb], -1)
+            yb0 = _pad(yb)
             w = H.logmap(tau, H.expmap(o, yb0))
             v = H.transp(tau, o, w)[..., 1:]
             ub = v * torch.exp(-s)
@@ -171,7 +174,7 @@ class _Coupling(nn.Module):
         else:
             H, tau = self.sub, self._lift(t)
             o = H.origin(*ub.shape[:-1], dtype=u.dtype, device=u.device)
-            v = torch.cat([torch.zeros_like(ub[..., :1]), ub * torch.exp(s)], -1)
+            v = _pad(ub * torch.exp(s))
             w = H.transp(o, tau, v)
             yb0 = H.logmap(o, H.expmap(tau, w))
             yb = yb0[..., 1:]
@@ -208,6 +211,19 @@ class _HyperbolicCoupling(DiscreteFlow):
             ld = ld + d
         return u, ld
 
+    # The couplings act on the coordinates of one global chart of H^n (``_coords``/``_point``), whose
+    # volume factor ``_log_vol(v)`` relates densities: ``log p_M(point(v)) = log p_v(v) - _log_vol(v)``.
+    # Hence, with data coordinates y and base coordinates u, ``delta = ld + _log_vol(u) - _log_vol(y)``.
+    def _to_base(self, x):
+        y = self._coords(x)
+        u, ld = self._flow_to_base(y)
+        return self._point(u), ld + self._log_vol(u) - self._log_vol(y)
+
+    def _to_data(self, z):
+        u = self._coords(z)
+        y, ld = self._flow_to_data(u)
+        return self._point(y), ld + self._log_vol(u) - self._log_vol(y)
+
 
 class WHC(_HyperbolicCoupling):
     """Wrapped Hyperboloid Coupling (Bose et al. 2020) on ``H^n``, base: wrapped normal at ``o``, std 1.
@@ -229,25 +245,20 @@ class WHC(_HyperbolicCoupling):
         o = self.manifold.origin(dtype=dtype, device=device)
         return WrappedNormal(self.manifold, o, torch.ones((), dtype=dtype, device=device))
 
-    def _tangent(self, x):
-        o = self.manifold.origin(dtype=x.dtype, device=x.device)
-        return self.manifold.logmap(o.expand_as(x), x)
+    # the chart: tangent coordinates at the origin, v -> exp_o((0, v)), volume factor J_n(v)
+    def _origin_like(self, x):
+        return self.manifold.origin(dtype=x.dtype, device=x.device).expand(*x.shape[:-1], -1)
 
-    def _to_base(self, x):
-        M = self.manifold
-        y0 = self._tangent(x)
-        u, ld = self._flow_to_base(y0[..., 1:])
-        u0 = torch.cat([torch.zeros_like(u[..., :1]), u], -1)
-        o = M.origin(dtype=x.dtype, device=x.device).expand_as(x)
-        return M.expmap(o, u0), ld + M.logdetexp(o, u0) - M.logdetexp(o, y0)
+    def _coords(self, x):
+        return self.manifold.logmap(self._origin_like(x), x)[..., 1:]
 
-    def _to_data(self, z):
-        M = self.manifold
-        u0 = self._tangent(z)
-        y, ld = self._flow_to_data(u0[..., 1:])
-        y0 = torch.cat([torch.zeros_like(y[..., :1]), y], -1)
-        o = M.origin(dtype=z.dtype, device=z.device).expand_as(z)
-        return M.expmap(o, y0), ld + M.logdetexp(o, u0) - M.logdetexp(o, y0)
+    def _point(self, v):
+        v0 = _pad(v)
+        return self.manifold.expmap(self._origin_like(v0), v0)
+
+    def _log_vol(self, v):
+        v0 = _pad(v)
+        return self.manifold.logdetexp(self._origin_like(v0), v0)
 
 
 class ProjectedNormal:
@@ -266,7 +277,7 @@ class ProjectedNormal:
 
     def sample(self, n: int, generator=None, dtype=None, device=None):
         y = torch.randn(n, self.manifold.dim, generator=generator, dtype=dtype, device=device)
-        return self.manifold.projx(torch.cat([torch.zeros_like(y[..., :1]), y], -1))
+        return self.manifold.projx(_pad(y))
 
 
 class PRNVP(_HyperbolicCoupling):
@@ -281,15 +292,15 @@ class PRNVP(_HyperbolicCoupling):
     def base(self, dtype=None, device=None):
         return ProjectedNormal(self.manifold)
 
-    def _to_base(self, x):
-        u, ld = self._flow_to_base(x[..., 1:])
-        z = self.manifold.projx(torch.cat([torch.zeros_like(u[..., :1]), u], -1))
-        return z, ld + torch.log(x[..., 0]) - torch.log(z[..., 0])
+    # the chart: the projection's coordinates, v -> (sqrt(1 + |v|^2), v), volume factor 1 / x_0
+    def _coords(self, x):
+        return x[..., 1:]
 
-    def _to_data(self, z):
-        y, ld = self._flow_to_data(z[..., 1:])
-        x = self.manifold.projx(torch.cat([torch.zeros_like(y[..., :1]), y], -1))
-        return x, ld + torch.log(x[..., 0]) - torch.log(z[..., 0])
+    def _point(self, v):
+        return self.manifold.projx(_pad(v))
+
+    def _log_vol(self, v):
+        return -0.5 * torch.log1p((v * v).sum(-1))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -188,7 +188,7 @@ def plot_efficiency(results, todo, a, path):
 
 def grids(results, todo, runs, a, docs: Path):
     from data import get_density
-    from flows import figure_model, load_model
+    from scripts.paper_grid import runs_from_dirs
     from viz.paper_grid import model_grid
 
     for M in ("Hyperboloid", "Sphere"):
@@ -207,10 +207,8 @@ def grids(results, todo, runs, a, docs: Path):
                     break
                 # the MCNF at its largest budget (the paper's); a baseline at its best budget (lowest KL)
                 ep = max(done) if model == "mcnf" else min(done, key=lambda e: done[e]["kl"])
-                fm = figure_model(load_model(run_dir(runs, M, ds, model, ep) / "checkpoint.pt"))
-                panels.append(
-                    (f"{LABEL[model]} ({samples_label(ep * BATCH)})", lambda x, m=fm: m.log_prob(x.float()))
-                )
+                model_lp = runs_from_dirs([run_dir(runs, M, ds, model, ep)])[0][3]
+                panels.append((f"{LABEL[model]} ({samples_label(ep * BATCH)})", model_lp))
             else:
                 rows.append((ds, M, panels))
         if rows:
