@@ -229,6 +229,34 @@ def parse_args(argv=None):
     return args
 
 
+def value_checker(parser: argparse.ArgumentParser):
+    """``check(name, value, where)``: the parser's own checks (type, choices) applied to a value that did
+    not come from the command line (a resumed checkpoint's saved flags); raises UserError."""
+    actions = {a.dest: a for a in parser._actions}
+
+    def check(name, value, where):
+        a = actions.get(name)
+        if a is None or value is None:
+            return
+        if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+            ok = isinstance(value, bool)
+        elif a.choices is not None and not isinstance(value, (str, int)):
+            ok = False
+        elif a.choices is not None:
+            ok = value in a.choices
+        elif a.type is not None and a.type is not str:
+            try:
+                ok = not isinstance(value, (bool, list, dict)) and a.type(str(value)) == value
+            except (ValueError, TypeError, argparse.ArgumentTypeError):
+                ok = False
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise UserError(f"{where} is {value!r}, which the command line would refuse")
+
+    return check
+
+
 def threading_main() -> bool:
     import threading
 
@@ -251,7 +279,7 @@ def main(argv=None) -> int:
     if threading_main():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        trainer = Trainer(args)
+        trainer = Trainer(args, check_value=value_checker(build_parser()))
         trainer.setup()
         return trainer.train()
     except UserError as e:

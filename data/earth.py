@@ -1,9 +1,10 @@
 """The four Earth event datasets on the sphere S^2 (volcano, earthquake, flood, fire).
 
-The project does not ship the files. ``load_earth(name, data_dir)`` reads ``data_dir/<file>``;
-``data_dir`` defaults to ``$MANIFOLD_ODE_EARTH_DATA`` or ``data/earth`` in the working folder.
-Each file lists (latitude, longitude) in degrees, after comment lines (``#``) and an optional
-header; a point maps to ``x = (cos lat cos lon, cos lat sin lon, sin lat)``.
+The project ships the four catalogues in ``data/events/`` (provenance: ``data/events/README.md``).
+``load_earth(name, data_dir)`` reads ``data_dir/<file>``; ``data_dir`` defaults to
+``$MANIFOLD_ODE_EARTH_DATA`` when set, else the shipped folder. Each file lists (latitude,
+longitude) in degrees, after comment lines (``#``) and an optional header; a point maps to
+``x = (cos lat cos lon, cos lat sin lon, sin lat)``.
 """
 
 from __future__ import annotations
@@ -28,32 +29,47 @@ ENV_VAR = "MANIFOLD_ODE_EARTH_DATA"
 MIN_EVENTS = 20
 
 
+#: The catalogues shipped with the project.
+SHIPPED_DIR = Path(__file__).resolve().parent / "events"
+
+
 def default_data_dir() -> Path:
-    return Path(os.environ.get(ENV_VAR, "data/earth"))
+    return Path(os.environ[ENV_VAR]) if os.environ.get(ENV_VAR) else SHIPPED_DIR
 
 
 def read_lat_lon(path) -> torch.Tensor:
     """(latitude, longitude) rows in degrees, shape ``(N, 2)`` float64; comments and a header skipped.
 
-    Every data row is validated: two numbers, finite, latitude in [-90, 90], longitude in
-    [-180, 360]. A bad row raises ``ValueError`` naming the file and the line; the first
-    non-comment line may be a header (a UTF-8 byte-order mark is ignored).
+    Every data row is validated, wherever it is in the file: two numbers (optionally quoted), finite,
+    latitude in [-90, 90], longitude in [-180, 360]. Only the first non-comment line may be a header
+    (a line whose first field is not a number); any other bad row raises ``ValueError`` naming the
+    file and the line. Lines are UTF-8 (a byte-order mark is ignored); a comment in another encoding
+    is skipped like any comment, a data line that is not UTF-8 is a bad row.
     """
     rows = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
+    seen_first = False
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
+            except UnicodeDecodeError:
+                if raw.lstrip().startswith(b"#"):
+                    continue
+                raise ValueError(f"{path}, line {lineno}: not UTF-8 text") from None
             if not line or line.startswith("#"):
                 continue
-            parts = [p.strip() for p in line.split(",")]
+            first, seen_first = not seen_first, True
+            parts = [p.strip().strip('"').strip("'").strip() for p in line.split(",")]
             try:
+                if len(parts) < 2:
+                    raise ValueError
                 lat, lon = float(parts[0]), float(parts[1])
-            except (ValueError, IndexError):
-                if rows or _numeric(parts[0]):  # only the first line may be a header
-                    raise ValueError(
-                        f"{path}, line {lineno}: expected 'latitude,longitude', got {line[:60]!r}"
-                    ) from None
-                continue
+            except ValueError:
+                if first and not _numeric(parts[0]):  # the header: only the first non-comment line
+                    continue
+                raise ValueError(
+                    f"{path}, line {lineno}: expected 'latitude,longitude', got {line[:60]!r}"
+                ) from None
             if not (math.isfinite(lat) and math.isfinite(lon)):
                 raise ValueError(
                     f"{path}, line {lineno}: latitude/longitude must be finite, got {line[:60]!r}"
@@ -90,7 +106,8 @@ def load_earth(name: str, data_dir=None) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(
             f"Earth dataset {name!r} needs {path} (from the {source}); point --data_dir or ${ENV_VAR} "
-            "at a folder holding volerup.csv, quakes_all.csv, flood.csv and fire.csv"
+            f"at a folder holding volerup.csv, quakes_all.csv, flood.csv and fire.csv (or leave both unset "
+            f"for the copies shipped in {SHIPPED_DIR})"
         )
     ll = read_lat_lon(path)
     if len(ll) == 0:

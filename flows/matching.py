@@ -23,7 +23,8 @@ CUT_LOCUS_EPS = 1e-6
 
 
 def conditional_path(manifold, x, z, t):
-    """``(x_t, u_t, keep)``: the geodesic from ``x`` to ``z`` at times ``t`` ``(B,)`` and its velocity.
+    """``(x_t, u_t, keep)``: the geodesic from ``x`` to ``z`` at times ``t`` ``(B,)`` and its velocity
+    (:meth:`manifolds.Manifold.interpolate`).
 
     Computed in the manifold's compute dtype (float64 on the hyperboloid for float32 inputs), with
     ``x`` and ``z`` re-projected onto the manifold when they are cast; ``x_t`` is re-projected onto the
@@ -39,8 +40,7 @@ def conditional_path(manifold, x, z, t):
     if z.dtype != dt:
         z = manifold.projx(z.to(dt))
     t = t.to(dt).unsqueeze(-1)
-    u = manifold.logmap(x, z)
-    xt, ut = manifold.geodesic(x, u, t)
+    xt, ut = manifold.interpolate(x, z, t)  # two-point on the hyperboloid: exact for far pairs
     xt = manifold.projx(xt)
     ut = manifold.proju(xt, ut)
     keep = torch.ones_like(t[..., 0], dtype=torch.bool)

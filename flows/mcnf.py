@@ -205,7 +205,8 @@ class MCNF(nn.Module):
             ``"origin"`` (every chart at the origin ``o``, the reference's hyperboloid choice).
         conc: concentration of the sphere's vMF base (the reference's ``--conc``); ``0`` makes the
             base the uniform distribution on the sphere (flow matching on Earth data).
-        divergence: ``"exact"``, ``"exact_autograd"`` or ``"hutchinson"``.
+        divergence: ``"exact"``, ``"exact_autograd"`` or ``"hutchinson"`` (in training mode only; in
+            eval mode a Hutchinson model uses the exact divergence, so its scores are exact).
         noise: Hutchinson noise, ``"rademacher"`` or ``"gaussian"``; drawn once per solve.
         train_solver, eval_solver: :class:`SolverSettings` (or dicts) used in ``train()`` and
             ``eval()`` mode respectively; evaluation defaults to tighter tolerances.
@@ -382,7 +383,9 @@ class MCNF(nn.Module):
         cdtype = self.manifold.compute_dtype(x)
         if cdtype != x.dtype:  # a float32 point at r = 12 is off the sheet by ~1e3 in <x,x>_L: re-project
             x = self.manifold.projx(x.to(cdtype))
-        if dyn.divergence == "hutchinson" and with_div:
+        # Hutchinson's estimator is a training device: in eval mode (scores, figures, samples' log p) the
+        # divergence is exact, so a Hutchinson-trained model is scored like any other, deterministically
+        if dyn.divergence == "hutchinson" and with_div and self.training:
             dyn.noise = div_mod.sample_noise(
                 x[..., : self.manifold.dim].shape, self.noise_kind, dtype=x.dtype, device=x.device
             )
@@ -434,7 +437,12 @@ class MCNF(nn.Module):
         """Map data ``x`` ``(B, n+1)`` to base points: ``(z, delta_logp)`` (in ``x``'s dtype).
 
         ``log p(x) = base.log_prob(z) + delta_logp`` (docs/math.md sign convention).
+        Points off the manifold, non-finite or of the wrong shape or dtype raise ``ValueError``
+        (:meth:`manifolds.Manifold.check_point`); an empty batch gives empty results.
         """
+        self.manifold.check_point(x)
+        if len(x) == 0:
+            return x.clone(), x.new_zeros(0)
         z, delta = self._flow(x, 0.0, 1.0, with_div=True)
         return z.to(x.dtype), delta.to(x.dtype)
 
@@ -443,7 +451,11 @@ class MCNF(nn.Module):
 
         The base density is evaluated in the compute dtype before the cast, so a float32
         hyperboloid model is accurate far from the origin (see ``Hyperboloid.compute_dtype``).
+        Input it cannot score raises ``ValueError`` (see :meth:`forward`).
         """
+        self.manifold.check_point(x)
+        if len(x) == 0:
+            return x.new_zeros(0)
         z, delta = self._flow(x, 0.0, 1.0, with_div=True)
         return (self.base(z.dtype, z.device).log_prob(z) + delta).to(x.dtype)
 
@@ -452,6 +464,9 @@ class MCNF(nn.Module):
 
         With ``return_delta`` also ``delta`` such that ``log p(x) = log p_base(z) + delta``.
         """
+        self.manifold.check_point(z, "z")
+        if len(z) == 0:
+            return (z.clone(), z.new_zeros(0)) if return_delta else z.clone()
         x, D = self._flow(z, 1.0, 0.0, with_div=return_delta)
         return (x.to(z.dtype), (-D).to(z.dtype)) if return_delta else x.to(z.dtype)
 

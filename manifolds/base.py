@@ -7,6 +7,10 @@ import torch
 from .special import safe_sqrt
 
 
+#: Largest relative residual (:meth:`Manifold.residual`) of an accepted point, per dtype.
+POINT_TOL = {torch.float32: 1e-4, torch.float64: 1e-8}
+
+
 class Manifold(torch.nn.Module):
     """A Riemannian manifold embedded in ``R^(n+1)`` (``R^n`` for the Euclidean space).
 
@@ -41,6 +45,41 @@ class Manifold(torch.nn.Module):
         """
         return x.dtype
 
+    # -- input validation ---------------------------------------------------------------------
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """How far ``x`` is from the manifold, relative to its scale (0 on it; ``inf`` for points the
+        manifold's equation admits but which are not on it, e.g. the hyperboloid's lower sheet)."""
+        return torch.zeros_like(x[..., 0])
+
+    def check_point(self, x, what: str = "x", batched: bool = True) -> None:
+        """Raise ``ValueError`` unless ``x`` is a float32/float64 tensor of points of this manifold,
+        shape ``(B, n+1)`` (``batched``) or ``(..., n+1)``, finite and within :data:`POINT_TOL` of it.
+
+        The tolerance is relative (:meth:`residual`): a float32 hyperboloid point at geodesic radius 12
+        has ``|<x,x>_L + 1|`` of about 1e3 but 1e-7 of ``x_0^2``, and is accepted.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in POINT_TOL:
+            raise ValueError(f"{what} must be float32 or float64, got {x.dtype}")
+        shape = f"(B, {self.ambient_dim})" if batched else f"(..., {self.ambient_dim})"
+        if (batched and x.dim() != 2) or x.dim() < 1 or x.shape[-1] != self.ambient_dim:
+            raise ValueError(f"{what} must have shape {shape} (points of the {self.name} of dimension "
+                             f"{self.dim}), got {tuple(x.shape)}")  # fmt: skip
+        if x.numel() == 0:
+            return
+        finite = torch.isfinite(x).all(-1)
+        res = torch.where(finite, self.residual(torch.where(finite[..., None], x, torch.ones_like(x))),
+                          torch.zeros_like(x[..., 0]))  # fmt: skip
+        n_bad, worst = torch.stack([(~finite).sum().to(x.dtype), res.max()]).tolist()
+        if n_bad:
+            raise ValueError(f"{what} holds {int(n_bad)} point(s) with NaN or infinite coordinates")
+        if not worst <= POINT_TOL[x.dtype]:
+            i = int(res.argmax()) if x.dim() == 2 else None
+            where = f" (row {i}: {x[i].tolist()})" if i is not None else ""
+            raise ValueError(f"{what} is not on the {self.name}: relative residual {worst:.3g} > {POINT_TOL[x.dtype]:g} "
+                             f"for {x.dtype}{where}")  # fmt: skip
+
     # -- metric -------------------------------------------------------------------------------
     def inner(self, x, u, v, keepdim: bool = False):
         """Riemannian inner product ``<u, v>_x`` of tangent vectors at ``x``; shape ``(...)``."""
@@ -61,6 +100,15 @@ class Manifold(torch.nn.Module):
         ``gamma'(t)`` (docs/math.md, "Flow matching"). Returns ``(gamma(t), gamma'(t))``.
         """
         raise NotImplementedError
+
+    def interpolate(self, x, z, t):
+        """The geodesic from ``x`` (``t = 0``) to ``z`` (``t = 1``) at times ``t`` ``(..., 1)`` and its velocity.
+
+        Default: shooting, ``geodesic(x, log_x z, t)``. A manifold whose ``log`` loses precision for
+        far pairs overrides it with a two-point form (:meth:`manifolds.Hyperboloid.interpolate`).
+        Returns ``(x_t, u_t)``.
+        """
+        return self.geodesic(x, self.logmap(x, z), t)
 
     # -- chart maps ---------------------------------------------------------------------------
     def origin(self, *size, dtype=None, device=None) -> torch.Tensor:

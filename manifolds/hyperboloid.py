@@ -45,6 +45,11 @@ class Hyperboloid(Manifold):
         """
         return torch.float64 if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else x.dtype
 
+    def residual(self, x):
+        """``|<x,x>_L + 1| / (1 + x_0^2)``; ``inf`` on the lower sheet (``x_0 < 0``)."""
+        r = (minkowski(x, x) + 1).abs() / (1 + x[..., 0] * x[..., 0])
+        return torch.where(x[..., 0] > 0, r, torch.full_like(r, float("inf")))
+
     def inner(self, x, u, v, keepdim: bool = False):
         return minkowski(u, v, keepdim=keepdim)
 
@@ -75,6 +80,24 @@ class Hyperboloid(Manifold):
         rt2 = t * t * r2
         c, s = cosh_sq(rt2), sinhc_sq(rt2)
         return c * x + (t * s) * u, c * u + (t * r2 * s) * x
+
+    def interpolate(self, x, z, t):
+        """Two-point form of the geodesic from ``x`` to ``z`` (``d = dist(x, z)``)::
+
+            x_t = (sinh((1-t) d) x + sinh(t d) z) / sinh d
+            u_t = d (cosh(t d) z - cosh((1-t) d) x) / sinh d
+
+        written with ``sinhc(a) = sinh(a)/a`` so that it is exact as ``d -> 0`` too. Shooting,
+        ``exp_x(t log_x z)``, multiplies the rounding error of ``log_x z`` by about ``sinh(d)/d``
+        (float64, ``d = 11.3``: relative error up to 3e-5 against a 50-digit reference, and growing
+        like ``e^d``); this form stays at 1e-15 there (tests/test_edges.py).
+        """
+        d = self.dist(x, z, keepdim=True)
+        a, b = (1 - t) * d, t * d
+        den = sinhc_sq(d * d)
+        xt = ((1 - t) * sinhc_sq(a * a) * x + t * sinhc_sq(b * b) * z) / den
+        ut = (cosh_sq(b * b) * z - cosh_sq(a * a) * x) / den
+        return xt, ut
 
     def dist(self, x, y, keepdim: bool = False):
         """``2 asinh(|x - y|_L / 2)``, accurate near 0 where ``acosh(-<x,y>_L)`` is not."""

@@ -20,6 +20,10 @@ class Sphere(Manifold):
     name = "Sphere"
     injectivity_radius = math.pi
 
+    def residual(self, x):
+        """``| |x|^2 - 1 |``."""
+        return ((x * x).sum(-1) - 1).abs()
+
     def inner(self, x, u, v, keepdim: bool = False):
         return (u * v).sum(-1, keepdim=keepdim)
 

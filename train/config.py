@@ -109,7 +109,17 @@ LIMITS = {
     "n_hidden": 1000,
     "dim": 1000,
     "epochs": 10**9,
+    "charts": 1000,  # each chart is a separate solve; the adaptive mode also stops at 1000 switches
+    "blocks": 1000,
+    "components": 1000,
+    "fourier": 65_536,
+    "save_freq": 10**9,
+    "guard_freq": 10**9,
+    "eval_freq": 10**9,
 }
+#: The finest fixed training step: finer ones exceed the solver's cap of function evaluations per solve
+#: (``flows.SolverSettings.max_nfe`` = 20,000: rk4 at step 1/2048 makes 8,192).
+MIN_STEP_SIZE = 1 / 2048
 #: Files that mark a folder as holding a run (the ones a run writes first and reads on resume).
 RUN_FILES = ("checkpoint.pt", "metrics.json", "history.jsonl")
 

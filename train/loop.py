@@ -20,17 +20,18 @@ import numpy as np
 import torch
 
 import utils
+from flows.checkpoint import with_digest
 from utils import UserError
 
 from .config import RESUMABLE, RUN_FILES, check_model, fill_objective, fill_settings, resolve_compile
 from .distributed import dist_env, gather_cat
+from .guard import MIN_STEP as MIN_GUARD_STEP  # noqa: F401  (re-exported)
+from .guard import POINTS as GUARD_POINTS
+from .guard import SEED as GUARD_SEED
+from .guard import SolverGuard
+from .resources import check_memory, eval_chunk, is_out_of_memory
 from .rundir import check_limits, check_writable, choose_out, clean_temp_files, json_safe
 from .tasks import build_task, is_earth
-
-#: The solver guard scores this many fixed training points (drawn once, with this seed).
-GUARD_POINTS, GUARD_SEED = 1000, 7
-#: The guard does not refine the training step below this.
-MIN_GUARD_STEP = 1 / 256
 
 
 def build_model(args):
@@ -68,9 +69,25 @@ def load_checkpoint(path):
         raise UserError(
             str(e).replace("not an MCNF checkpoint", "not a checkpoint written by main_density.py")
         ) from None
-    if not isinstance(ckpt["args"], dict) or not isinstance(ckpt["epoch"], int):
+    def records(key, kind=dict):
+        v = ckpt.get(key, [])
+        return isinstance(v, list) and all(isinstance(x, kind) for x in v)
+
+    bad = [
+        k for k, ok in [
+            ("args", isinstance(ckpt["args"], dict)),
+            ("epoch", isinstance(ckpt["epoch"], int) and not isinstance(ckpt["epoch"], bool) and ckpt["epoch"] >= 0),
+            ("history", records("history") and all(isinstance(h.get("epoch"), int) for h in ckpt.get("history", []))),
+            ("losses", records("losses", (list, tuple))),
+            ("guard_log", records("guard_log")),
+            ("train_seconds", isinstance(ckpt.get("train_seconds", 0.0), (int, float))),
+            ("best", ckpt.get("best") is None or (isinstance(ckpt["best"], dict)
+                                                  and {"model", "epoch", "val_nll"} <= set(ckpt["best"]))),
+        ] if not ok
+    ]  # fmt: skip
+    if bad:
         raise UserError(
-            f"--resume: {str(path)!r} is not a checkpoint written by main_density.py (bad args/epoch)"
+            f"--resume: {str(path)!r} is not a checkpoint written by main_density.py (bad {', '.join(bad)})"
         )
     return ckpt
 
@@ -124,21 +141,39 @@ class FlowMatching(torch.nn.Module):
 
 
 class EMA:
-    """Exponential moving average of a model's parameters: ``e <- decay e + (1 - decay) p`` per step."""
+    """Bias-corrected exponential moving average of a model's parameters.
 
-    def __init__(self, model, decay):
-        self.decay = decay
+    After ``t`` steps the EMA is ``sum_k (1 - d) d^(t-k) p_k / (1 - d^t)``: the plain average started
+    at zero, divided by the weight it has gathered (Adam's bias correction; Kingma & Ba 2015). So the
+    initial weights, which the uncorrected average keeps at weight ``d^t`` (61% after 500 steps at
+    ``d = 0.999``), get none, and a short run is scored on weights it has trained. As an update:
+    ``e <- b e + (1 - b) p`` with ``b = d (1 - d^(t-1)) / (1 - d^t)`` (``b = 0`` at the first step,
+    ``b -> d`` as ``t`` grows). ``steps`` is saved in checkpoints; an older checkpoint without it
+    resumes the uncorrected average (``b = d``).
+    """
+
+    def __init__(self, model, decay, steps: int = 0):
+        self.decay, self.steps = decay, int(steps)
         self.model = copy.deepcopy(model).requires_grad_(False)
+
+    def beta(self) -> float:
+        """The weight of the old average in the update of step ``steps`` (after the increment)."""
+        d, t = self.decay, self.steps
+        return d * (1 - d ** (t - 1)) / (1 - d**t)
 
     @torch.no_grad()
     def update(self, model):
+        self.steps += 1
         ema = list(self.model.parameters())
-        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1 - self.decay)
+        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1 - self.beta())
 
 
 class Trainer:
-    def __init__(self, args):
+    def __init__(self, args, check_value=None):
+        """``check_value(name, value)``: the command line's own validation of one flag's value (raises
+        UserError), applied to the values a resumed checkpoint brings back."""
         self.args = args
+        self.check_value = check_value
         self.rank, self.world, self.local_rank = dist_env()
         self.is_main = self.rank == 0
 
@@ -156,11 +191,15 @@ class Trainer:
                 raise UserError(f"--resume: {given} conflict with the checkpoint; a resumed run keeps its model, "
                                 f"data and optimizer (flags that may change: {', '.join(sorted(RESUMABLE))})")  # fmt: skip
             for k, v in saved.items():
-                if k not in RESUMABLE and k != "explicit":
+                if k not in RESUMABLE and k != "explicit" and hasattr(args, k):
                     setattr(args, k, v)
-            for k in ("epochs", "eval_freq", "test_size", "guard_freq"):
+            for k in ("epochs", "eval_freq", "test_size", "guard_freq", "data_dir"):
                 if k not in args.explicit:
                     setattr(args, k, saved.get(k, getattr(args, k)))
+            if self.check_value is not None:  # a checkpoint's values pass the same checks as flags
+                for k in sorted(saved):
+                    if k != "explicit" and hasattr(args, k):
+                        self.check_value(k, getattr(args, k), f"--resume: the checkpoint's --{k}")
             if "out" not in args.explicit:
                 args.out = None  # the checkpoint's own folder (choose_out)
         check_model(args)
@@ -177,6 +216,11 @@ class Trainer:
             if not dist.is_initialized():
                 dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
         self.dtype = utils.DTYPES[args.dtype]
+        if args.batch_size < self.world:
+            raise UserError(f"--batch_size {args.batch_size} is smaller than the {self.world} ranks: "
+                            "every rank needs at least one point of each batch")  # fmt: skip
+        check_memory(args, self.device, self.world)
+        self.eval_chunk = eval_chunk(args, self.device)
         self.task = build_task(args)
         # every rank validates the output folder; nothing is written before all checks pass
         self.out = choose_out(args, Path(args.resume) if args.resume else None)
@@ -201,43 +245,68 @@ class Trainer:
         self.opt = make_optimizer(args, self.model.parameters())
         self.sched = make_scheduler(self.opt, args.epochs, args.num_drops, args.lr_schedule, args.warmup)
         self.ema = EMA(self.model, args.ema) if args.ema else None
-        self.guard_x = None
+        self.guard = None
         if getattr(args, "solver_guard", 0):  # the fixed training points the solver guard scores
-            self.guard_x = self.task.random_batch(GUARD_POINTS, torch.Generator().manual_seed(GUARD_SEED),
-                                                  torch.float64)  # fmt: skip
+            x = self.task.random_batch(GUARD_POINTS, torch.Generator().manual_seed(GUARD_SEED), torch.float64)
+            self.guard = SolverGuard(x, args.solver_guard, self.dtype, self.device, self.eval_chunk)
         self.train_gen = torch.Generator().manual_seed(args.seed)
         self.start_epoch, self.history, self.losses, self.train_seconds = 0, [], [], 0.0
-        self.guard_log, self.guard_seconds = [], 0.0
+        #: the best validation checkpoint so far (tasks with a validation split): weights, epoch, val_nll.
+        #: Kept in memory and in checkpoint.pt, so the run's report never depends on a best.pt on disk.
+        self.best = None
         self.nfe = {"forward": 0, "backward": 0, "steps": 0}
         if ckpt is not None:
-            try:
-                self.model.load_state_dict(ckpt.get("raw_model", ckpt["model"]))
-                if self.ema is not None:
-                    self.ema.model.load_state_dict(ckpt["model"])
-                self.opt.load_state_dict(ckpt["optimizer"])
-                self.sched.load_state_dict(ckpt["scheduler"])
-                self.train_gen.set_state(ckpt["train_rng"])
-                utils.set_rng_state(ckpt["rng"])
-                self.start_epoch = int(ckpt["epoch"])
-                self.history = list(ckpt.get("history", []))
-                self.losses = [tuple(x) for x in ckpt.get("losses", [])]
-                self.train_seconds = float(ckpt.get("train_seconds", 0.0))
-                self.guard_log = list(ckpt.get("guard_log", []))
-                self.guard_seconds = float(ckpt.get("guard_seconds", 0.0))
-            except Exception as e:  # doctored or mismatched contents
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise UserError(
-                    f"--resume: {args.resume!r} does not fit the model it describes ({first})"
-                ) from None
-            if self.start_epoch >= args.epochs:
+            self.restore(ckpt)
+            if self.start_epoch > args.epochs:
                 raise UserError(f"--resume: the checkpoint has already trained {self.start_epoch} epochs; "
-                                f"pass --epochs larger than that")  # fmt: skip
+                                f"pass --epochs {self.start_epoch} or more")  # fmt: skip
         if self.world > 1:  # every rank has validated; only then does rank 0 write
             import torch.distributed as dist
 
             dist.barrier()
         if self.is_main:
             self.prepare_out(resuming=ckpt is not None)
+
+    def restore(self, ckpt):
+        """Load a resumed checkpoint's state (weights, optimizer, schedules, RNGs, records)."""
+        args = self.args
+        try:
+            self.model.load_state_dict(ckpt.get("raw_model", ckpt["model"]))
+            if self.ema is not None:
+                self.ema.model.load_state_dict(ckpt["model"])
+                self.ema.steps = int(ckpt.get("ema_steps", 10**9))  # older checkpoints: no correction
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.sched.load_state_dict(ckpt["scheduler"])
+            self.train_gen.set_state(ckpt["train_rng"])
+            utils.set_rng_state(ckpt["rng"])
+            self.start_epoch = int(ckpt["epoch"])
+            self.history = list(ckpt.get("history", []))
+            self.losses = [tuple(x) for x in ckpt.get("losses", [])]
+            self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+            if self.guard is not None:
+                self.guard.log = list(ckpt.get("guard_log", []))
+                self.guard.seconds = float(ckpt.get("guard_seconds", 0.0))
+            self.best = ckpt.get("best")
+            if self.best is None and self.task.x_select is not None and self.history:
+                # written before checkpoints carried their best model: the best.pt beside the checkpoint
+                # (its own folder), accepted only when its record matches this run's history
+                from flows import CheckpointError, read_checkpoint
+
+                try:
+                    b = read_checkpoint(Path(args.resume).parent / "best.pt", required=("model", "epoch", "val_nll"))
+                except CheckpointError:
+                    b = None
+                rec = {h["epoch"]: h.get("val_nll") for h in self.history}
+                if b is not None and rec.get(b["epoch"]) == b["val_nll"]:
+                    self.best = {k: b[k] for k in ("model", "epoch", "val_nll")}
+            if self.best is not None:
+                self.scored_model_copy().load_state_dict(self.best["model"])  # it must fit the model
+        except Exception as e:  # doctored or mismatched contents
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"--resume: {args.resume!r} does not fit the model it describes ({first})") from None
+
+    def scored_model_copy(self):
+        return copy.deepcopy(self.scored_model)
 
     def prepare_out(self, resuming: bool):
         """Create the output folder; make history.jsonl agree with the checkpoint being resumed.
@@ -250,13 +319,18 @@ class Trainer:
         except OSError as e:
             raise UserError(f"output folder {str(self.out)!r} cannot be created: {e.strerror or e}") from None
         clean_temp_files(self.out)
+        own = resuming and self.out.resolve() == Path(self.args.resume).resolve().parent
+        if not own:  # a new run, or a resume into another folder: the files of the run there go
+            for name in (*RUN_FILES, "best.pt"):
+                (self.out / name).unlink(missing_ok=True)
+        else:
+            (self.out / "metrics.json").unlink(missing_ok=True)  # it will be this run's again at the end
         if resuming:  # a kill between a history append and the checkpoint rename left extra lines
             utils.atomic_write_text(
                 "".join(json.dumps(h) + "\n" for h in self.history), self.out / "history.jsonl"
             )
-        else:
-            for name in (*RUN_FILES, "best.pt"):
-                (self.out / name).unlink(missing_ok=True)
+            if self.best is not None and not own:
+                self.write_best()
 
     # -- checkpoints ------------------------------------------------------------------------------
     @property
@@ -268,15 +342,17 @@ class Trainer:
         if not self.is_main:
             return
         args = {k: v for k, v in vars(self.args).items() if k != "explicit"}
-        extra = {"raw_model": self.model.state_dict()} if self.ema is not None else {}
+        extra = {"raw_model": self.model.state_dict(), "ema_steps": self.ema.steps} if self.ema is not None else {}
+        if self.best is not None:
+            extra["best"] = self.best
         utils.atomic_torch_save(
-            {
+            with_digest({
                 "model": self.scored_model.state_dict(), "model_config": self.model.config, **extra,
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "epoch": epoch, "args": args, "rng": utils.rng_state(), "train_rng": self.train_gen.get_state(),
                 "history": self.history, "losses": self.losses, "train_seconds": self.train_seconds,
                 "guard_log": self.guard_log, "guard_seconds": self.guard_seconds,
-            },
+            }),
             self.out / "checkpoint.pt",
         )  # fmt: skip
 
@@ -285,7 +361,7 @@ class Trainer:
         from flows import metrics_from_log_probs, model_log_prob
 
         shard = x.tensor_split(self.world)[self.rank]
-        lp = gather_cat(model_log_prob(self.eval_model(), shard.to(self.device)), self.world)
+        lp = gather_cat(model_log_prob(self.eval_model(), shard.to(self.device), self.eval_chunk), self.world)
         truth = self.task.truth(x) if with_truth else None
         return metrics_from_log_probs(lp, truth)
 
@@ -294,11 +370,12 @@ class Trainer:
         if self.task.x_select is not None:  # model selection on the validation split; the test split waits
             v = self.sharded_metrics(self.task.x_select, with_truth=False)
             m = {"val_nll": v["test_nll"], "val_nll_stderr": v["test_nll_stderr"]}
-            best = self.history and min(h["val_nll"] for h in self.history)
-            if (not self.history or m["val_nll"] < best) and self.is_main:
+            if self.best is None or m["val_nll"] < self.best["val_nll"]:
                 m["best"] = True
-                utils.atomic_torch_save({"model": self.scored_model.state_dict(), "model_config": self.model.config,
-                                         "epoch": epoch, "val_nll": m["val_nll"]}, self.out / "best.pt")  # fmt: skip
+                state = {k: v.detach().clone() for k, v in self.scored_model.state_dict().items()}
+                self.best = {"model": state, "epoch": epoch, "val_nll": m["val_nll"]}
+                if self.is_main:
+                    self.write_best()
         else:
             m = self.sharded_metrics(self.task.x_test, with_truth=self.task.truth is not None)
         if self.guard_log and self.guard_log[-1]["epoch"] == epoch:  # the check made at this epoch
@@ -311,39 +388,31 @@ class Trainer:
                 f.write(json.dumps(m) + "\n")
         return m
 
-    @torch.no_grad()
-    def training_solver_gap(self):
-        """Mean NLL of the guard's fixed training points under the training solver minus under the
-        evaluation solver (dopri5 at --eval_tol, float64): negative when the model exploits the
-        training solver's error, the "gaming" of long maximum-likelihood runs."""
-        from flows import model_log_prob
+    def write_best(self):
+        """best.pt: the best validation weights, for readers of the folder (the run itself reports from
+        :attr:`best`, carried in checkpoint.pt)."""
+        utils.atomic_torch_save(with_digest({**self.best, "model_config": self.model.config}), self.out / "best.pt")
 
-        x = self.guard_x.to(self.device)
-        self.model.train()
-        train_nll = -float(self.model.log_prob(x.to(self.dtype)).double().mean())
-        exact_nll = -float(model_log_prob(self.eval_model(), x).double().mean())
-        return train_nll - exact_nll
+    @property
+    def guard_log(self) -> list:
+        return self.guard.log if self.guard is not None else []
+
+    @property
+    def guard_seconds(self) -> float:
+        return self.guard.seconds if self.guard is not None else 0.0
 
     def solver_guard(self, epoch):
-        """Halve the training step while the gap exceeds ``--solver_guard`` nats (down to
-        :data:`MIN_GUARD_STEP`); the check's record goes to ``guard_log`` (checkpoint, metrics, and the
-        evaluation record of the same epoch) and is returned. Every rank computes the
-        same numbers (same weights, same points), so the ranks stay in step without communication."""
+        """The solver guard's check (:mod:`train.guard`) of the raw model's training solver; every rank
+        computes the same numbers (same weights, same points), so the ranks stay in step."""
         args = self.args
-        t0 = time.perf_counter()
-        gap = self.training_solver_gap()
-        record = {"epoch": epoch, "gap": gap, "step_size": args.step_size}
-        while abs(gap) > args.solver_guard and args.step_size / 2 >= MIN_GUARD_STEP:
-            args.step_size /= 2
-            self.model.set_train_step(args.step_size)
-            gap = self.training_solver_gap()
-            record.update(refined_to=args.step_size, gap_after=gap)
+        record, args.step_size = self.guard.check(self.model, epoch, args.step_size)
         if "refined_to" in record and self.is_main:
             print(f"epoch {epoch}: solver guard: training NLL differed from the accurate solve by "
-                  f"{record['gap']:+.4f} nats; --step_size {record['step_size']:g} -> {args.step_size:g} "
-                  f"(gap now {gap:+.4f})", flush=True)  # fmt: skip
-        self.guard_log.append(record)
-        self.guard_seconds += time.perf_counter() - t0
+                  f"{record['gap']:+.4f} nats (90% of points within {record['gap_q']:.4f}); --step_size "
+                  f"{record['step_size']:g} -> {args.step_size:g} (gap now {record['gap_after']:+.4f})",
+                  flush=True)  # fmt: skip
+        if "warning" in record and self.is_main:
+            print(f"warning: epoch {epoch}: {record['warning']}", file=sys.stderr, flush=True)
         return record
 
     def train(self):
@@ -373,7 +442,7 @@ class Trainer:
                     if not self.all_finite(loss):
                         raise FloatingPointError("loss is not finite")
                     loss.backward()
-                except (FloatingPointError, RuntimeError) as e:
+                except (FloatingPointError, RuntimeError, MemoryError) as e:
                     return self.fail(epoch, e)
                 self.nfe["forward"] += nfe_f
                 self.nfe["backward"] += (self.dynamics.nfe if self.dynamics is not None else 0) - nfe_f
@@ -393,16 +462,16 @@ class Trainer:
             if args.contsave and done % args.save_freq == 0 and self.is_main:
                 self.save_frame(done)
             is_eval = done % args.eval_freq == 0 or done == args.epochs
-            if self.guard_x is not None and (done % args.guard_freq == 0 or is_eval):
+            if self.guard is not None and (done % args.guard_freq == 0 or is_eval):
                 try:
                     self.solver_guard(done)
-                except (FloatingPointError, RuntimeError) as e:
-                    return self.fail(epoch, f"solver guard failed: {e}")
+                except (FloatingPointError, RuntimeError, MemoryError) as e:
+                    return self.fail(epoch, e, "solver guard failed: ")
             if is_eval:
                 try:
                     m = self.evaluate(done, loss_val)
-                except (FloatingPointError, RuntimeError) as e:  # SolverError is a RuntimeError
-                    return self.fail(epoch, f"evaluation failed: {e}")
+                except (FloatingPointError, RuntimeError, MemoryError) as e:  # SolverError is a RuntimeError
+                    return self.fail(epoch, e, "evaluation failed: ")
                 name = "train FM loss" if args.objective == "fm" else "train NLL"
                 msg = self.task.eval_line(done, loss_val, m, name)
                 if self.is_main:
@@ -451,10 +520,18 @@ class Trainer:
         t = torch.rand(len(x), generator=gen, dtype=torch.float64)
         return [(x, z, t)]
 
-    def fail(self, epoch, err):
+    def fail(self, epoch, err, what=""):
+        """Report a failed step: out of memory as such (exit 2), anything else as divergence (exit 3)."""
+        if is_out_of_memory(err):
+            if self.is_main:
+                print(f"main_density.py: error: out of memory at epoch {epoch + 1} ({what.rstrip(': ') or 'training'}); "
+                      "use smaller sizes (--batch_size, --flow_hidden_size, --dim, --test_size); the last "
+                      f"checkpoint (if any) is kept in {self.out / 'checkpoint.pt'}", file=sys.stderr)  # fmt: skip
+            return 2
         if not self.is_main:
             return 3
-        print(f"error: training diverged at epoch {epoch + 1}: {err}. The last good checkpoint "
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"error: training diverged at epoch {epoch + 1}: {what}{first}. The last good checkpoint "
               f"(if any) is kept in {self.out / 'checkpoint.pt'}; try a lower --lr.", file=sys.stderr)  # fmt: skip
         return 3
 
@@ -495,9 +572,9 @@ class Trainer:
                 import torch.distributed as dist
 
                 dist.barrier()  # rank 0 has written best.pt
-            from flows import read_checkpoint
-
-            best = read_checkpoint(self.out / "best.pt", required=("model", "epoch", "val_nll"))
+            best = self.best  # this run's own best (in memory and in checkpoint.pt), never a file's
+            if best is None:
+                raise UserError("this run has no validation record to select a model by")
             self.scored_model.load_state_dict(best["model"])
             t = self.sharded_metrics(self.task.x_test, with_truth=False)
             last = {**t, "val_nll": best["val_nll"], "best_epoch": best["epoch"]}
@@ -527,6 +604,9 @@ class Trainer:
         }  # fmt: skip
         if self.guard_log:  # the solver guard's refinements, its checks, and the step the run ended with
             metrics["guard_events"] = [c for c in self.guard_log if "refined_to" in c]
+            open_gaps = [f"epoch {c['epoch']}: {c['warning']}" for c in self.guard_log if "warning" in c]
+            if open_gaps:
+                metrics["warnings"] = open_gaps
             metrics["guard_checks"] = len(self.guard_log)
             metrics["guard_seconds"] = self.guard_seconds
             metrics["final_step_size"] = args.step_size

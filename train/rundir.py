@@ -14,14 +14,18 @@ from pathlib import Path
 
 from utils import UserError
 
-from .config import LIMITS, RUN_FILES
+from .config import LIMITS, MIN_STEP_SIZE, RUN_FILES
 
 
 def check_limits(args):
     for k, limit in LIMITS.items():
         v = getattr(args, k, None)
-        if v is not None and v > limit:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > limit:
             raise UserError(f"--{k} {v} is too large (at most {limit:,})")
+    step = getattr(args, "step_size", None)
+    if isinstance(step, (int, float)) and step < MIN_STEP_SIZE:
+        raise UserError(f"--step_size {step:g} is too small (at least 1/{round(1 / MIN_STEP_SIZE)} = {MIN_STEP_SIZE:g}; "
+                        "finer steps exceed the solver's 20,000 function evaluations per solve)")  # fmt: skip
     if not 0 <= args.seed < 2**63:
         raise UserError(f"--seed must be in [0, 2^63), got {args.seed}")
     for k in ("atol", "rtol", "eval_tol"):
