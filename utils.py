@@ -17,6 +17,30 @@ class UserError(Exception):
     """A mistake in the user's input: reported as one line, exit status 2, no traceback."""
 
 
+def run_cli(main, prog: str, argv=None) -> int:
+    """``main(argv)`` as a command: a user's mistake (``UserError``, ``ValueError`` such as a bad
+    checkpoint, a missing or unreadable file) is one line on stderr and exit status 2, no traceback."""
+    try:
+        return main(argv)
+    except (UserError, ValueError, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"{prog}: error: {first}", file=sys.stderr)
+        return 2
+
+
+def positive_int(s) -> int:
+    """argparse type: an integer >= 1."""
+    import argparse
+
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
 def resolve_device(name: str) -> torch.device:
     """Parse ``--dev``. Plain ``cuda`` falls back to the CPU with a warning when there is no GPU;
     an explicit device that does not exist (``cuda:7``) or an unknown string is a :class:`UserError`.

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from train.config import DEFAULT_SETTINGS, REFERENCE_SETTINGS
+from utils import positive_int, resolve_device, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -400,8 +401,8 @@ def published(checkout, device, threads, ttq_epochs):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dev", default="cpu")
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--reps", type=positive_int, default=5)
+    p.add_argument("--steps", type=positive_int, default=5)
     p.add_argument("--ttq_epochs", type=int, default=300, help="epoch cap for time-to-quality (0: skip)")
     p.add_argument("--ttq_steps_fm", type=int, default=3000,
                    help="step cap for flow matching's time-to-quality (evaluated every 50 steps)")  # fmt: skip
@@ -419,7 +420,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.published and not (Path(a.published) / "flows" / "mcnf.py").is_file():
         p.error(f"--published: {a.published!r} is not a clone of the published repository (no flows/mcnf.py)")
-    device = torch.device(a.dev)
+    device = resolve_device(a.dev)
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.probe:
@@ -587,4 +588,4 @@ def render(res):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m benchmarks.benchmark"))

@@ -31,6 +31,7 @@ import torch
 from benchmarks.benchmark import exact_kl, step, sync, time_interleaved
 from scripts.pages import replace_block
 from train.config import DEFAULT_SETTINGS
+from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI = {"Sphere": "4wrapped", "Hyperboloid": "5gaussians"}
@@ -211,4 +212,4 @@ def write(md, res):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m benchmarks.dimensions"))

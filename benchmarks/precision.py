@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from utils import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 RADII = (1, 3, 5, 7, 8, 10, 12)
 
@@ -181,4 +183,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m benchmarks.precision"))

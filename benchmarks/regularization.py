@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from scripts.pages import replace_block
+from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- regularization: written by python -m benchmarks.regularization -->"
@@ -93,4 +94,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m benchmarks.regularization"))

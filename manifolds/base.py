@@ -6,7 +6,6 @@ import torch
 
 from .special import safe_sqrt
 
-
 #: Largest relative residual (:meth:`Manifold.residual`) of an accepted point, per dtype.
 POINT_TOL = {torch.float32: 1e-4, torch.float64: 1e-8}
 

@@ -32,7 +32,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from scripts.pages import replace_block, section, table_rows
+from scripts.pages import is_number, replace_block, section, table_rows, write_page
+from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,8 @@ LOG_RANGE = 8.0
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_dir", required=True)
+    p.add_argument("--data_dir", default=None, help="folder of the catalogues (default: the shipped data/events)")
+    p.add_argument("--force", action="store_true", help="rewrite the page even when it would hold fewer results")
     p.add_argument("--objective", choices=["mle", "fm"], default="mle")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (one thread each when > 1)")
     p.add_argument("--assemble", action="store_true", help="train nothing; tabulate the finished runs")
@@ -91,18 +93,19 @@ def main(argv=None):
     a.runs = a.runs or ("results/earth_fm" if fm else "results/earth")
     a.md = a.md or ("docs/earth_fm.md" if fm else "docs/earth.md")
     jobs = []  # (dataset, seed, out, command, n_train)
+    data = ["--data_dir", a.data_dir] if a.data_dir else []
     for ds in a.datasets:
         n_train = EarthData(ds, a.data_dir, 0).train.shape[0]
         epochs = a.epochs or max(1, round(a.steps * a.batch_size / n_train))
         for seed in a.seeds:
             if fm:
                 out = ROOT / a.runs / f"{ds}_split{seed}"
-                cmd = ["main_density.py", "--M", "Sphere", "--dataset", ds, "--data_dir", a.data_dir,
+                cmd = ["main_density.py", "--M", "Sphere", "--dataset", ds, *data,
                        "--split_seed", str(seed), "--objective", "fm", "--dev", a.dev, "--out", str(rel(out)),
                        "--quiet", *a.extra]  # fmt: skip
             else:
                 out = ROOT / a.runs / f"{ds}_split{seed}_{epochs}"
-                cmd = ["main_density.py", "--M", "Sphere", "--dataset", ds, "--data_dir", a.data_dir,
+                cmd = ["main_density.py", "--M", "Sphere", "--dataset", ds, *data,
                        "--split_seed", str(seed), "--epochs", str(epochs), "--batch_size", str(a.batch_size),
                        "--flow_hidden_size", str(a.hidden), "--n_hidden", str(a.n_hidden), "--lr", a.lr,
                        "--step_size", a.step_size, "--dev", a.dev, "--eval_freq", str(max(epochs // 10, 1)),
@@ -122,17 +125,19 @@ def main(argv=None):
         r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, env=env)
         if r.returncode != 0:
             print(r.stderr[-2000:], file=sys.stderr)
-            return None
+            return f"{rel(out)}: exit status {r.returncode}"
         (out / "wall.json").write_text(json.dumps({"wall_seconds": time.perf_counter() - t0}))
         return None
 
     with ThreadPoolExecutor(max(a.jobs, 1)) as pool:
-        list(pool.map(train, jobs))
+        failed = [f for f in pool.map(train, jobs) if f]
 
     results = {}
     for ds, seed, out, cmd, n_train in jobs:
         mf = out / "metrics.json"
         if not mf.is_file():
+            if not a.assemble and not any(f.startswith(f"{rel(out)}:") for f in failed):
+                failed.append(f"{rel(out)}: no metrics.json")
             continue
         m = json.loads(mf.read_text())
         for extra_file in ("integral.json", "wall.json"):
@@ -153,10 +158,15 @@ def main(argv=None):
         m["cmd"] = "python " + shlex.join(cmd)
         m["n_train"] = n_train
         results.setdefault(ds, []).append(m)
-    write(ROOT / a.md, results, a)
-    print(f"wrote {a.md}")
-    if a.md in ("docs/earth.md", "docs/earth_fm.md"):  # the default pages: refresh the side-by-side block
+    written = write(ROOT / a.md, results, a)
+    if written:
+        print(f"wrote {a.md}")
+    if written and a.md in ("docs/earth.md", "docs/earth_fm.md"):  # the default pages: the side-by-side block
         side_by_side(ROOT / "docs/earth.md", ROOT / "docs/earth_fm.md")
+    if failed:
+        print(f"{len(failed)} run(s) failed or did not finish: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0 if written else 1
 
 
 def rel(path: Path) -> Path:
@@ -307,8 +317,18 @@ def write(path, results, a):
                   if (ROOT / a.figures / f"{prefix}{ds}.png").is_file()]  # fmt: skip
     lines += ["", "Commands of the runs:", ""]
     lines += [f"- `{m['cmd']}`" for ms in results.values() for m in ms]
-    Path(path).write_text("\n".join(lines) + "\n")
+    return write_page(Path(path), "\n".join(lines) + "\n", count_results, force=a.force)
+
+
+def count_results(text: str) -> int:
+    """Finished runs on an Earth page: the splits of each dataset row that has a test NLL."""
+    n = 0
+    for line in text.split(SIDE_BEGIN)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 8 and cells[0] in DATASETS and is_number(cells[4]):
+            n += int(cells[2]) if cells[2].isdigit() else 1
+    return n
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m scripts.earth"))

@@ -16,6 +16,7 @@ import torch
 
 from data import DATASETS, get_density
 from manifolds import integrate
+from utils import run_cli
 
 
 def main(argv=None):
@@ -36,4 +37,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m scripts.entropies"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -45,3 +46,27 @@ def section(md: Path, heading: str) -> str:
         return ""
     body = md.read_text().split(f"\n{heading}\n", 1)[1]
     return body.split("\n#", 1)[0].split("\nPublished (", 1)[0].strip()
+
+
+def write_page(path: Path, text: str, count, force: bool = False) -> bool:
+    """Write ``text`` to page ``path`` unless it holds fewer results than the page already there
+    (``count(page text) -> int``); a committed page is never replaced by a poorer one (``force``
+    overrides). Returns whether the page was written."""
+    path = Path(path)
+    old = path.read_text() if path.is_file() else ""
+    n_new, n_old = count(text), (count(old) if old else 0)
+    if n_new < n_old and not force:
+        print(f"{path}: not rewritten: it holds {n_old} results and this run has {n_new} "
+              "(pass --force to replace it)", file=sys.stderr)  # fmt: skip
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return True
+
+
+def is_number(cell: str) -> bool:
+    try:
+        float(cell.split()[0])
+    except (ValueError, IndexError):
+        return False
+    return True

@@ -16,6 +16,7 @@ import time
 import torch
 
 from flows import MCNF, model_integral
+from utils import run_cli
 
 GRID = {
     "Sphere": dict(n_radial=150, n_angular=300),
@@ -46,4 +47,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m scripts.random_model_check"))

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from scripts.pages import replace_block, table_rows
+from scripts.pages import is_number, replace_block, table_rows, write_page
+from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +99,7 @@ def main(argv=None):
     p.add_argument("--md", default=None, help="default docs/reproduction.md, docs/reproduction_fm.md (fm)")
     p.add_argument("--assemble", action="store_true", help="train nothing; tabulate the finished runs")
     p.add_argument("--no_grid", action="store_true", help="write the tables only, not the figures")
+    p.add_argument("--force", action="store_true", help="rewrite the page even when it would hold fewer results")
     p.add_argument("--baselines", action="store_true",
                    help="train the paper's baselines beside the MCNF at every --budgets and write docs/baselines.md "
                         "(see scripts/baselines.py)")  # fmt: skip
@@ -150,7 +152,12 @@ def main(argv=None):
 
     page = ROOT / a.md
     kept = page.read_text() if page.is_file() else ""
-    write_markdown(page, rows, anti, a)
+    failed = [f"{M}/{ds}: {err}" for M, ds, _, m, _, _, err in rows if m is None and not err.startswith("not run")]
+    failed += [f"antipodal {lab}: {err}" for lab, _, m, _, _, err, _ in anti
+               if m is None and not err.startswith(("not run", "refused")) and "chart_center='origin'" not in err]  # fmt: skip
+    if not write_markdown(page, rows, anti, a):
+        print("\n".join(failed), file=sys.stderr)
+        return 1
     if BLOCK_BEGIN in kept and BLOCK_END in kept:  # the --baselines block survives a rewrite of the table
         block = kept.split(BLOCK_BEGIN, 1)[1].split(BLOCK_END, 1)[0].strip("\n").splitlines()
         replace_block(page, BLOCK_BEGIN, BLOCK_END, block, before="<!-- both objectives side by side")
@@ -168,6 +175,9 @@ def main(argv=None):
             loaded = [(f"antipodal, charts={lab}", *r[1:]) for (lab, _), r in zip(ok, loaded, strict=True)]
             paper_grid(loaded, ROOT / "docs/antipodal.png", res=a.res)
     print(f"wrote {a.md}")
+    if failed:
+        print(f"{len(failed)} run(s) failed: " + "; ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -326,8 +336,18 @@ def write_markdown(path, rows, anti, a):
                   head.replace("| manifold | dataset |", "| charts |").replace("|---|---|---|", "|---|---|", 1)]  # fmt: skip
         lines += [_fmt_row([lab], ep, m, integ, cmd, err) for lab, ep, m, integ, cmd, err, _ in anti]
         lines += ["", "![antipodal](antipodal.png)", ""]
-    Path(path).write_text("\n".join(lines) + "\n")
+    return write_page(Path(path), "\n".join(lines) + "\n", count_results, force=getattr(a, "force", False))
+
+
+def count_results(text: str) -> int:
+    """Finished runs in a reproduction page's run tables (rows with a command whose test NLL is a number)."""
+    n = 0
+    for line in text.split(SIDE_BEGIN)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 9 and cells[-1].startswith("`python") and is_number(cells[-7]):
+            n += 1
+    return n
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m scripts.reproduce"))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from utils import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,4 +63,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m scripts.solver_gap"))

@@ -193,7 +193,8 @@ class Trainer:
             for k, v in saved.items():
                 if k not in RESUMABLE and k != "explicit" and hasattr(args, k):
                     setattr(args, k, v)
-            for k in ("epochs", "eval_freq", "test_size", "guard_freq", "data_dir"):
+            # kept from the run unless given again (the outputs too, so a resumed run draws what it promised)
+            for k in ("epochs", "eval_freq", "test_size", "guard_freq", "data_dir", "save", "samples", "res"):
                 if k not in args.explicit:
                     setattr(args, k, saved.get(k, getattr(args, k)))
             if self.check_value is not None:  # a checkpoint's values pass the same checks as flags
@@ -207,6 +208,9 @@ class Trainer:
         check_limits(args)
         fill_settings(args)
         self.device = utils.resolve_device(args.dev)
+        if args.batch_size < self.world:
+            raise UserError(f"--batch_size {args.batch_size} is smaller than the {self.world} ranks: "
+                            "every rank needs at least one point of each batch")  # fmt: skip
         if self.world > 1:
             import torch.distributed as dist
 
@@ -216,9 +220,6 @@ class Trainer:
             if not dist.is_initialized():
                 dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
         self.dtype = utils.DTYPES[args.dtype]
-        if args.batch_size < self.world:
-            raise UserError(f"--batch_size {args.batch_size} is smaller than the {self.world} ranks: "
-                            "every rank needs at least one point of each batch")  # fmt: skip
         check_memory(args, self.device, self.world)
         self.eval_chunk = eval_chunk(args, self.device)
         self.task = build_task(args)
