@@ -317,7 +317,7 @@ def write(path, results, a):
                   if (ROOT / a.figures / f"{prefix}{ds}.png").is_file()]  # fmt: skip
     lines += ["", "Commands of the runs:", ""]
     lines += [f"- `{m['cmd']}`" for ms in results.values() for m in ms]
-    return write_page(Path(path), "\n".join(lines) + "\n", count_results, force=a.force)
+    return write_page(Path(path), "\n".join(lines) + "\n", count_results, force=getattr(a, "force", False))
 
 
 def count_results(text: str) -> int:
