@@ -3,6 +3,7 @@
 from .baselines import BASELINE_MANIFOLD, BASELINES, NCP, PRNVP, WHC, DiscreteFlow
 from .checkpoint import CheckpointError, read_checkpoint
 from .divergence import DIVERGENCES
+from .dynamics import ChartDynamics
 from .evaluation import (
     FIGURE_SOLVER,
     defensive_proposal,
@@ -14,8 +15,10 @@ from .evaluation import (
     model_integral_is,
     model_log_prob,
 )
+from .loading import load_model, model_from_checkpoint
 from .matching import conditional_path, flow_matching_loss
-from .mcnf import MCNF, ChartDynamics, SolverError, SolverSettings, load_model, model_from_checkpoint
+from .mcnf import MCNF
+from .solver import SolverError, SolverSettings
 from .vector_field import VectorField
 
 #: ``main_density.py --model`` names: the MCNF and the paper's baselines (:mod:`flows.baselines`).

@@ -328,6 +328,7 @@ TWO_PI = 2 * math.pi
 #: Bisection steps of the sampling direction (2 pi / 2^60 is below float64 resolution).
 BISECTION_STEPS = 60
 
+
 def _log_sech2(s):
     """``log sech^2(s)``, stable for any ``s``."""
     return 2 * (math.log(2) - s.abs() - torch.log1p(torch.exp(-2 * s.abs())))
@@ -442,7 +443,9 @@ class NCP(DiscreteFlow):
 
     def check_input(self, x):
         if (torch.hypot(x[..., 0], x[..., 1]) == 0).any():
-            raise ValueError("the NCP flow is not defined at the poles (0, 0, +-1), where its angle is undefined")
+            raise ValueError(
+                "the NCP flow is not defined at the poles (0, 0, +-1), where its angle is undefined"
+            )
 
     def _to_base(self, x):
         z, phi = self._cyl(x)

@@ -32,7 +32,7 @@ def figure_model(model, dtype=torch.float32, accurate: bool = False):
     """
     import copy
 
-    from .mcnf import SolverSettings
+    from .solver import SolverSettings
 
     if accurate:  # float64 and the model's own evaluation solver (dtype is ignored)
         return copy.deepcopy(model).to(torch.float64).eval()

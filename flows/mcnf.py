@@ -39,9 +39,7 @@ network keeps its own dtype (its inputs are cast); results are returned in the i
 
 from __future__ import annotations
 
-import functools
-import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import nn
@@ -51,144 +49,12 @@ from manifolds import get_manifold
 from manifolds.distributions import StandardNormal, UniformSphere, VonMisesFisher, WrappedNormal, draw
 
 from . import divergence as div_mod
+from .dynamics import ChartDynamics, _ChartExit
+from .solver import FIXED_STEP, SOLVER_METHODS, SolverError, SolverSettings
+from .solver import settings as _settings
 from .vector_field import VectorField
 
-SOLVER_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "rk4", "midpoint", "euler")
-FIXED_STEP = ("rk4", "midpoint", "euler")
-
-
-class SolverError(RuntimeError):
-    """A solve that ran past its step limit or produced non-finite values."""
-
-
-class _ChartExit(Exception):
-    """Raised inside a fixed-chart solve when ``|v|`` passes the chart guard (caught by MCNF)."""
-
-
-@dataclass
-class SolverSettings:
-    """How one ODE solve is carried out (torchdiffeq names).
-
-    ``step_size`` is used by fixed-step methods (``rk4``, ``midpoint``, ``euler``); ``max_nfe`` caps
-    the function evaluations of one forward solve so that a runaway solve raises instead of hanging.
-    """
-
-    method: str = "dopri5"
-    atol: float = 1e-5
-    rtol: float = 1e-5
-    step_size: float | None = None
-    adjoint: bool = False
-    max_nfe: int = 20_000
-
-    def __post_init__(self):
-        if self.method not in SOLVER_METHODS:
-            raise ValueError(f"unknown solver {self.method!r}; valid: {', '.join(SOLVER_METHODS)}")
-        if self.method in FIXED_STEP and not (self.step_size and self.step_size > 0):
-            raise ValueError(f"solver {self.method!r} needs a positive step_size")
-        if self.atol <= 0 or self.rtol <= 0:
-            raise ValueError("atol and rtol must be positive")
-
-    def odeint_kwargs(self):
-        kw = dict(method=self.method, atol=self.atol, rtol=self.rtol)
-        if self.method in FIXED_STEP:
-            kw["options"] = dict(step_size=self.step_size)
-        return kw
-
-
-class ChartDynamics(nn.Module):
-    """The ODE function of one chart: state ``(v, int_div, p)`` -> ``(g, tr(dg/dv), 0)``.
-
-    ``g(t, v) = E D(log_p)(y)[f(t, y)]`` at ``y = phi_p(v)`` uses the manifold's closed form
-    (:meth:`manifolds.Manifold.chart_velocity`). The chart centre ``p`` rides along in the state
-    with zero velocity so that the adjoint method carries gradients back to it (``p`` is the
-    output of the previous segment). The divergence is computed as described in
-    :mod:`flows.divergence`.
-    """
-
-    def __init__(self, manifold, field, divergence: str = "exact"):
-        super().__init__()
-        self.manifold, self.field = manifold, field
-        if divergence not in div_mod.DIVERGENCES:
-            raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(div_mod.DIVERGENCES)}")
-        self.divergence = divergence
-        self.with_div = True
-        self.noise = None
-        self.nfe = 0
-        self.max_nfe = None
-        self.basis = None
-        self.guard = None  # a fixed chart's bound on |v| (set by MCNF during a forward solve)
-        self.compiled = False  # use the torch.compile'd divergence in training (see MCNF.compile_ode)
-        self.reg_weights = (0.0, 0.0)  # (kinetic, jacobian): see MCNF's regularization
-
-    def velocity(self, t, v, p, E):
-        """``g(t, v)``: the vector field in chart coordinates, shape ``(B, n)``."""
-        coef = self.manifold.chart_coefficients(p, v, E)
-        return self.manifold.chart_velocity(p, v, self.field(t, coef["y"]), E, coef)
-
-    def forward(self, t, state):
-        v, p = state[0], state[2]
-        reg = len(state) == 4  # (v, int div, p, int of the regularizers' integrand): see MCNF.regularization
-        self.nfe += 1
-        if self.max_nfe is not None and self.nfe > self.max_nfe:
-            raise SolverError(
-                f"ODE solve exceeded {self.max_nfe} function evaluations (stiff or diverging dynamics); "
-                "loosen atol/rtol, use a fixed-step solver, or lower the learning rate"
-            )
-        M = self.manifold
-        # the chart basis is fixed on a segment; only the adjoint needs it rebuilt from the state
-        E = self.basis if self.basis is not None else M.tangent_basis(p)
-        if not self.with_div:
-            g, div = self.velocity(t, v, p, E), torch.zeros_like(v[..., 0])
-        elif self.divergence == "exact_autograd":
-            g, div = div_mod.exact_autograd(lambda vv: self.velocity(t, vv, p, E), v)
-        else:
-            noise = self.noise if self.divergence == "hutchinson" else None
-            out = None
-            if self.compiled and self.training and torch.is_grad_enabled():
-                try:
-                    out = _compiled_chart_divergence()(M, self.field, t, p, v, E, noise=noise, reg=reg)
-                except Exception as e:  # no C++ compiler, an unsupported backend: run eagerly from now on
-                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    warnings.warn(
-                        f"torch.compile failed ({first[:200]}); the ODE function runs eagerly", stacklevel=2
-                    )
-                    self.compiled = False
-            if out is None:
-                out = div_mod.chart_divergence(M, self.field, t, p, v, E, noise=noise, reg=reg)
-            g, div = out[:2]
-            if reg:
-                w_ke, w_jf = self.reg_weights
-                r = w_ke * out[2] + w_jf * out[3]
-        # one host synchronization per evaluation for both checks (the chart guard wins: beyond it
-        # the state may well be non-finite, and the segment is redone with re-centring)
-        finite = torch.isfinite(g).all() & torch.isfinite(div).all()
-        over = (
-            (v.detach().norm(dim=-1) > self.guard).any()
-            if self.guard is not None
-            else torch.zeros_like(finite)
-        )
-        finite, over = torch.stack([finite, over]).tolist()
-        if over:
-            raise _ChartExit
-        if not finite:
-            raise SolverError(f"non-finite ODE state at t={float(t):.4f}")
-        return (g, div, torch.zeros_like(p), r) if reg else (g, div, torch.zeros_like(p))
-
-
-@functools.cache
-def _compiled_chart_divergence():
-    """:func:`flows.divergence.chart_divergence` through ``torch.compile`` (built on first use).
-
-    One compiled function for all models. The manifold and field are arguments: Dynamo guards on
-    them (and on the tensors' shapes, dtypes and ``requires_grad``) and recompiles when a guard
-    fails, and the weights are read from the field passed in, so no model runs with another's
-    weights (tests/test_speed.py checks two compiled models side by side).
-    """
-    return torch.compile(div_mod.chart_divergence)
-
-
-def _settings(s, defaults) -> SolverSettings:
-    return s if isinstance(s, SolverSettings) else SolverSettings(**{**defaults, **(s or {})})
+__all__ = ["MCNF", "ChartDynamics", "SolverError", "SolverSettings", "FIXED_STEP", "SOLVER_METHODS"]
 
 
 class MCNF(nn.Module):
@@ -518,48 +384,3 @@ class MCNF(nn.Module):
     def save(self, path, **extra):
         """Write ``{"model_config", "model"}`` (plus ``extra``) to ``path`` with ``torch.save``."""
         torch.save({"model_config": self.config, "model": self.state_dict(), **extra}, path)
-
-
-def model_from_checkpoint(ckpt: dict, where: str = "checkpoint"):
-    """Build the model described by ``ckpt["model_config"]`` (an :class:`MCNF`, or the baseline its
-    ``"model"`` key names) and load ``ckpt["model"]`` into it.
-
-    A configuration or state dict that does not fit raises :class:`flows.checkpoint.CheckpointError`.
-    """
-    from .checkpoint import CheckpointError
-
-    config, state = ckpt.get("model_config"), ckpt.get("model")
-    if not isinstance(config, dict) or not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{where}: model_config/model entries are missing or of the wrong type")
-    try:
-        kind = config.get("model", "mcnf")  # checkpoints written before the baselines have no "model" key
-        if kind != "mcnf":
-            from .baselines import BASELINES
-
-            if kind not in BASELINES:
-                raise ValueError(f"unknown model kind {kind!r}")
-            model = BASELINES[kind](**{k: v for k, v in config.items() if k != "model"})
-        else:
-            model = MCNF(**{k: v for k, v in config.items() if k != "model"})
-        dtypes = {v.dtype for v in state.values() if isinstance(v, torch.Tensor)}
-        if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
-            raise ValueError("the weights are not all floating-point tensors of one dtype")
-        model.to(dtypes.pop())
-        model.load_state_dict(state)
-    except (TypeError, ValueError, RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{where}: the model does not match its configuration ({first})") from None
-    return model
-
-
-def load_model(path, map_location="cpu"):
-    """Load a trained model (eval mode) from a checkpoint of ``main_density.py``: an :class:`MCNF`, or
-    with ``--model whc|prnvp|ncp`` the baseline (:mod:`flows.baselines`), which has the same interface.
-
-    Loading is safe for files from others: ``torch.load(weights_only=True)`` (see
-    :mod:`flows.checkpoint`); a file that is not such a checkpoint raises ``CheckpointError``.
-    """
-    from .checkpoint import read_checkpoint
-
-    ckpt = read_checkpoint(path, required=("model_config", "model"))
-    return model_from_checkpoint(ckpt, str(path)).to(map_location).eval()

@@ -28,7 +28,7 @@ def main(argv=None):
     p.add_argument("--tol", type=float, default=1e-5)
     a = p.parse_args(argv)
     from flows import SolverSettings, load_model, model_log_prob, read_checkpoint
-    from flows.mcnf import FIXED_STEP
+    from flows.solver import FIXED_STEP
 
     ckpt = read_checkpoint(Path(a.run) / "checkpoint.pt", required=("args",))
     args = ckpt["args"]

@@ -201,7 +201,7 @@ def fill_settings(args):
     for k, v in table[args.M].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    from flows.mcnf import FIXED_STEP
+    from flows.solver import FIXED_STEP
 
     if args.solver in FIXED_STEP and args.step_size is None:
         args.step_size = 1 / 8

@@ -3,172 +3,40 @@
 ``Trainer(args)`` takes the parsed command line of ``main_density.py`` (an ``argparse.Namespace``
 with ``explicit``, the set of flags given explicitly). ``setup()`` validates everything (arguments,
 data, output folder, resume checkpoint) before anything is written; ``train()`` returns the exit
-status (0, or 3 when training diverges). The data source is a task (:mod:`train.tasks`), the
-folder rules are in :mod:`train.rundir`, the presets in :mod:`train.config`.
+status (0, or 3 when training diverges). The pieces, one module each: what is trained
+(:mod:`train.build`), checkpoints (:mod:`train.checkpoints`), the solver guard (:mod:`train.guard`),
+the outputs of a finished run (:mod:`train.outputs`), the data source (:mod:`train.tasks`), the
+folder rules (:mod:`train.rundir`), the presets (:mod:`train.config`), the memory estimate
+(:mod:`train.resources`).
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import utils
-from flows.checkpoint import with_digest
 from utils import UserError
 
-from .config import RESUMABLE, RUN_FILES, check_model, fill_objective, fill_settings, resolve_compile
+from .build import EMA, FlowMatching, MeanNLL, build_model, make_optimizer, make_scheduler  # noqa: F401
+from .checkpoints import Checkpointing, load_checkpoint
+from .config import RESUMABLE, check_model, fill_objective, fill_settings, resolve_compile
 from .distributed import dist_env, gather_cat
 from .guard import MIN_STEP as MIN_GUARD_STEP  # noqa: F401  (re-exported)
 from .guard import POINTS as GUARD_POINTS
 from .guard import SEED as GUARD_SEED
 from .guard import SolverGuard
+from .outputs import Outputs
 from .resources import check_memory, eval_chunk, is_out_of_memory
-from .rundir import check_limits, check_writable, choose_out, clean_temp_files, json_safe
+from .rundir import check_limits, check_writable, choose_out
 from .tasks import build_task, is_earth
 
 
-def build_model(args):
-    from flows import BASELINES, MCNF
-
-    if args.model != "mcnf":
-        try:
-            extra = dict(components=args.components) if args.model == "ncp" else {}
-            return BASELINES[args.model](args.M, dim=args.dim, hidden=args.flow_hidden_size, n_hidden=args.n_hidden,
-                                         activation=args.activation, blocks=args.blocks, **extra)  # fmt: skip
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    try:
-        return MCNF(
-            args.M, dim=args.dim, hidden=args.flow_hidden_size, n_hidden=args.n_hidden, charts=args.charts,
-            activation=args.activation, max_speed=args.max_speed, fourier=args.fourier,
-            fourier_scale=args.fourier_scale, kinetic=args.kinetic, jacobian=args.jacobian,
-            chart_center=args.chart_center, conc=args.conc, divergence=args.divergence,
-            train_solver=dict(method=args.solver, atol=args.atol, rtol=args.rtol, step_size=args.step_size,
-                              adjoint=args.adjoint),
-            eval_solver=dict(method="dopri5", atol=args.eval_tol, rtol=args.eval_tol),
-        )  # fmt: skip
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
-def load_checkpoint(path):
-    """The training checkpoint at ``path``, loaded safely (tensors and plain data only)."""
-    from flows import CheckpointError, read_checkpoint
-
-    needed = ("model", "model_config", "optimizer", "scheduler", "epoch", "args", "rng", "train_rng")
-    try:
-        ckpt = read_checkpoint(path, required=needed, what="--resume: checkpoint")
-    except CheckpointError as e:
-        raise UserError(
-            str(e).replace("not an MCNF checkpoint", "not a checkpoint written by main_density.py")
-        ) from None
-    def records(key, kind=dict):
-        v = ckpt.get(key, [])
-        return isinstance(v, list) and all(isinstance(x, kind) for x in v)
-
-    bad = [
-        k for k, ok in [
-            ("args", isinstance(ckpt["args"], dict)),
-            ("epoch", isinstance(ckpt["epoch"], int) and not isinstance(ckpt["epoch"], bool) and ckpt["epoch"] >= 0),
-            ("history", records("history") and all(isinstance(h.get("epoch"), int) for h in ckpt.get("history", []))),
-            ("losses", records("losses", (list, tuple))),
-            ("guard_log", records("guard_log")),
-            ("train_seconds", isinstance(ckpt.get("train_seconds", 0.0), (int, float))),
-            ("best", ckpt.get("best") is None or (isinstance(ckpt["best"], dict)
-                                                  and {"model", "epoch", "val_nll"} <= set(ckpt["best"]))),
-        ] if not ok
-    ]  # fmt: skip
-    if bad:
-        raise UserError(
-            f"--resume: {str(path)!r} is not a checkpoint written by main_density.py (bad {', '.join(bad)})"
-        )
-    return ckpt
-
-
-def make_scheduler(opt, epochs, num_drops, kind="drops", warmup=0):
-    """``drops``: x0.1 at ``num_drops`` evenly spaced milestones (the reference); ``cosine``: linear
-    warm-up over ``warmup`` epochs, then cosine decay to 0 at ``epochs``."""
-    if kind == "cosine":
-
-        def factor(step):  # a plain function: the schedule follows --epochs of a resumed run
-            if step < warmup:
-                return (step + 1) / warmup
-            frac = (step - warmup) / max(epochs - warmup, 1)
-            return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-
-        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    milestones = [round(epochs * (i + 1) / (num_drops + 1)) for i in range(num_drops)]
-    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-
-
-def make_optimizer(args, params):
-    kind = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
-    return kind(params, lr=args.lr, weight_decay=args.weight_decay)
-
-
-class MeanNLL(torch.nn.Module):
-    """``-mean log p(x)`` (plus the mean of ``--kinetic``/``--jacobian``'s regularization when set): the
-    training loss, as a module so that DistributedDataParallel wraps it."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        loss = -self.model.log_prob(x).mean()
-        reg, self.model.regularization = self.model.regularization, None  # (it holds the graph)
-        return loss if reg is None else loss + reg.mean()
-
-
-class FlowMatching(torch.nn.Module):
-    """The flow-matching loss :func:`flows.matching.flow_matching_loss` of a batch ``(x, z, t)``."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, z, t):
-        from flows.matching import flow_matching_loss
-
-        return flow_matching_loss(self.model, x, z, t)
-
-
-class EMA:
-    """Bias-corrected exponential moving average of a model's parameters.
-
-    After ``t`` steps the EMA is ``sum_k (1 - d) d^(t-k) p_k / (1 - d^t)``: the plain average started
-    at zero, divided by the weight it has gathered (Adam's bias correction; Kingma & Ba 2015). So the
-    initial weights, which the uncorrected average keeps at weight ``d^t`` (61% after 500 steps at
-    ``d = 0.999``), get none, and a short run is scored on weights it has trained. As an update:
-    ``e <- b e + (1 - b) p`` with ``b = d (1 - d^(t-1)) / (1 - d^t)`` (``b = 0`` at the first step,
-    ``b -> d`` as ``t`` grows). ``steps`` is saved in checkpoints; an older checkpoint without it
-    resumes the uncorrected average (``b = d``).
-    """
-
-    def __init__(self, model, decay, steps: int = 0):
-        self.decay, self.steps = decay, int(steps)
-        self.model = copy.deepcopy(model).requires_grad_(False)
-
-    def beta(self) -> float:
-        """The weight of the old average in the update of step ``steps`` (after the increment)."""
-        d, t = self.decay, self.steps
-        return d * (1 - d ** (t - 1)) / (1 - d**t)
-
-    @torch.no_grad()
-    def update(self, model):
-        self.steps += 1
-        ema = list(self.model.parameters())
-        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1 - self.beta())
-
-
-class Trainer:
+class Trainer(Checkpointing, Outputs):
     def __init__(self, args, check_value=None):
         """``check_value(name, value)``: the command line's own validation of one flag's value (raises
         UserError), applied to the values a resumed checkpoint brings back."""
@@ -268,94 +136,11 @@ class Trainer:
         if self.is_main:
             self.prepare_out(resuming=ckpt is not None)
 
-    def restore(self, ckpt):
-        """Load a resumed checkpoint's state (weights, optimizer, schedules, RNGs, records)."""
-        args = self.args
-        try:
-            self.model.load_state_dict(ckpt.get("raw_model", ckpt["model"]))
-            if self.ema is not None:
-                self.ema.model.load_state_dict(ckpt["model"])
-                self.ema.steps = int(ckpt.get("ema_steps", 10**9))  # older checkpoints: no correction
-            self.opt.load_state_dict(ckpt["optimizer"])
-            self.sched.load_state_dict(ckpt["scheduler"])
-            self.train_gen.set_state(ckpt["train_rng"])
-            utils.set_rng_state(ckpt["rng"])
-            self.start_epoch = int(ckpt["epoch"])
-            self.history = list(ckpt.get("history", []))
-            self.losses = [tuple(x) for x in ckpt.get("losses", [])]
-            self.train_seconds = float(ckpt.get("train_seconds", 0.0))
-            if self.guard is not None:
-                self.guard.log = list(ckpt.get("guard_log", []))
-                self.guard.seconds = float(ckpt.get("guard_seconds", 0.0))
-            self.best = ckpt.get("best")
-            if self.best is None and self.task.x_select is not None and self.history:
-                # written before checkpoints carried their best model: the best.pt beside the checkpoint
-                # (its own folder), accepted only when its record matches this run's history
-                from flows import CheckpointError, read_checkpoint
-
-                try:
-                    b = read_checkpoint(Path(args.resume).parent / "best.pt", required=("model", "epoch", "val_nll"))
-                except CheckpointError:
-                    b = None
-                rec = {h["epoch"]: h.get("val_nll") for h in self.history}
-                if b is not None and rec.get(b["epoch"]) == b["val_nll"]:
-                    self.best = {k: b[k] for k in ("model", "epoch", "val_nll")}
-            if self.best is not None:
-                self.scored_model_copy().load_state_dict(self.best["model"])  # it must fit the model
-        except Exception as e:  # doctored or mismatched contents
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"--resume: {args.resume!r} does not fit the model it describes ({first})") from None
-
-    def scored_model_copy(self):
-        return copy.deepcopy(self.scored_model)
-
-    def prepare_out(self, resuming: bool):
-        """Create the output folder; make history.jsonl agree with the checkpoint being resumed.
-
-        A new run into a folder of another run (``--overwrite``) first removes that run's files
-        (checkpoint, best model, metrics, history); no other file is touched.
-        """
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"output folder {str(self.out)!r} cannot be created: {e.strerror or e}") from None
-        clean_temp_files(self.out)
-        own = resuming and self.out.resolve() == Path(self.args.resume).resolve().parent
-        if not own:  # a new run, or a resume into another folder: the files of the run there go
-            for name in (*RUN_FILES, "best.pt"):
-                (self.out / name).unlink(missing_ok=True)
-        else:
-            (self.out / "metrics.json").unlink(missing_ok=True)  # it will be this run's again at the end
-        if resuming:  # a kill between a history append and the checkpoint rename left extra lines
-            utils.atomic_write_text(
-                "".join(json.dumps(h) + "\n" for h in self.history), self.out / "history.jsonl"
-            )
-            if self.best is not None and not own:
-                self.write_best()
-
     # -- checkpoints ------------------------------------------------------------------------------
     @property
     def scored_model(self):
         """The weights that are evaluated, drawn and saved as "model": the EMA when there is one."""
         return self.model if self.ema is None else self.ema.model
-
-    def checkpoint(self, epoch):
-        if not self.is_main:
-            return
-        args = {k: v for k, v in vars(self.args).items() if k != "explicit"}
-        extra = {"raw_model": self.model.state_dict(), "ema_steps": self.ema.steps} if self.ema is not None else {}
-        if self.best is not None:
-            extra["best"] = self.best
-        utils.atomic_torch_save(
-            with_digest({
-                "model": self.scored_model.state_dict(), "model_config": self.model.config, **extra,
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "epoch": epoch, "args": args, "rng": utils.rng_state(), "train_rng": self.train_gen.get_state(),
-                "history": self.history, "losses": self.losses, "train_seconds": self.train_seconds,
-                "guard_log": self.guard_log, "guard_seconds": self.guard_seconds,
-            }),
-            self.out / "checkpoint.pt",
-        )  # fmt: skip
 
     def sharded_metrics(self, x, with_truth: bool):
         """Evaluation metrics on ``x``, each rank evaluating its shard (then gathered in rank order)."""
@@ -388,11 +173,6 @@ class Trainer:
             with open(self.out / "history.jsonl", "a") as f:
                 f.write(json.dumps(m) + "\n")
         return m
-
-    def write_best(self):
-        """best.pt: the best validation weights, for readers of the folder (the run itself reports from
-        :attr:`best`, carried in checkpoint.pt)."""
-        utils.atomic_torch_save(with_digest({**self.best, "model_config": self.model.config}), self.out / "best.pt")
 
     @property
     def guard_log(self) -> list:
@@ -535,104 +315,3 @@ class Trainer:
         print(f"error: training diverged at epoch {epoch + 1}: {what}{first}. The last good checkpoint "
               f"(if any) is kept in {self.out / 'checkpoint.pt'}; try a lower --lr.", file=sys.stderr)  # fmt: skip
         return 3
-
-    def eval_model(self):
-        """A float64 copy of the model in eval mode (its eval solver is dopri5 at ``--eval_tol``).
-
-        Float32 round-off in the ambient coordinates of far points (hyperboloid ``x_0 ~ cosh r``)
-        is larger than tight tolerances, which then make adaptive solvers crawl; float64 avoids it.
-        """
-        return copy.deepcopy(self.scored_model).to(torch.float64).eval()
-
-    def figure_log_prob(self):
-        from flows import figure_model
-
-        accurate = self.args.objective == "fm"  # no training solver whose step the figure can reuse
-        m = figure_model(self.scored_model, accurate=accurate)
-        dtype = torch.float64 if accurate else torch.float32
-        return lambda x: m.log_prob(x.to(self.device, dtype))
-
-    @torch.no_grad()
-    def model_samples(self, n):
-        return self.eval_model().sample(n).cpu()
-
-    def save_frame(self, epoch):
-        from viz.figures import density_figure
-
-        folder = self.out / "contsave"
-        folder.mkdir(exist_ok=True)
-        density_figure({f"epoch {epoch}": self.figure_log_prob()}, self.args.M, folder / f"{epoch:06d}.png",
-                       res=min(self.args.res, 200))  # fmt: skip
-
-    def finish(self):
-        args = self.args
-        last = self.history[-1]
-        in_sync = self.ranks_in_sync() if self.world > 1 else True
-        if self.task.x_select is not None:  # report the test split with the best validation checkpoint
-            if self.world > 1:
-                import torch.distributed as dist
-
-                dist.barrier()  # rank 0 has written best.pt
-            best = self.best  # this run's own best (in memory and in checkpoint.pt), never a file's
-            if best is None:
-                raise UserError("this run has no validation record to select a model by")
-            self.scored_model.load_state_dict(best["model"])
-            t = self.sharded_metrics(self.task.x_test, with_truth=False)
-            last = {**t, "val_nll": best["val_nll"], "best_epoch": best["epoch"]}
-        if not self.is_main:
-            return
-        keys = (
-            "test_nll",
-            "test_nll_stderr",
-            "n_test",
-            "entropy",
-            "kl",
-            "kl_stderr",
-            "val_nll",
-            "best_epoch",
-        )
-        steps = max(self.nfe["steps"], 1)
-        metrics = {
-            **{k: last[k] for k in keys if k in last},
-            "epochs": args.epochs, "train_seconds": self.train_seconds,
-            "seconds_per_epoch": self.train_seconds / max(args.epochs - self.start_epoch, 1),
-            "nfe_forward": self.nfe["forward"] / steps,
-            "nfe_backward": self.nfe["backward"] / steps,
-            "device": str(self.device), "ranks": self.world, "ranks_in_sync": in_sync,
-            "compiled": bool(self.dynamics is not None and self.dynamics.compiled),
-            "model": args.model, "parameters": sum(p.numel() for p in self.model.parameters()),
-            "args": {k: v for k, v in vars(args).items() if k != "explicit"},
-        }  # fmt: skip
-        if self.guard_log:  # the solver guard's refinements, its checks, and the step the run ended with
-            metrics["guard_events"] = [c for c in self.guard_log if "refined_to" in c]
-            open_gaps = [f"epoch {c['epoch']}: {c['warning']}" for c in self.guard_log if "warning" in c]
-            if open_gaps:
-                metrics["warnings"] = open_gaps
-            metrics["guard_checks"] = len(self.guard_log)
-            metrics["guard_seconds"] = self.guard_seconds
-            metrics["final_step_size"] = args.step_size
-        from viz import figures
-
-        losses = np.array(self.losses).reshape(-1, 2).T
-        label = "flow-matching loss (batch)" if args.objective == "fm" else "training NLL (batch)"
-        figures.training_curve(self.history, self.out / "training_curve.png", losses=losses, loss_label=label)
-        if args.save:
-            t0 = time.perf_counter()
-            self.task.figure(self.figure_log_prob(), self.out / f"{args.dataset}_{args.M}.png", args.res,
-                             progress=not args.quiet, model_sample=self.model_samples)  # fmt: skip
-            metrics["figure_seconds"] = time.perf_counter() - t0
-        if args.contsave:
-            # only the frames this run wrote (a user's files in contsave/ are neither shown nor touched)
-            names = [
-                self.out / "contsave" / f"{e:06d}.png"
-                for e in range(args.save_freq, args.epochs + 1, args.save_freq)
-            ]
-            frames = [f for f in names if f.is_file()]
-            metrics["gif_frames"] = figures.make_gif(frames, self.out / "training.gif")
-        if args.samples:
-            x = self.model_samples(args.samples)
-            np.save(self.out / "samples.npy", x.numpy())
-            draw = figures.samples_figure if args.dim == 2 else figures.marginals_figure
-            draw(self.task.sample_panels(x, args.samples), args.M, self.out / "samples.png")
-        utils.atomic_write_json(json_safe(metrics), self.out / "metrics.json")
-        print(self.task.done_line(metrics, self.train_seconds, self.out))

@@ -1,0 +1,108 @@
+"""The ODE function of one chart: the chart velocity and its divergence (exact or Hutchinson)."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+from torch import nn
+
+from . import divergence as div_mod
+from .solver import SolverError
+
+
+class _ChartExit(Exception):
+    """Raised inside a fixed-chart solve when ``|v|`` passes the chart guard (caught by MCNF)."""
+
+
+class ChartDynamics(nn.Module):
+    """The ODE function of one chart: state ``(v, int_div, p)`` -> ``(g, tr(dg/dv), 0)``.
+
+    ``g(t, v) = E D(log_p)(y)[f(t, y)]`` at ``y = phi_p(v)`` uses the manifold's closed form
+    (:meth:`manifolds.Manifold.chart_velocity`). The chart centre ``p`` rides along in the state
+    with zero velocity so that the adjoint method carries gradients back to it (``p`` is the
+    output of the previous segment). The divergence is computed as described in
+    :mod:`flows.divergence`.
+    """
+
+    def __init__(self, manifold, field, divergence: str = "exact"):
+        super().__init__()
+        self.manifold, self.field = manifold, field
+        if divergence not in div_mod.DIVERGENCES:
+            raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(div_mod.DIVERGENCES)}")
+        self.divergence = divergence
+        self.with_div = True
+        self.noise = None
+        self.nfe = 0
+        self.max_nfe = None
+        self.basis = None
+        self.guard = None  # a fixed chart's bound on |v| (set by MCNF during a forward solve)
+        self.compiled = False  # use the torch.compile'd divergence in training (see MCNF.compile_ode)
+        self.reg_weights = (0.0, 0.0)  # (kinetic, jacobian): see MCNF's regularization
+
+    def velocity(self, t, v, p, E):
+        """``g(t, v)``: the vector field in chart coordinates, shape ``(B, n)``."""
+        coef = self.manifold.chart_coefficients(p, v, E)
+        return self.manifold.chart_velocity(p, v, self.field(t, coef["y"]), E, coef)
+
+    def forward(self, t, state):
+        v, p = state[0], state[2]
+        reg = len(state) == 4  # (v, int div, p, int of the regularizers' integrand): see MCNF.regularization
+        self.nfe += 1
+        if self.max_nfe is not None and self.nfe > self.max_nfe:
+            raise SolverError(
+                f"ODE solve exceeded {self.max_nfe} function evaluations (stiff or diverging dynamics); "
+                "loosen atol/rtol, use a fixed-step solver, or lower the learning rate"
+            )
+        M = self.manifold
+        # the chart basis is fixed on a segment; only the adjoint needs it rebuilt from the state
+        E = self.basis if self.basis is not None else M.tangent_basis(p)
+        if not self.with_div:
+            g, div = self.velocity(t, v, p, E), torch.zeros_like(v[..., 0])
+        elif self.divergence == "exact_autograd":
+            g, div = div_mod.exact_autograd(lambda vv: self.velocity(t, vv, p, E), v)
+        else:
+            noise = self.noise if self.divergence == "hutchinson" else None
+            out = None
+            if self.compiled and self.training and torch.is_grad_enabled():
+                try:
+                    out = _compiled_chart_divergence()(M, self.field, t, p, v, E, noise=noise, reg=reg)
+                except Exception as e:  # no C++ compiler, an unsupported backend: run eagerly from now on
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    warnings.warn(
+                        f"torch.compile failed ({first[:200]}); the ODE function runs eagerly", stacklevel=2
+                    )
+                    self.compiled = False
+            if out is None:
+                out = div_mod.chart_divergence(M, self.field, t, p, v, E, noise=noise, reg=reg)
+            g, div = out[:2]
+            if reg:
+                w_ke, w_jf = self.reg_weights
+                r = w_ke * out[2] + w_jf * out[3]
+        # one host synchronization per evaluation for both checks (the chart guard wins: beyond it
+        # the state may well be non-finite, and the segment is redone with re-centring)
+        finite = torch.isfinite(g).all() & torch.isfinite(div).all()
+        over = (
+            (v.detach().norm(dim=-1) > self.guard).any()
+            if self.guard is not None
+            else torch.zeros_like(finite)
+        )
+        finite, over = torch.stack([finite, over]).tolist()
+        if over:
+            raise _ChartExit
+        if not finite:
+            raise SolverError(f"non-finite ODE state at t={float(t):.4f}")
+        return (g, div, torch.zeros_like(p), r) if reg else (g, div, torch.zeros_like(p))
+
+
+@functools.cache
+def _compiled_chart_divergence():
+    """:func:`flows.divergence.chart_divergence` through ``torch.compile`` (built on first use).
+
+    One compiled function for all models. The manifold and field are arguments: Dynamo guards on
+    them (and on the tensors' shapes, dtypes and ``requires_grad``) and recompiles when a guard
+    fails, and the weights are read from the field passed in, so no model runs with another's
+    weights (tests/test_speed.py checks two compiled models side by side).
+    """
+    return torch.compile(div_mod.chart_divergence)
