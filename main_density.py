@@ -17,6 +17,7 @@ import sys
 import warnings
 
 import utils
+from train.config import effective_default
 from train.loop import Trainer
 from train.rundir import json_safe  # noqa: F401  (re-exported for scripts and tests)
 from utils import UserError
@@ -67,6 +68,19 @@ def charts_arg(s):
         raise argparse.ArgumentTypeError(f"must be a positive integer or 'adaptive', got {s}") from None
 
 
+class EffectiveDefaults(argparse.HelpFormatter):
+    """``--help`` states what every flag means when it is not given, per objective and manifold where the
+    presets differ (:func:`train.config.effective_default`), instead of argparse's "(default: None)"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or action.dest == "help" or "%(default)" in text:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return text
+        return f"{text} (default: {effective_default(action.dest, action.default)})"
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """Report a bad flag in one line (no usage dump) with exit status 2."""
 
@@ -78,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="main_density.py",
         description="Neural Manifold ODEs (Lou et al., NeurIPS 2020): density estimation on S^n and H^n.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=EffectiveDefaults,
     )
     ref = p.add_argument_group("reference flags (same names, meanings and defaults as the published code)")
     ref.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
@@ -94,8 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ref.add_argument("--save", action="store_true", help="write the density figure {dataset}_{M}.png")
     ref.add_argument("--conc", type=nonneg_float, default=None,
-                     help="concentration of the sphere's vMF base; 0: uniform base (default 1; "
-                          "0 for --objective fm on Earth data)")  # fmt: skip
+                     help="concentration of the sphere's vMF base; 0: uniform base")  # fmt: skip
     ref.add_argument("--dev", default="cuda", help="device; plain 'cuda' falls back to the CPU")
     ref.add_argument("--M", default="Hyperboloid", choices=["Hyperboloid", "Sphere"], help="manifold")
     ref.add_argument("--contsave", action="store_true", help="save a density frame every --save_freq epochs")
@@ -118,21 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--activation", choices=["tanh", "softplus", "silu"], default="tanh",
                      help="hidden activation of the MLP (reference: tanh)")  # fmt: skip
     mod.add_argument("--max_speed", type=positive_float, default=None,
-                     help="bound of the field's speed (default: 10 on the hyperboloid for softplus/silu, "
-                          "none otherwise; tanh fields are bounded already)")  # fmt: skip
+                     help="bound of the field's speed (tanh fields are bounded already)")  # fmt: skip
     mod.add_argument("--fourier", type=nonneg_int, default=None,
                      help="random Fourier features sin/cos(Bx) of the field's input (0: none, the reference)")  # fmt: skip
     mod.add_argument("--fourier_scale", type=positive_float, default=None,
                      help="standard deviation of the Fourier frequencies B")  # fmt: skip
     mod.add_argument("--charts", type=charts_arg, default=None, help="time segments (charts), or 'adaptive'")
-    mod.add_argument("--chart_center", choices=["point", "origin"], default=None)
+    mod.add_argument("--chart_center", choices=["point", "origin"], default=None,
+                     help="centre of each chart: the segment's start point, or the origin (the reference's H^2)")
     mod.add_argument("--solver", default=None, help="torchdiffeq method: dopri5, rk4, midpoint, euler, ...")
     mod.add_argument("--step_size", type=positive_float, default=None, help="step of fixed-step solvers")
     mod.add_argument("--solver_guard", type=nonneg_float, default=None,
                      help="fixed-step solvers: at every evaluation compare the training solver's NLL of a fixed "
                           "batch of training points with an accurate solve (dopri5 at --eval_tol, float64) and "
-                          "halve --step_size while they differ by more than this many nats (0: off; default "
-                          "0.005 with a fixed-step solver, 0 with --reference_settings)")  # fmt: skip
+                          "halve --step_size while they differ by more than this many nats (0: off)")  # fmt: skip
     mod.add_argument(
         "--guard_freq",
         type=positive_int,
@@ -143,10 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--rtol", type=positive_float, default=None, help="training rtol (adaptive solvers)")
     mod.add_argument("--eval_tol", type=positive_float, default=1e-5,
                      help="atol = rtol of evaluation (dopri5, float64)")  # fmt: skip
-    mod.add_argument("--divergence", choices=["exact", "hutchinson", "exact_autograd"], default=None)
+    mod.add_argument("--divergence", choices=["exact", "hutchinson", "exact_autograd"], default=None,
+                     help="divergence of the training solve (evaluation is always exact)")
     mod.add_argument("--adjoint", action=argparse.BooleanOptionalAction, default=None,
-                     help="adjoint method for gradients (default: direct backprop)")  # fmt: skip
-    mod.add_argument("--dtype", choices=list(utils.DTYPES), default="float32")
+                     help="adjoint method for gradients (off: direct backprop)")  # fmt: skip
+    mod.add_argument("--dtype", choices=list(utils.DTYPES), default="float32",
+                     help="dtype of the weights and training (evaluation runs in float64)")
     mod.add_argument(
         "--kinetic",
         type=nonneg_float,
@@ -168,20 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "(no ODE solve in training; one epoch = one batch); both are scored by the exact "
                           "likelihood")  # fmt: skip
     obj.add_argument(
-        "--optimizer", choices=["adam", "adamw"], default=None, help="default: adam (mle), adamw (fm)"
+        "--optimizer", choices=["adam", "adamw"], default=None, help="optimizer"
     )
     obj.add_argument("--lr_schedule", choices=["drops", "cosine"], default=None,
-                     help="drops: x0.1 --num_drops times (mle default); cosine: linear warm-up then cosine "
-                          "decay to 0 (fm default)")  # fmt: skip
+                     help="drops: x0.1 --num_drops times; cosine: linear warm-up then cosine decay to 0")  # fmt: skip
     obj.add_argument("--warmup", type=nonneg_int, default=None, help="warm-up epochs of the cosine schedule")
     obj.add_argument("--ema", type=unit_interval, default=None,
                      help="decay of the exponential moving average of the weights used for evaluation, "
-                          "figures and the saved model (0: none; default 0 for mle, 0.999 for fm)")  # fmt: skip
+                          "figures and the saved model (0: none; bias-corrected)")  # fmt: skip
 
     earth = p.add_argument_group("Earth event data (--M Sphere --dataset volcano|earthquake|flood|fire)")
     earth.add_argument("--data_dir", default=None,
-                       help="folder with volerup.csv, quakes_all.csv, flood.csv, fire.csv "
-                            "(default $MANIFOLD_ODE_EARTH_DATA or data/earth)")  # fmt: skip
+                       help="folder with volerup.csv, quakes_all.csv, flood.csv, fire.csv")  # fmt: skip
     earth.add_argument("--split_seed", type=int, default=0, help="seed of the random 80/10/10 split")
 
     run = p.add_argument_group("run, evaluation and output")
@@ -190,13 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_grad_norm",
         type=positive_float,
         default=None,
-        help="clip the gradient to this global norm before each step (default: no clipping)",
+        help="clip the gradient to this global norm before each step",
     )
     run.add_argument(
         "--out",
         default=None,
-        help="output folder (default: results/{dataset}_{M}, or the first free results/{dataset}_{M}_N "
-        "when that holds a run); a folder holding another run is refused unless --overwrite",
+        help="output folder; a folder holding another run is refused unless --overwrite",
     )
     run.add_argument(
         "--overwrite",

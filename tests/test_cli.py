@@ -221,3 +221,14 @@ def test_solver_guard_refusals(tmp_path, extra, needle):
             "--dev", "cpu", "--out", tmp_path / "x", *FAST)  # fmt: skip
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_help_states_every_effective_default():
+    """--help shows what an unset flag means, per objective where the presets differ (issue #25)."""
+    import main_density
+
+    text = " ".join(main_density.build_parser().format_help().split())
+    assert "default: None" not in text
+    assert "Adam learning rate (default: 0.001; --objective fm: 0.002)" in text
+    assert "(default: 1/4; --reference_settings: 1/16 / none)" in text
+    assert "shipped data/events" in text

@@ -240,3 +240,45 @@ def resolve_compile(args, remaining_epochs: int, device) -> bool:
         return mode == "on"
     has_cxx = device.type != "cpu" or any(shutil.which(c) for c in ("c++", "g++", "clang++"))
     return eligible and remaining_epochs >= COMPILE_MIN_EPOCHS and has_cxx
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return {True: "on", False: "off", None: "none"}[v]
+    if isinstance(v, float) and v and (abs(v) < 1e-2 or abs(v) >= 1e4):
+        return f"{v:g}"
+    if isinstance(v, float) and 0 < v < 1 and abs(1 / v - round(1 / v)) < 1e-12 and round(1 / v) > 2:
+        return f"1/{round(1 / v)}"
+    return str(v)
+
+
+#: What an unset flag means when no preset table covers it (``--help`` prints these).
+SPECIAL_DEFAULTS = {
+    "max_speed": "10 on the hyperboloid for softplus/silu, no limiter otherwise",
+    "data_dir": "$MANIFOLD_ODE_EARTH_DATA if set, else the shipped data/events",
+    "max_grad_norm": "no clipping",
+    "out": "results/{dataset}_{M}, or the first free results/{dataset}_{M}_N",
+    "resume": "a new run",
+    "stop_after": "train to --epochs",
+}
+
+
+def effective_default(dest: str, parser_default) -> str:
+    """The default of flag ``dest`` as ``--help`` states it: per objective and manifold where the presets
+    (:data:`DEFAULT_SETTINGS`, :data:`MLE_SETTINGS`, :data:`FM_SETTINGS`) make it differ."""
+    if dest in SPECIAL_DEFAULTS:
+        return SPECIAL_DEFAULTS[dest]
+    if dest == "solver_guard":
+        return f"{DEFAULT_SOLVER_GUARD:g} for mle with a fixed-step solver, else 0 (off)"
+    if dest in DEFAULT_SETTINGS["Sphere"]:  # solver and charts: per manifold (mle; fm solves no ODE in training)
+        per = {M: _fmt(t[dest]) for M, t in DEFAULT_SETTINGS.items()}
+        text = " / ".join(f"{v} ({M})" for M, v in per.items()) if len(set(per.values())) > 1 else next(iter(per.values()))
+        return text + f"; --reference_settings: {' / '.join(_fmt(t[dest]) for t in REFERENCE_SETTINGS.values())}"
+    mle = MLE_SETTINGS.get(dest, parser_default)
+    fm = {k: t[dest] for k, t in FM_SETTINGS.items() if dest in t}
+    if not fm or all(v == mle for v in fm.values()):
+        return _fmt(mle)
+    names = {"earth": "Earth data", "Sphere": "sphere", "Hyperboloid": "hyperboloid"}
+    vals = {_fmt(v) for v in fm.values()}
+    fm_text = next(iter(vals)) if len(vals) == 1 else ", ".join(f"{names[k]} {_fmt(v)}" for k, v in fm.items())
+    return f"{_fmt(mle)}; --objective fm: {fm_text}"
