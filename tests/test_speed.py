@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_cli import FAST, run
 
-import flows.mcnf as mcnf_mod
+import flows.dynamics as dynamics_mod
 from flows import MCNF
 from train.config import COMPILE_MIN_EPOCHS, DEFAULT_SOLVER_GUARD, resolve_compile
 from utils import UserError
@@ -67,7 +67,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
 
         return f
 
-    monkeypatch.setattr(mcnf_mod, "_compiled_chart_divergence", broken)
+    monkeypatch.setattr(dynamics_mod, "_compiled_chart_divergence", broken)  # flows/dynamics.py
     eager, comp = _model("Hyperboloid"), _model("Hyperboloid").compile_ode()
     x = eager.manifold.random(32, generator=torch.Generator().manual_seed(2))
     with warnings.catch_warnings(record=True) as w:

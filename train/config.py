@@ -7,6 +7,8 @@ Scripts and benchmarks import the presets from here (never from ``main_density.p
 
 from __future__ import annotations
 
+from .objectives import get_objective
+
 # Per manifold: (the reference's own configuration, this project's default)
 REFERENCE_SETTINGS = {
     "Sphere": dict(charts=4, solver="rk4", step_size=1 / 16, adjoint=True, divergence="exact_autograd",
@@ -69,6 +71,11 @@ FM_SETTINGS = {
                         weight_decay=0.0, batch_size=1024, flow_hidden_size=128, n_hidden=3, activation="tanh",
                         fourier=0, fourier_scale=1.0, epochs=5_000, eval_freq=1_000),
 }  # fmt: skip
+#: Per objective (:mod:`train.objectives`): its presets, from (Earth data?, manifold).
+OBJECTIVE_PRESETS = {
+    "mle": lambda earth, manifold: MLE_SETTINGS,
+    "fm": lambda earth, manifold: FM_SETTINGS["earth" if earth else manifold],
+}
 #: Flags that only mean something for maximum-likelihood training (the training ODE solve).
 MLE_ONLY = (
     "solver",
@@ -141,9 +148,9 @@ def check_model(args):
         other = [k for k, m in BASELINE_MANIFOLD.items() if m == args.M]
         raise UserError(f"--model {kind} is a flow on the {BASELINE_MANIFOLD[kind]}, not the {args.M}; "
                         f"on the {args.M}: --model {' or '.join(['mcnf', *other])}")  # fmt: skip
-    if args.objective != "mle":
-        raise UserError(f"--model {kind} trains by maximum likelihood only (--objective fm needs the MCNF's "
-                        "vector field)")  # fmt: skip
+    if not get_objective(args.objective).solves_ode:
+        raise UserError(f"--model {kind} trains by maximum likelihood only (--objective {args.objective} needs "
+                        "the MCNF's vector field)")  # fmt: skip
     if kind != "ncp" and "components" in args.explicit:
         raise UserError("--components sets the mixtures of --model ncp")
     bad = [k for k in MCNF_ONLY if k in args.explicit]
@@ -161,14 +168,13 @@ def fill_objective(args, earth: bool, resuming: bool = False):
     """
     from utils import UserError
 
-    if args.objective == "fm":
+    objective = get_objective(args.objective)
+    if not objective.solves_ode:
         bad = [k for k in MLE_ONLY if k in args.explicit]
         if bad:
             raise UserError(f"{', '.join('--' + k for k in bad)} only mean something for --objective mle "
-                            "(flow matching solves no ODE in training; evaluation uses dopri5 at --eval_tol)")  # fmt: skip
-        table = FM_SETTINGS["earth" if earth else args.M]
-    else:
-        table = MLE_SETTINGS
+                            f"({objective.why_no_solver})")  # fmt: skip
+    table = OBJECTIVE_PRESETS[objective.name](earth, args.M)
     for k, v in table.items():
         if k not in args.explicit and (not resuming or getattr(args, k, None) is None):
             setattr(args, k, v)
@@ -206,7 +212,7 @@ def fill_settings(args):
     if args.solver in FIXED_STEP and args.step_size is None:
         args.step_size = 1 / 8
     if getattr(args, "solver_guard", 0) is None:  # default: on for maximum likelihood with a fixed step
-        on = args.objective == "mle" and args.solver in FIXED_STEP and not args.reference_settings
+        on = get_objective(args.objective).solves_ode and args.solver in FIXED_STEP and not args.reference_settings
         args.solver_guard = DEFAULT_SOLVER_GUARD if on else 0.0
     if getattr(args, "solver_guard", 0) and args.solver not in FIXED_STEP:
         from utils import UserError
@@ -228,11 +234,12 @@ def resolve_compile(args, remaining_epochs: int, device) -> bool:
     mode = getattr(args, "compile", "off") or "off"
     if getattr(args, "model", "mcnf") != "mcnf":
         return False  # a discrete flow (check_model refuses --compile on)
-    eligible = args.objective == "mle" and args.divergence in ("exact", "hutchinson")
+    objective = get_objective(args.objective)
+    eligible = objective.solves_ode and args.divergence in ("exact", "hutchinson")
     if mode == "on" and not eligible:
         why = (
-            "flow matching solves no ODE in training"
-            if args.objective == "fm"
+            objective.why_no_solver.split(";")[0]
+            if not objective.solves_ode
             else (f"--divergence {args.divergence} is not one of the closed forms (exact, hutchinson)")
         )
         raise UserError(f"--compile on: nothing to compile ({why})")

@@ -30,6 +30,7 @@ from .guard import MIN_STEP as MIN_GUARD_STEP  # noqa: F401  (re-exported)
 from .guard import POINTS as GUARD_POINTS
 from .guard import SEED as GUARD_SEED
 from .guard import SolverGuard
+from .objectives import get_objective
 from .outputs import Outputs
 from .resources import check_memory, eval_chunk, is_out_of_memory
 from .rundir import check_limits, check_writable, choose_out
@@ -105,7 +106,8 @@ class Trainer(Checkpointing, Outputs):
             self.model.compile_ode(True)
         #: the MCNF's ODE function (for its evaluation counts); None for the discrete baselines
         self.dynamics = getattr(self.model, "dynamics", None)
-        self.loss_fn = FlowMatching(self.model) if args.objective == "fm" else MeanNLL(self.model)
+        self.objective = get_objective(args.objective)
+        self.loss_fn = self.objective.loss(self.model)
         if self.world > 1:  # every rank starts from rank 0's weights; DDP averages the gradients
             from torch.nn.parallel import DistributedDataParallel
 
@@ -253,8 +255,7 @@ class Trainer(Checkpointing, Outputs):
                     m = self.evaluate(done, loss_val)
                 except (FloatingPointError, RuntimeError, MemoryError) as e:  # SolverError is a RuntimeError
                     return self.fail(epoch, e, "evaluation failed: ")
-                name = "train FM loss" if args.objective == "fm" else "train NLL"
-                msg = self.task.eval_line(done, loss_val, m, name)
+                msg = self.task.eval_line(done, loss_val, m, self.objective.loss_name)
                 if self.is_main:
                     (bar.write if not args.quiet else print)(msg)
                 self.checkpoint(done)
@@ -290,16 +291,8 @@ class Trainer(Checkpointing, Outputs):
         return all(torch.equal(flat, other) for other in gather_cat(flat[None], self.world))
 
     def epoch_batches(self):
-        """One epoch: a fresh batch of the true density (reference), or a pass over the training split
-        (Earth data, mle), or one batch drawn with replacement from it (Earth data, fm). Each batch is a
-        tuple of loss arguments: ``(x,)`` for mle, ``(x, z, t)`` for fm (base points and times)."""
-        args, gen = self.args, self.train_gen
-        if args.objective != "fm":
-            return [(x,) for x in self.task.train_batches(args.batch_size, gen, self.dtype)]
-        x = self.task.random_batch(args.batch_size, gen, self.dtype)
-        z = self.model.sample_base(len(x), gen, torch.float64, torch.device("cpu"))
-        t = torch.rand(len(x), generator=gen, dtype=torch.float64)
-        return [(x, z, t)]
+        """One epoch's batches, each a tuple of the loss's arguments (:mod:`train.objectives`)."""
+        return self.objective.epoch_batches(self.task, self.model, self.args.batch_size, self.train_gen, self.dtype)
 
     def fail(self, epoch, err, what=""):
         """Report a failed step: out of memory as such (exit 2), anything else as divergence (exit 3)."""

@@ -28,7 +28,7 @@ class Outputs:
     def figure_log_prob(self):
         from flows import figure_model
 
-        accurate = self.args.objective == "fm"  # no training solver whose step the figure can reuse
+        accurate = not self.objective.solves_ode  # no training solver whose step the figure can reuse
         m = figure_model(self.scored_model, accurate=accurate)
         dtype = torch.float64 if accurate else torch.float32
         return lambda x: m.log_prob(x.to(self.device, dtype))
@@ -91,7 +91,7 @@ class Outputs:
         from viz import figures
 
         losses = np.array(self.losses).reshape(-1, 2).T
-        label = "flow-matching loss (batch)" if args.objective == "fm" else "training NLL (batch)"
+        label = self.objective.curve_label
         figures.training_curve(self.history, self.out / "training_curve.png", losses=losses, loss_label=label)
         if args.save:
             t0 = time.perf_counter()

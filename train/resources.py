@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 import os
 
+from .objectives import get_objective
+
 #: The share of the available memory a run may plan to use (the rest: Python, torch, the data, figures).
 BUDGET_SHARE = 0.8
 #: The evaluation's chunks may use this share of the available memory.
@@ -90,7 +92,7 @@ def per_point_eval_bytes(args, training: bool) -> int:
     n, H, L, F, pbytes, gbytes = _sizes(args)
     if getattr(args, "model", "mcnf") != "mcnf":
         return 8 * int(args.blocks) * (H * L + 4 * (n + 1)) * pbytes
-    if training and args.objective == "fm":
+    if training and not get_objective(args.objective).solves_ode:
         return 8 * (H * L + 2 * F + n + 1) * pbytes
     k = 2 if (training and args.divergence == "hutchinson") else n + 1
     return 8 * n * (n + 1) * gbytes + 4 * k * (H * L + 2 * F) * pbytes
@@ -98,7 +100,7 @@ def per_point_eval_bytes(args, training: bool) -> int:
 
 def retained_evaluations(args) -> int:
     """Function evaluations whose graphs one training step keeps."""
-    if getattr(args, "model", "mcnf") != "mcnf" or args.objective == "fm":
+    if getattr(args, "model", "mcnf") != "mcnf" or not get_objective(args.objective).solves_ode:
         return 1
     if args.adjoint:
         return 1

@@ -1,0 +1,77 @@
+"""Training objectives behind one small interface: code outside this module never compares their names.
+
+An objective says how a training step draws its batch and computes its loss, which flags and presets
+belong to it, and what that implies elsewhere (whether training solves the ODE, which the solver guard,
+compilation, the memory estimate and the figures' solver depend on). Adding one is a class here and a
+line in :data:`OBJECTIVES` (plus its presets in :data:`train.config.OBJECTIVE_PRESETS`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .build import FlowMatching, MeanNLL
+
+
+class Objective:
+    #: ``--objective`` name
+    name = "?"
+    #: the training loss's name in the log, and on the training curve
+    loss_name = "loss"
+    curve_label = "loss (batch)"
+    #: whether a training step solves the ODE (maximum likelihood) or regresses the field (flow matching)
+    solves_ode = True
+    #: flags that only mean something for an objective that solves the ODE in training
+    why_no_solver = ""
+
+    def loss(self, model) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def epoch_batches(self, task, model, batch_size, generator, dtype) -> list[tuple]:
+        """One epoch's batches, each a tuple of the loss module's arguments."""
+        raise NotImplementedError
+
+
+
+class MaximumLikelihood(Objective):
+    """The paper's objective: the exact negative log-likelihood through the ODE solve."""
+
+    name, loss_name, curve_label, solves_ode = "mle", "train NLL", "training NLL (batch)", True
+
+    def loss(self, model):
+        return MeanNLL(model)
+
+    def epoch_batches(self, task, model, batch_size, generator, dtype):
+        """A fresh batch of the true density (the reference), or one pass over an Earth training split."""
+        return [(x,) for x in task.train_batches(batch_size, generator, dtype)]
+
+
+
+class RiemannianFlowMatching(Objective):
+    """Regression of the field onto geodesic conditional velocities (:mod:`flows.matching`); no solve."""
+
+    name, loss_name, curve_label, solves_ode = "fm", "train FM loss", "flow-matching loss (batch)", False
+    why_no_solver = "flow matching solves no ODE in training; evaluation uses dopri5 at --eval_tol"
+
+    def loss(self, model):
+        return FlowMatching(model)
+
+    def epoch_batches(self, task, model, batch_size, generator, dtype):
+        """One batch of data (drawn with replacement from a finite split), base points and times."""
+        x = task.random_batch(batch_size, generator, dtype)
+        z = model.sample_base(len(x), generator, torch.float64, torch.device("cpu"))
+        t = torch.rand(len(x), generator=generator, dtype=torch.float64)
+        return [(x, z, t)]
+
+
+
+OBJECTIVES = {o.name: o for o in (MaximumLikelihood(), RiemannianFlowMatching())}
+
+
+def get_objective(name) -> Objective:
+    """The objective called ``name`` (``None``, as in runs that predate the flag: maximum likelihood)."""
+    if name is None:
+        name = "mle"
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; valid: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
