@@ -6,17 +6,13 @@ import math
 
 import torch
 
-from manifolds import integrate
+from manifolds import MANIFOLDS, integrate
 
 #: Fixed-step solvers for density figures, where the adaptive dopri5 spends most of its steps on
 #: accuracy no colour map shows. Measured against dopri5 at tol 1e-7 on trained demo models, the
 #: largest error relative to the peak density is 2e-4 (sphere, rk4 step 1/4) and 1.3e-3
 #: (hyperboloid, rk4 step 1/8); float32 suffices with fixed steps.
-FIGURE_SOLVER = {
-    "Sphere": dict(method="rk4", step_size=1 / 4),
-    "Hyperboloid": dict(method="rk4", step_size=1 / 8),
-    "Euclidean": dict(method="rk4", step_size=1 / 8),
-}
+FIGURE_SOLVER = {name: cls.figure_solver for name, cls in MANIFOLDS.items()}  # (each manifold's own)
 
 
 def figure_model(model, dtype=torch.float32, accurate: bool = False):
@@ -39,7 +35,7 @@ def figure_model(model, dtype=torch.float32, accurate: bool = False):
     if not hasattr(model, "eval_solver"):  # a discrete baseline flow (flows.baselines): no solver to set
         return copy.deepcopy(model).to(dtype).eval()
     m = copy.deepcopy(model).to(dtype).eval()
-    settings = dict(FIGURE_SOLVER[m.manifold.name])
+    settings = dict(m.manifold.figure_solver)
     train = m.train_solver
     if train.step_size is not None and train.method == settings["method"]:
         # never coarser than the steps the model was trained with (sharp models, e.g. Earth data)
@@ -139,8 +135,8 @@ def model_integral_is(model, n: int = 40_000, n_centers: int = 4000, generator=N
     a 200x400 grid has cells of 0.9 degrees). The samples only place the proposal; the estimate is
     unbiased whatever they are. Returns ``(estimate, stderr)``.
     """
-    if model.manifold.name != "Sphere":
-        raise ValueError("model_integral_is needs a compact manifold (Sphere)")
+    if not model.manifold.compact:
+        raise ValueError(f"model_integral_is needs a compact manifold (the sphere), not the {model.manifold.name}")
     model.eval()
     centers = torch.cat([model.sample(min(chunk, n_centers - i), generator=generator)
                          for i in range(0, n_centers, chunk)])  # fmt: skip

@@ -46,7 +46,7 @@ from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from manifolds import get_manifold
-from manifolds.distributions import StandardNormal, UniformSphere, VonMisesFisher, WrappedNormal, draw
+from manifolds.distributions import base_distribution, draw
 
 from . import divergence as div_mod
 from .dynamics import ChartDynamics, _ChartExit
@@ -125,10 +125,10 @@ class MCNF(nn.Module):
             raise ValueError(f"unknown Hutchinson noise {noise!r}; valid: rademacher, gaussian")
         if not conc >= 0 or conc == float("inf"):
             raise ValueError(f"conc must be >= 0 and finite (0: uniform base on the sphere), got {conc}")
-        if conc == 0 and M.name != "Sphere":
-            raise ValueError("conc 0 (a uniform base) exists only on the sphere")
+        if conc == 0 and not M.compact:
+            raise ValueError(f"conc 0 (a uniform base) exists only on a compact manifold (the sphere), not the {M.name}")
         self.charts, self.chart_center, self.noise_kind = charts, chart_center, noise
-        self.chart_radius = chart_radius or (M.injectivity_radius / 2 if M.name == "Sphere" else 3.0)
+        self.chart_radius = chart_radius or M.default_chart_radius
         self.conc = float(conc)
         self.train_solver = _settings(train_solver, {})
         self.eval_solver = _settings(eval_solver, dict(atol=1e-7, rtol=1e-7))
@@ -168,15 +168,9 @@ class MCNF(nn.Module):
     def base(self, dtype=None, device=None):
         """The base distribution at ``t = 1``: wrapped normal of std 1 at the origin (hyperboloid),
         vMF(conc) at the origin or, for ``conc = 0``, uniform (sphere), standard normal (Euclidean)."""
-        M = self.manifold
         dtype = dtype or next(self.parameters()).dtype
         device = device or next(self.parameters()).device
-        o = M.origin(dtype=dtype, device=device)
-        if M.name == "Hyperboloid":
-            return WrappedNormal(M, o, torch.ones((), dtype=dtype, device=device))
-        if M.name == "Sphere":
-            return VonMisesFisher(o, self.conc) if self.conc > 0 else UniformSphere(M.dim)
-        return StandardNormal(M)
+        return base_distribution(self.manifold, self.conc, dtype, device)
 
     @property
     def solver(self) -> SolverSettings:

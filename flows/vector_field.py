@@ -77,7 +77,7 @@ class VectorField(nn.Module):
             raise ValueError("hidden must be >= 1 and n_hidden >= 0")
         if max_speed is not None and not (0 < max_speed < float("inf")):
             raise ValueError(f"max_speed must be a positive finite number, got {max_speed!r}")
-        if max_speed is None and manifold.name == "Hyperboloid" and activation not in BOUNDED_ACTIVATIONS:
+        if max_speed is None and manifold.unbounded_speed and activation not in BOUNDED_ACTIVATIONS:
             max_speed = DEFAULT_MAX_SPEED
         self.max_speed = None if max_speed is None else float(max_speed)
         self.manifold = manifold

@@ -23,6 +23,24 @@ class Manifold(torch.nn.Module):
     name: str = "Manifold"
     #: Injectivity radius of ``expmap`` (``inf`` when it is a global diffeomorphism).
     injectivity_radius: float = float("inf")
+    #: Compact (finite volume): a uniform base distribution exists, importance-sampling integrals apply.
+    compact: bool = False
+    #: An MLP field with an unbounded activation has unbounded speed here (its input, the ambient
+    #: coordinates, grows without bound), so :class:`flows.VectorField` limits it by default.
+    unbounded_speed: bool = False
+    #: Fixed-step solver of density figures (:func:`flows.figure_model`): adaptive steps buy no visible
+    #: accuracy there (measured errors relative to the peak density in flows/evaluation.py).
+    figure_solver: dict = {"method": "rk4", "step_size": 1 / 8}
+    #: Default switch radius on ``|v|`` of adaptive charts.
+    default_chart_radius: float = 3.0
+
+    def quadrature_pole(self, dtype=None, device=None) -> torch.Tensor:
+        """Centre of the geodesic polar quadrature grid of a 2-manifold (:mod:`manifolds.quadrature`)."""
+        return self.origin(dtype=dtype, device=device)
+
+    def radial_scale(self, r: torch.Tensor) -> torch.Tensor:
+        """``s(r)`` with volume element ``s(r)^(n-1) dr dOmega`` in geodesic polar coordinates (flat: ``r``)."""
+        return r
 
     def __init__(self, dim: int = 2):
         super().__init__()

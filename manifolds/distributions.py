@@ -69,7 +69,7 @@ class WrappedNormal:
         paper's densities) exactly as before; isotropic laws do not depend on the frame at all.
         """
         o = self.manifold.origin(dtype=self.loc.dtype, device=self.loc.device)
-        if self.manifold.name == "Sphere" and float(1 + (o * self.loc).sum()) < 0.25:
+        if self.manifold.compact and float(1 + (o * self.loc).sum()) < 0.25:
             return -o
         return o
 
@@ -264,6 +264,27 @@ class StandardNormal:
 
     def sample(self, n: int, generator=None, dtype=None, device=None):
         return torch.randn(n, self.manifold.dim, generator=generator, dtype=dtype, device=device)
+
+
+#: The flow's base distribution at ``t = 1`` per manifold: ``(manifold, conc, dtype, device) -> law``.
+#: Hyperboloid: wrapped normal of std 1 at the origin; sphere: vMF(conc) at the origin, or uniform
+#: for ``conc = 0``; Euclidean: standard normal. A new manifold adds its line here.
+BASE_DISTRIBUTIONS = {
+    "Hyperboloid": lambda M, conc, dtype, device: WrappedNormal(
+        M, M.origin(dtype=dtype, device=device), torch.ones((), dtype=dtype, device=device)
+    ),
+    "Sphere": lambda M, conc, dtype, device: (
+        VonMisesFisher(M.origin(dtype=dtype, device=device), conc) if conc > 0 else UniformSphere(M.dim)
+    ),
+    "Euclidean": lambda M, conc, dtype, device: StandardNormal(M),
+}
+
+
+def base_distribution(manifold, conc: float = 1.0, dtype=None, device=None):
+    """The flow's base distribution on ``manifold`` (:data:`BASE_DISTRIBUTIONS`)."""
+    if manifold.name not in BASE_DISTRIBUTIONS:
+        raise ValueError(f"no base distribution is registered for the {manifold.name}")
+    return BASE_DISTRIBUTIONS[manifold.name](manifold, conc, dtype, device)
 
 
 def draw(dist, n: int, generator=None, dtype=None, device=None):

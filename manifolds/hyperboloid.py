@@ -29,6 +29,10 @@ class Hyperboloid(Manifold):
     """
 
     name = "Hyperboloid"
+    unbounded_speed = True
+
+    def radial_scale(self, r):
+        return torch.sinh(r)
 
     def compute_dtype(self, x: torch.Tensor) -> torch.dtype:
         """float64 for float32 (and lower) points: the geometry of a float32 flow runs in float64.

@@ -33,26 +33,17 @@ def quadrature_grid(
     kw = dict(dtype=dtype, device=device)
     a = (torch.arange(n_angular, **kw) + 0.5) * (2 * math.pi / n_angular)
     da = 2 * math.pi / n_angular
-    name = manifold.name
-    if name == "Sphere":
-        theta = (torch.arange(n_radial, **kw) + 0.5) * (math.pi / n_radial)
-        th, ph = torch.meshgrid(theta, a, indexing="ij")
-        x = torch.stack([th.sin() * ph.cos(), th.sin() * ph.sin(), th.cos()], -1).reshape(-1, 3)
-        w = (th.sin() * (math.pi / n_radial) * da).reshape(-1)
-        return x, w
-    r = (torch.arange(n_radial, **kw) + 0.5) * (r_max / n_radial)
+    r_end = min(r_max, manifold.injectivity_radius)  # a compact manifold: the whole of it
+    r = (torch.arange(n_radial, **kw) + 0.5) * (r_end / n_radial)
     rr, aa = torch.meshgrid(r, a, indexing="ij")
     v = torch.stack([rr * aa.cos(), rr * aa.sin()], -1).reshape(-1, 2)
-    o = manifold.origin(dtype=dtype, device=device)
-    x = manifold.chart(o, v)
-    area = torch.sinh(rr) if name == "Hyperboloid" else rr
-    return x, (area * (r_max / n_radial) * da).reshape(-1)
+    x = manifold.chart(manifold.quadrature_pole(**kw), v)
+    return x, (manifold.radial_scale(rr) * (r_end / n_radial) * da).reshape(-1)
 
 
 def _polar_grid_3d(manifold, n_radial, n_angular, r_max, dtype, device):
     kw = dict(dtype=dtype, device=device)
-    name = manifold.name
-    r_end = math.pi if name == "Sphere" else r_max
+    r_end = min(r_max, manifold.injectivity_radius)
     dr, n_polar = r_end / n_radial, max(n_angular // 2, 1)
     r = (torch.arange(n_radial, **kw) + 0.5) * dr
     th = (torch.arange(n_polar, **kw) + 0.5) * (math.pi / n_polar)
@@ -60,7 +51,7 @@ def _polar_grid_3d(manifold, n_radial, n_angular, r_max, dtype, device):
     T, P = torch.meshgrid(th, ph, indexing="ij")
     w = torch.stack([T.sin() * P.cos(), T.sin() * P.sin(), T.cos()], -1).reshape(-1, 3)
     dw = (T.sin() * (math.pi / n_polar) * (2 * math.pi / n_angular)).reshape(-1)
-    s = {"Sphere": torch.sin, "Hyperboloid": torch.sinh}.get(name, lambda x: x)(r)
+    s = manifold.radial_scale(r)
     v = (r[:, None, None] * w[None]).reshape(-1, 3)
     x = manifold.chart(manifold.origin(**kw), v)
     return x, (s[:, None] ** 2 * dr * dw[None]).reshape(-1)

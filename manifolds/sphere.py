@@ -19,6 +19,18 @@ class Sphere(Manifold):
 
     name = "Sphere"
     injectivity_radius = math.pi
+    compact = True
+    figure_solver = {"method": "rk4", "step_size": 1 / 4}
+    default_chart_radius = math.pi / 2  # half the injectivity radius
+
+    def radial_scale(self, r):
+        return torch.sin(r)
+
+    def quadrature_pole(self, dtype=None, device=None):
+        """The north pole ``e_n``: the grid is the usual latitude-longitude one (theta from the pole)."""
+        p = torch.zeros(self.dim + 1, dtype=dtype, device=device)
+        p[-1] = 1.0
+        return p
 
     def residual(self, x):
         """``| |x|^2 - 1 |``."""

@@ -7,6 +7,8 @@ Scripts and benchmarks import the presets from here (never from ``main_density.p
 
 from __future__ import annotations
 
+from manifolds import MANIFOLDS
+
 from .objectives import get_objective
 
 # Per manifold: (the reference's own configuration, this project's default)
@@ -188,7 +190,7 @@ def fill_objective(args, earth: bool, resuming: bool = False):
         args.warmup = args.epochs // 10  # the preset's warm-up does not fit a short run
     if args.conc is None:  # the hyperboloid has no vMF base; the flag is the reference's and unused there
         args.conc = 1.0
-    if args.conc == 0 and args.M != "Sphere":
+    if args.conc == 0 and not MANIFOLDS[args.M].compact:
         raise UserError("--conc 0 (a uniform base) exists only on the sphere")
     if args.contsave and args.dim != 2:
         raise UserError(f"--contsave draws density maps of 2-dimensional manifolds, not --dim {args.dim}; "

@@ -24,6 +24,11 @@ from __future__ import annotations
 import math
 import os
 
+import torch
+
+from manifolds import get_manifold
+from utils import DTYPES
+
 from .objectives import get_objective
 
 #: The share of the available memory a run may plan to use (the rest: Python, torch, the data, figures).
@@ -72,7 +77,8 @@ def _sizes(args):
     H, L = int(args.flow_hidden_size), int(args.n_hidden)
     F = int(getattr(args, "fourier", 0) or 0)
     pbytes = 8 if getattr(args, "dtype", "float32") == "float64" else 4
-    gbytes = 8 if args.M == "Hyperboloid" else pbytes  # the hyperboloid's geometry runs in float64
+    # the geometry's dtype: float64 on the hyperboloid whatever the weights' (Manifold.compute_dtype)
+    gbytes = get_manifold(args.M, 1).compute_dtype(torch.zeros(0, dtype=DTYPES[args.dtype])).itemsize
     return n, H, L, F, pbytes, gbytes
 
 
