@@ -187,14 +187,16 @@ def test_resuming_run_b_into_run_a_folder_reports_b(tmp_path, capsys):
     """Before: B's metrics.json reported A's best.pt (A's test NLL and best epoch), exit 0."""
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     assert cli(*EARTH_FAST, "--epochs", 3, "--lr", "3e-2", "--seed", 1, "--out", a, capsys=capsys)[0] == 0
-    assert cli(*EARTH_FAST, "--epochs", 2, "--lr", "1e-4", "--seed", 2, "--stop_after", 1, "--out", b,
+    # lr 1e-30: B's weights do not move, so its validation NLL never improves after the resume and the
+    # old code never rewrote best.pt: it reported A's (test NLL, best epoch 3 of B's 2), exit 0
+    assert cli(*EARTH_FAST, "--epochs", 2, "--lr", "1e-30", "--seed", 2, "--stop_after", 1, "--out", b,
                capsys=capsys)[0] == 0  # fmt: skip
     code, err = cli("--resume", b / "checkpoint.pt", "--out", a, "--overwrite", "--quiet", capsys=capsys)
     assert code == 0, err
     m = json.loads((a / "metrics.json").read_text())
     hist = [json.loads(line) for line in (a / "history.jsonl").read_text().splitlines()]
     best = min(hist, key=lambda h: h["val_nll"])
-    assert m["args"]["lr"] == 1e-4 and m["best_epoch"] == best["epoch"] and m["val_nll"] == best["val_nll"]
+    assert m["args"]["lr"] == 1e-30 and m["best_epoch"] == best["epoch"] == 1 and m["val_nll"] == best["val_nll"]
     assert torch.load(a / "best.pt", weights_only=True)["val_nll"] == best["val_nll"]
     # into an empty folder (documented): trains and finishes with metrics.json
     code, err = cli("--resume", b / "checkpoint.pt", "--out", c, "--quiet", capsys=capsys)
