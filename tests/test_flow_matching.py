@@ -1,6 +1,7 @@
 """Riemannian flow matching: the conditional paths, the loss, training, and its command line."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -224,3 +225,18 @@ def test_accurate_figure_model_keeps_the_evaluation_solver():
     assert figure_model(model).eval_solver.method == "rk4"  # the default: a fixed-step figure solver
     x = model.manifold.random(20, dtype=torch.float64)
     torch.testing.assert_close(fig.log_prob(x), model.double().eval().log_prob(x), atol=1e-12, rtol=0)
+
+
+def test_amp_bf16_trains_flow_matching_and_is_refused_for_mle(tmp_path):
+    import main_density
+
+    out = tmp_path / "r"
+    code = main_density.main(["--M", "Sphere", "--dataset", "1wrapped", "--objective", "fm", "--amp", "bf16",
+                              "--epochs", "20", "--eval_freq", "20", "--flow_hidden_size", "16", "--test_size", "300",
+                              "--dev", "cpu", "--quiet", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["args"]["amp"] == "bf16" and math.isfinite(m["kl"])
+    code = main_density.main(["--M", "Sphere", "--dataset", "1wrapped", "--amp", "bf16", "--epochs", "2", "--dev", "cpu",
+                              "--quiet", "--out", str(tmp_path / "mle")])  # fmt: skip
+    assert code == 2 and not (tmp_path / "mle").exists()

@@ -176,6 +176,9 @@ def fill_objective(args, earth: bool, resuming: bool = False):
         if bad:
             raise UserError(f"{', '.join('--' + k for k in bad)} only mean something for --objective mle "
                             f"({objective.why_no_solver})")  # fmt: skip
+    if getattr(args, "amp", "off") != "off" and objective.solves_ode:
+        raise UserError(f"--amp {args.amp} covers flow matching's training step; --objective {args.objective} "
+                        "differentiates an ODE solve whose log-determinant bfloat16 would swamp")  # fmt: skip
     table = OBJECTIVE_PRESETS[objective.name](earth, args.M)
     for k, v in table.items():
         if k not in args.explicit and (not resuming or getattr(args, k, None) is None):

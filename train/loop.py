@@ -219,7 +219,8 @@ class Trainer(Checkpointing, Outputs):
                 batch = [b.tensor_split(self.world)[self.rank].to(self.device) for b in batch]
                 batch[0] = batch[0].to(self.dtype)
                 try:
-                    loss = self.loss_fn(*batch)  # mle: a true mean NLL in nats per sample
+                    with self.autocast():
+                        loss = self.loss_fn(*batch)  # mle: a true mean NLL in nats per sample
                     nfe_f = self.dynamics.nfe if self.dynamics is not None else 0
                     self.opt.zero_grad(set_to_none=True)
                     if not self.all_finite(loss):
@@ -267,6 +268,11 @@ class Trainer(Checkpointing, Outputs):
             return 0
         self.finish()
         return 0
+
+    def autocast(self):
+        """``--amp bf16``: the training loss under bfloat16 autocast (matrix products of the field)."""
+        on = getattr(self.args, "amp", "off") == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def all_finite(self, loss) -> bool:
         ok = torch.isfinite(loss).to(torch.float32).reshape(1)
