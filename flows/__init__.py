@@ -15,6 +15,7 @@ from .evaluation import (
     model_integral_is,
     model_log_prob,
 )
+from .flow import Flow
 from .loading import load_model, model_from_checkpoint
 from .matching import conditional_path, flow_matching_loss
 from .mcnf import MCNF
@@ -25,6 +26,7 @@ from .vector_field import VectorField
 MODELS = ("mcnf", *BASELINES)
 
 __all__ = [
+    "Flow",
     "MCNF",
     "WHC",
     "PRNVP",

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from manifolds import Hyperboloid, get_manifold
-from manifolds.distributions import UniformSphere, WrappedNormal, draw
+from manifolds.distributions import UniformSphere, WrappedNormal
+
+from .flow import Flow
 
 #: Log-scales (RealNVP's ``s``, NCP's ``log alpha``, the interval map's ``log a``) are soft-clamped
 #: to ``(-SCALE_BOUND, SCALE_BOUND)`` with ``B tanh(s / B)``: one layer changes a density by at most
@@ -47,12 +49,12 @@ def conditioner(n_in: int, n_out: int, hidden: int, n_hidden: int, activation: s
     return nn.Sequential(*layers, last)
 
 
-class DiscreteFlow(nn.Module):
+class DiscreteFlow(Flow):
     """What the three baselines share: the public interface, built on ``_to_base`` / ``_to_data``.
 
     Subclasses implement ``_to_base(x) -> (z, delta)`` (data to base, ``log p(x) = log p_base(z) +
-    delta``) and ``_to_data(z) -> (x, delta)`` with the same meaning of ``delta`` for the returned
-    ``x``, and ``base(dtype, device)``.
+    delta``) and ``_to_data(z, with_delta) -> (x, delta)`` with the same meaning of ``delta`` for the
+    returned ``x``, and ``base(dtype, device)``; the public interface is :class:`flows.Flow`'s.
     """
 
     kind = "?"
@@ -66,58 +68,6 @@ class DiscreteFlow(nn.Module):
         self.manifold = get_manifold(manifold, dim) if isinstance(manifold, str) else manifold
         self.config = dict(model=self.kind, manifold=self.manifold.name, dim=self.manifold.dim, hidden=hidden,
                            n_hidden=n_hidden, activation=activation, blocks=int(blocks), **extra)  # fmt: skip
-        #: No training regularizer (``train.loop.MeanNLL`` reads it).
-        self.regularization = None
-
-    def compute_dtype(self, x):
-        return self.manifold.compute_dtype(x)
-
-    def check_input(self, x):
-        """Refuse (``ValueError``) points of the manifold where this flow is not defined (none here)."""
-
-    def _check(self, x, what="x"):
-        self.manifold.check_point(x, what)
-        if len(x):
-            self.check_input(x)
-
-    def forward(self, x):
-        """``(z, delta_logp)``: base points of data ``x`` and ``log p(x) - log p_base(z)``; input it cannot
-        score raises ``ValueError`` (:meth:`manifolds.Manifold.check_point`)."""
-        self._check(x)
-        if len(x) == 0:
-            return x.clone(), x.new_zeros(0)
-        z, delta = self._to_base(x.to(self.compute_dtype(x)))
-        return z.to(x.dtype), delta.to(x.dtype)
-
-    def log_prob(self, x):
-        self._check(x)
-        if len(x) == 0:
-            return x.new_zeros(0)
-        z, delta = self._to_base(x.to(self.compute_dtype(x)))
-        return (self.base(z.dtype, z.device).log_prob(z) + delta).to(x.dtype)
-
-    def inverse(self, z, return_delta: bool = False):
-        """Base points to data; with ``return_delta`` also ``delta`` (``log p(x) = log p_base(z) + delta``)."""
-        self._check(z, "z")
-        if len(z) == 0:
-            return (z.clone(), z.new_zeros(0)) if return_delta else z.clone()
-        x, delta = self._to_data(z.to(self.compute_dtype(z)))
-        return (x.to(z.dtype), delta.to(z.dtype)) if return_delta else x.to(z.dtype)
-
-    @torch.no_grad()
-    def sample_base(self, n: int, generator=None, dtype=None, device=None):
-        p = next(self.parameters())
-        dtype, device = dtype or p.dtype, device or p.device
-        return draw(self.base(dtype, device), n, generator, dtype, device)
-
-    def sample(self, n: int, generator=None, return_log_prob: bool = False):
-        p = next(self.parameters())
-        z = self.sample_base(n, generator, p.dtype, p.device)
-        with torch.no_grad():
-            x, delta = self.inverse(z, return_delta=True)
-            if return_log_prob:
-                return x, self.base(z.dtype, z.device).log_prob(z) + delta
-        return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +187,7 @@ class _HyperbolicCoupling(DiscreteFlow):
         u, ld = self._flow_to_base(y)
         return self._point(u), ld + self._log_vol(u) - self._log_vol(y)
 
-    def _to_data(self, z):
+    def _to_data(self, z, with_delta: bool = True):
         u = self._coords(z)
         y, ld = self._flow_to_data(u)
         return self._point(y), ld + self._log_vol(u) - self._log_vol(y)
@@ -460,7 +410,7 @@ class NCP(DiscreteFlow):
             ld = ld + d
         return self._point(z, phi), ld
 
-    def _to_data(self, x):
+    def _to_data(self, x, with_delta: bool = True):
         z, phi = self._cyl(x)
         ld = torch.zeros_like(z)
         for i in reversed(range(len(self.nets))):

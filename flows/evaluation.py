@@ -136,7 +136,9 @@ def model_integral_is(model, n: int = 40_000, n_centers: int = 4000, generator=N
     unbiased whatever they are. Returns ``(estimate, stderr)``.
     """
     if not model.manifold.compact:
-        raise ValueError(f"model_integral_is needs a compact manifold (the sphere), not the {model.manifold.name}")
+        raise ValueError(
+            f"model_integral_is needs a compact manifold (the sphere), not the {model.manifold.name}"
+        )
     model.eval()
     centers = torch.cat([model.sample(min(chunk, n_centers - i), generator=generator)
                          for i in range(0, n_centers, chunk)])  # fmt: skip

@@ -42,14 +42,14 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
-from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from manifolds import get_manifold
-from manifolds.distributions import base_distribution, draw
+from manifolds.distributions import base_distribution
 
 from . import divergence as div_mod
 from .dynamics import ChartDynamics, _ChartExit
+from .flow import Flow
 from .solver import FIXED_STEP, SOLVER_METHODS, SolverError, SolverSettings
 from .solver import settings as _settings
 from .vector_field import VectorField
@@ -57,7 +57,7 @@ from .vector_field import VectorField
 __all__ = ["MCNF", "ChartDynamics", "SolverError", "SolverSettings", "FIXED_STEP", "SOLVER_METHODS"]
 
 
-class MCNF(nn.Module):
+class MCNF(Flow):
     """Manifold continuous normalizing flow with multi-chart integration.
 
     Args:
@@ -126,7 +126,9 @@ class MCNF(nn.Module):
         if not conc >= 0 or conc == float("inf"):
             raise ValueError(f"conc must be >= 0 and finite (0: uniform base on the sphere), got {conc}")
         if conc == 0 and not M.compact:
-            raise ValueError(f"conc 0 (a uniform base) exists only on a compact manifold (the sphere), not the {M.name}")
+            raise ValueError(
+                f"conc 0 (a uniform base) exists only on a compact manifold (the sphere), not the {M.name}"
+            )
         self.charts, self.chart_center, self.noise_kind = charts, chart_center, noise
         self.chart_radius = chart_radius or M.default_chart_radius
         self.conc = float(conc)
@@ -292,61 +294,19 @@ class MCNF(nn.Module):
         self.nfe_forward = dyn.nfe
         return x, D
 
-    # -- public API -----------------------------------------------------------------------------
-    def forward(self, x):
-        """Map data ``x`` ``(B, n+1)`` to base points: ``(z, delta_logp)`` (in ``x``'s dtype).
+    # -- the maps (the public API is flows.Flow's) ------------------------------------------------
+    def _cast(self, x):
+        """``x`` in the compute dtype, re-projected after an up-cast (a float32 hyperboloid point at
+        ``r = 12`` is off the sheet by ~1e3 in ``<x,x>_L``)."""
+        c = self.manifold.compute_dtype(x)
+        return self.manifold.projx(x.to(c)) if c != x.dtype else x
 
-        ``log p(x) = base.log_prob(z) + delta_logp`` (docs/math.md sign convention).
-        Points off the manifold, non-finite or of the wrong shape or dtype raise ``ValueError``
-        (:meth:`manifolds.Manifold.check_point`); an empty batch gives empty results.
-        """
-        self.manifold.check_point(x)
-        if len(x) == 0:
-            return x.clone(), x.new_zeros(0)
-        z, delta = self._flow(x, 0.0, 1.0, with_div=True)
-        return z.to(x.dtype), delta.to(x.dtype)
+    def _to_base(self, x):
+        return self._flow(x, 0.0, 1.0, with_div=True)
 
-    def log_prob(self, x):
-        """Model log-density ``(B,)`` in nats w.r.t. the Riemannian volume (in ``x``'s dtype).
-
-        The base density is evaluated in the compute dtype before the cast, so a float32
-        hyperboloid model is accurate far from the origin (see ``Hyperboloid.compute_dtype``).
-        Input it cannot score raises ``ValueError`` (see :meth:`forward`).
-        """
-        self.manifold.check_point(x)
-        if len(x) == 0:
-            return x.new_zeros(0)
-        z, delta = self._flow(x, 0.0, 1.0, with_div=True)
-        return (self.base(z.dtype, z.device).log_prob(z) + delta).to(x.dtype)
-
-    def inverse(self, z, return_delta: bool = False):
-        """Map base points to data space (integrate from ``t = 1`` back to ``0``).
-
-        With ``return_delta`` also ``delta`` such that ``log p(x) = log p_base(z) + delta``.
-        """
-        self.manifold.check_point(z, "z")
-        if len(z) == 0:
-            return (z.clone(), z.new_zeros(0)) if return_delta else z.clone()
-        x, D = self._flow(z, 1.0, 0.0, with_div=return_delta)
-        return (x.to(z.dtype), (-D).to(z.dtype)) if return_delta else x.to(z.dtype)
-
-    @torch.no_grad()
-    def sample_base(self, n: int, generator=None, dtype=None, device=None):
-        """``n`` samples ``(n, n+1)`` of the base distribution (default: the parameters' dtype/device)."""
-        p = next(self.parameters())
-        dtype, device = dtype or p.dtype, device or p.device
-        return draw(self.base(dtype, device), n, generator, dtype, device)
-
-    def sample(self, n: int, generator=None, return_log_prob: bool = False):
-        """``n`` samples ``(n, n+1)`` of the model (base samples flowed backwards)."""
-        p = next(self.parameters())
-        base = self.base(p.dtype, p.device)
-        z = self.sample_base(n, generator, p.dtype, p.device)
-        if not return_log_prob:
-            return self.inverse(z)
-        with torch.enable_grad():
-            x, delta = self.inverse(z, return_delta=True)
-        return x.detach(), (base.log_prob(z) + delta).detach()
+    def _to_data(self, z, with_delta: bool):
+        x, D = self._flow(z, 1.0, 0.0, with_div=with_delta)
+        return x, -D
 
     # -- speed ----------------------------------------------------------------------------------
     def compile_ode(self, enable: bool = True):
@@ -374,7 +334,3 @@ class MCNF(nn.Module):
         """Change the training solver's fixed step (the solver guard's refinement), config included."""
         self.train_solver.step_size = float(step_size)
         self.config["train_solver"] = asdict(self.train_solver)
-
-    def save(self, path, **extra):
-        """Write ``{"model_config", "model"}`` (plus ``extra``) to ``path`` with ``torch.save``."""
-        torch.save({"model_config": self.config, "model": self.state_dict(), **extra}, path)
