@@ -137,8 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--fourier_scale", type=positive_float, default=None,
                      help="standard deviation of the Fourier frequencies B")  # fmt: skip
     mod.add_argument("--charts", type=charts_arg, default=None, help="time segments (charts), or 'adaptive'")
-    mod.add_argument("--chart_center", choices=["point", "origin"], default=None,
-                     help="centre of each chart: the segment's start point, or the origin (the reference's H^2)")
+    mod.add_argument(
+        "--chart_center",
+        choices=["point", "origin"],
+        default=None,
+        help="centre of each chart: the segment's start point, or the origin (the reference's H^2)",
+    )
     mod.add_argument("--solver", default=None, help="torchdiffeq method: dopri5, rk4, midpoint, euler, ...")
     mod.add_argument("--step_size", type=positive_float, default=None, help="step of fixed-step solvers")
     mod.add_argument("--solver_guard", type=nonneg_float, default=None,
@@ -155,12 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--rtol", type=positive_float, default=None, help="training rtol (adaptive solvers)")
     mod.add_argument("--eval_tol", type=positive_float, default=1e-5,
                      help="atol = rtol of evaluation (dopri5, float64)")  # fmt: skip
-    mod.add_argument("--divergence", choices=["exact", "hutchinson", "exact_autograd"], default=None,
-                     help="divergence of the training solve (evaluation is always exact)")
+    mod.add_argument(
+        "--divergence",
+        choices=["exact", "hutchinson", "exact_autograd"],
+        default=None,
+        help="divergence of the training solve (evaluation is always exact)",
+    )
     mod.add_argument("--adjoint", action=argparse.BooleanOptionalAction, default=None,
                      help="adjoint method for gradients (off: direct backprop)")  # fmt: skip
-    mod.add_argument("--dtype", choices=list(utils.DTYPES), default="float32",
-                     help="dtype of the weights and training (evaluation runs in float64)")
+    mod.add_argument(
+        "--dtype",
+        choices=list(utils.DTYPES),
+        default="float32",
+        help="dtype of the weights and training (evaluation runs in float64)",
+    )
     mod.add_argument(
         "--kinetic",
         type=nonneg_float,
@@ -181,9 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="mle: maximum likelihood through the ODE (the paper); fm: Riemannian flow matching "
                           "(no ODE solve in training; one epoch = one batch); both are scored by the exact "
                           "likelihood")  # fmt: skip
-    obj.add_argument(
-        "--optimizer", choices=["adam", "adamw"], default=None, help="optimizer"
-    )
+    obj.add_argument("--optimizer", choices=["adam", "adamw"], default=None, help="optimizer")
     obj.add_argument("--lr_schedule", choices=["drops", "cosine"], default=None,
                      help="drops: x0.1 --num_drops times; cosine: linear warm-up then cosine decay to 0")  # fmt: skip
     obj.add_argument("--warmup", type=nonneg_int, default=None, help="warm-up epochs of the cosine schedule")
@@ -253,7 +263,9 @@ def value_checker(parser: argparse.ArgumentParser):
         a = actions.get(name)
         if a is None or value is None:
             return
-        if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        if isinstance(
+            a, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+        ):
             ok = isinstance(value, bool)
         elif a.choices is not None and not isinstance(value, (str, int)):
             ok = False

@@ -43,7 +43,9 @@ def main(argv=None):
     bench = subprocess.run([sys.executable, "-m", "benchmarks.benchmark", "--dev", "cuda", "--ttq_epochs", "0",
                             "--reps", "3", "--steps", "5", "--json", str(out / "benchmark_cuda.json"),
                             "--md", str(out / "benchmark_cuda.md")], cwd=ROOT, timeout=150)  # fmt: skip
-    print(f"benchmark: exit {bench.returncode} in {time.perf_counter() - t1:.0f} s; table in {out}", flush=True)
+    print(
+        f"benchmark: exit {bench.returncode} in {time.perf_counter() - t1:.0f} s; table in {out}", flush=True
+    )
     return 0 if tests.returncode == 0 and bench.returncode == 0 else 1
 
 

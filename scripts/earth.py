@@ -51,8 +51,12 @@ LOG_RANGE = 8.0
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_dir", default=None, help="folder of the catalogues (default: the shipped data/events)")
-    p.add_argument("--force", action="store_true", help="rewrite the page even when it would hold fewer results")
+    p.add_argument(
+        "--data_dir", default=None, help="folder of the catalogues (default: the shipped data/events)"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="rewrite the page even when it would hold fewer results"
+    )
     p.add_argument("--objective", choices=["mle", "fm"], default="mle")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (one thread each when > 1)")
     p.add_argument("--assemble", action="store_true", help="train nothing; tabulate the finished runs")
@@ -242,9 +246,7 @@ def side_by_side(earth_md, fm_md):
     notes = section(fm_md, "## Notes")
     if notes:
         lines += ["", "From [earth_fm.md](earth_fm.md#notes):", "", notes]
-    replace_block(
-        earth_md, SIDE_BEGIN, SIDE_END, [*lines, ""], before="Published ("
-    )
+    replace_block(earth_md, SIDE_BEGIN, SIDE_END, [*lines, ""], before="Published (")
 
 
 def write(path, results, a):

@@ -99,7 +99,9 @@ def main(argv=None):
     p.add_argument("--md", default=None, help="default docs/reproduction.md, docs/reproduction_fm.md (fm)")
     p.add_argument("--assemble", action="store_true", help="train nothing; tabulate the finished runs")
     p.add_argument("--no_grid", action="store_true", help="write the tables only, not the figures")
-    p.add_argument("--force", action="store_true", help="rewrite the page even when it would hold fewer results")
+    p.add_argument(
+        "--force", action="store_true", help="rewrite the page even when it would hold fewer results"
+    )
     p.add_argument("--baselines", action="store_true",
                    help="train the paper's baselines beside the MCNF at every --budgets and write docs/baselines.md "
                         "(see scripts/baselines.py)")  # fmt: skip
@@ -152,7 +154,9 @@ def main(argv=None):
 
     page = ROOT / a.md
     kept = page.read_text() if page.is_file() else ""
-    failed = [f"{M}/{ds}: {err}" for M, ds, _, m, _, _, err in rows if m is None and not err.startswith("not run")]
+    failed = [
+        f"{M}/{ds}: {err}" for M, ds, _, m, _, _, err in rows if m is None and not err.startswith("not run")
+    ]
     failed += [f"antipodal {lab}: {err}" for lab, _, m, _, _, err, _ in anti
                if m is None and not err.startswith(("not run", "refused")) and "chart_center='origin'" not in err]  # fmt: skip
     if not write_markdown(page, rows, anti, a):
@@ -344,7 +348,12 @@ def count_results(text: str) -> int:
     n = 0
     for line in text.split(SIDE_BEGIN)[0].splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) >= 9 and cells[-1].startswith("`python") and is_number(cells[-7]):
+        if (
+            line.startswith("|")
+            and len(cells) >= 9
+            and cells[-1].startswith("`python")
+            and is_number(cells[-7])
+        ):
             n += 1
     return n
 

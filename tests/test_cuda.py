@@ -46,7 +46,11 @@ def test_float64_geometry_on_the_gpu_matches_the_cpu():
         z = M.random(512, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         t = torch.rand(512, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
         cpu = [M.logmap(x, z), M.dist(x, z), *M.interpolate(x, z, t)]
-        gpu = [M.logmap(x.cuda(), z.cuda()), M.dist(x.cuda(), z.cuda()), *M.interpolate(x.cuda(), z.cuda(), t.cuda())]
+        gpu = [
+            M.logmap(x.cuda(), z.cuda()),
+            M.dist(x.cuda(), z.cuda()),
+            *M.interpolate(x.cuda(), z.cuda(), t.cuda()),
+        ]
         for a, b in zip(cpu, gpu, strict=True):
             torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-10)
 

@@ -42,7 +42,9 @@ def cli(*args, capsys=None):
 def sub(module_or_file, *args, env=None):
     cmd = [sys.executable, *(["-m", module_or_file] if "/" not in module_or_file else [module_or_file])]
     e = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", **(env or {})}
-    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=e, timeout=600)
+    return subprocess.run(
+        [*cmd, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=e, timeout=600
+    )
 
 
 def snapshot(folder: Path) -> dict:
@@ -110,8 +112,14 @@ def _two_point_reference(x, z, t):
     mpmath.mp.dps = 50
     X, Z, T = [mpmath.mpf(float(v)) for v in x], [mpmath.mpf(float(v)) for v in z], mpmath.mpf(t)
     d = mpmath.acosh(X[0] * Z[0] - sum(a * b for a, b in zip(X[1:], Z[1:], strict=True)))
-    xt = [(mpmath.sinh((1 - T) * d) * a + mpmath.sinh(T * d) * b) / mpmath.sinh(d) for a, b in zip(X, Z, strict=True)]
-    ut = [d * (mpmath.cosh(T * d) * b - mpmath.cosh((1 - T) * d) * a) / mpmath.sinh(d) for a, b in zip(X, Z, strict=True)]
+    xt = [
+        (mpmath.sinh((1 - T) * d) * a + mpmath.sinh(T * d) * b) / mpmath.sinh(d)
+        for a, b in zip(X, Z, strict=True)
+    ]
+    ut = [
+        d * (mpmath.cosh(T * d) * b - mpmath.cosh((1 - T) * d) * a) / mpmath.sinh(d)
+        for a, b in zip(X, Z, strict=True)
+    ]
     return torch.tensor([float(v) for v in xt]), torch.tensor([float(v) for v in ut])
 
 
@@ -129,7 +137,9 @@ def test_flow_matching_targets_on_the_hyperboloid_are_exact_for_far_pairs():
         rx, ru = _two_point_reference(x, z, t)
         xt, ut, keep = conditional_path(H, x[None], z[None], torch.tensor([t]))
         assert keep.all()
-        assert float((xt[0] - rx).norm() / rx.norm()) <= 1e-6 and float((ut[0] - ru).norm() / ru.norm()) <= 1e-6
+        assert (
+            float((xt[0] - rx).norm() / rx.norm()) <= 1e-6 and float((ut[0] - ru).norm() / ru.norm()) <= 1e-6
+        )
         assert float((xt[0] - rx).norm() / rx.norm()) <= 1e-12  # in fact at rounding level
         xs, us = H.geodesic(x[None], H.logmap(x[None], z[None]), torch.tensor([[t]]))
         shooting_err = max(shooting_err, float((us[0] - ru).norm() / ru.norm()))
@@ -196,7 +206,9 @@ def test_resuming_run_b_into_run_a_folder_reports_b(tmp_path, capsys):
     m = json.loads((a / "metrics.json").read_text())
     hist = [json.loads(line) for line in (a / "history.jsonl").read_text().splitlines()]
     best = min(hist, key=lambda h: h["val_nll"])
-    assert m["args"]["lr"] == 1e-30 and m["best_epoch"] == best["epoch"] == 1 and m["val_nll"] == best["val_nll"]
+    assert (
+        m["args"]["lr"] == 1e-30 and m["best_epoch"] == best["epoch"] == 1 and m["val_nll"] == best["val_nll"]
+    )
     assert torch.load(a / "best.pt", weights_only=True)["val_nll"] == best["val_nll"]
     # into an empty folder (documented): trains and finishes with metrics.json
     code, err = cli("--resume", b / "checkpoint.pt", "--out", c, "--quiet", capsys=capsys)
@@ -211,7 +223,9 @@ def test_earth_checkpoint_resumes_with_the_printed_command_and_its_own_data(tmp_
     rows = (SHIPPED_DIR / "volerup.csv").read_text().splitlines()
     (data / "volerup.csv").write_text("\n".join(rows[:202]) + "\n")  # 200 events: a test split of 20
     out = tmp_path / "r"
-    code, err = cli(*EARTH_FAST, "--epochs", 2, "--stop_after", 1, "--data_dir", data, "--out", out, capsys=capsys)
+    code, err = cli(
+        *EARTH_FAST, "--epochs", 2, "--stop_after", 1, "--data_dir", data, "--out", out, capsys=capsys
+    )
     assert code == 0, err
     code, err = cli("--resume", out / "checkpoint.pt", "--quiet", capsys=capsys)
     assert code == 0, err
@@ -289,7 +303,9 @@ def test_library_refuses_points_it_cannot_score(i):
     model = _models()[i].eval()
     M = model.manifold
     bad = {
-        "not on the": torch.tensor([[0.0, 0.0, 100.0]]) if M.name == "Sphere" else torch.tensor([[-1.0, 0.0, 0.0]]),
+        "not on the": torch.tensor([[0.0, 0.0, 100.0]])
+        if M.name == "Sphere"
+        else torch.tensor([[-1.0, 0.0, 0.0]]),
         "NaN": torch.tensor([[float("nan"), 0.0, 0.0]]),
         "shape": torch.ones(2, 4),
         "float32 or float64": torch.ones(2, 3, dtype=torch.int64),
@@ -431,7 +447,11 @@ def test_scripts_give_one_line_errors(tmp_path):
     """Before: tracebacks from scripts.solver_gap, scripts.earth (missing data) and the benchmark."""
     cases = [
         ("scripts.solver_gap", [tmp_path / "nothing"], "does not exist"),
-        ("scripts.earth", ["--data_dir", tmp_path, "--datasets", "volcano", "--md", tmp_path / "p.md"], "volerup.csv"),
+        (
+            "scripts.earth",
+            ["--data_dir", tmp_path, "--datasets", "volcano", "--md", tmp_path / "p.md"],
+            "volerup.csv",
+        ),
         ("benchmarks.benchmark", ["--reps", "0"], "positive integer"),
         ("benchmarks.benchmark", ["--dev", "nonsense"], "unknown device"),
     ]
@@ -495,4 +515,8 @@ def test_torchrun_with_fewer_points_than_ranks_is_one_line_per_rank(tmp_path):
     assert r.returncode != 0
     assert r.stderr.count("--batch_size 1 is smaller than the 2 ranks") == 2, r.stderr[-2000:]
     # torchrun prints its own launcher traceback when a rank fails; none may come from this code
-    assert 'main_density.py", line' not in r.stderr and "train/" not in r.stderr and not (tmp_path / "r").exists()
+    assert (
+        'main_density.py", line' not in r.stderr
+        and "train/" not in r.stderr
+        and not (tmp_path / "r").exists()
+    )

@@ -25,6 +25,7 @@ def load_checkpoint(path):
         raise UserError(
             str(e).replace("not an MCNF checkpoint", "not a checkpoint written by main_density.py")
         ) from None
+
     def records(key, kind=dict):
         v = ckpt.get(key, [])
         return isinstance(v, list) and all(isinstance(x, kind) for x in v)
@@ -46,7 +47,6 @@ def load_checkpoint(path):
             f"--resume: {str(path)!r} is not a checkpoint written by main_density.py (bad {', '.join(bad)})"
         )
     return ckpt
-
 
 
 class Checkpointing:
@@ -78,7 +78,9 @@ class Checkpointing:
                 from flows import CheckpointError, read_checkpoint
 
                 try:
-                    b = read_checkpoint(Path(args.resume).parent / "best.pt", required=("model", "epoch", "val_nll"))
+                    b = read_checkpoint(
+                        Path(args.resume).parent / "best.pt", required=("model", "epoch", "val_nll")
+                    )
                 except CheckpointError:
                     b = None
                 rec = {h["epoch"]: h.get("val_nll") for h in self.history}
@@ -88,7 +90,9 @@ class Checkpointing:
                 self.scored_model_copy().load_state_dict(self.best["model"])  # it must fit the model
         except Exception as e:  # doctored or mismatched contents
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"--resume: {args.resume!r} does not fit the model it describes ({first})") from None
+            raise UserError(
+                f"--resume: {args.resume!r} does not fit the model it describes ({first})"
+            ) from None
 
     def scored_model_copy(self):
         return copy.deepcopy(self.scored_model)
@@ -121,7 +125,11 @@ class Checkpointing:
         if not self.is_main:
             return
         args = {k: v for k, v in vars(self.args).items() if k != "explicit"}
-        extra = {"raw_model": self.model.state_dict(), "ema_steps": self.ema.steps} if self.ema is not None else {}
+        extra = (
+            {"raw_model": self.model.state_dict(), "ema_steps": self.ema.steps}
+            if self.ema is not None
+            else {}
+        )
         if self.best is not None:
             extra["best"] = self.best
         utils.atomic_torch_save(
@@ -138,5 +146,6 @@ class Checkpointing:
     def write_best(self):
         """best.pt: the best validation weights, for readers of the folder (the run itself reports from
         :attr:`best`, carried in checkpoint.pt)."""
-        utils.atomic_torch_save(with_digest({**self.best, "model_config": self.model.config}), self.out / "best.pt")
-
+        utils.atomic_torch_save(
+            with_digest({**self.best, "model_config": self.model.config}), self.out / "best.pt"
+        )

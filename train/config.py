@@ -217,7 +217,11 @@ def fill_settings(args):
     if args.solver in FIXED_STEP and args.step_size is None:
         args.step_size = 1 / 8
     if getattr(args, "solver_guard", 0) is None:  # default: on for maximum likelihood with a fixed step
-        on = get_objective(args.objective).solves_ode and args.solver in FIXED_STEP and not args.reference_settings
+        on = (
+            get_objective(args.objective).solves_ode
+            and args.solver in FIXED_STEP
+            and not args.reference_settings
+        )
         args.solver_guard = DEFAULT_SOLVER_GUARD if on else 0.0
     if getattr(args, "solver_guard", 0) and args.solver not in FIXED_STEP:
         from utils import UserError
@@ -282,15 +286,25 @@ def effective_default(dest: str, parser_default) -> str:
         return SPECIAL_DEFAULTS[dest]
     if dest == "solver_guard":
         return f"{DEFAULT_SOLVER_GUARD:g} for mle with a fixed-step solver, else 0 (off)"
-    if dest in DEFAULT_SETTINGS["Sphere"]:  # solver and charts: per manifold (mle; fm solves no ODE in training)
+    if (
+        dest in DEFAULT_SETTINGS["Sphere"]
+    ):  # solver and charts: per manifold (mle; fm solves no ODE in training)
         per = {M: _fmt(t[dest]) for M, t in DEFAULT_SETTINGS.items()}
-        text = " / ".join(f"{v} ({M})" for M, v in per.items()) if len(set(per.values())) > 1 else next(iter(per.values()))
-        return text + f"; --reference_settings: {' / '.join(_fmt(t[dest]) for t in REFERENCE_SETTINGS.values())}"
+        text = (
+            " / ".join(f"{v} ({M})" for M, v in per.items())
+            if len(set(per.values())) > 1
+            else next(iter(per.values()))
+        )
+        return (
+            text + f"; --reference_settings: {' / '.join(_fmt(t[dest]) for t in REFERENCE_SETTINGS.values())}"
+        )
     mle = MLE_SETTINGS.get(dest, parser_default)
     fm = {k: t[dest] for k, t in FM_SETTINGS.items() if dest in t}
     if not fm or all(v == mle for v in fm.values()):
         return _fmt(mle)
     names = {"earth": "Earth data", "Sphere": "sphere", "Hyperboloid": "hyperboloid"}
     vals = {_fmt(v) for v in fm.values()}
-    fm_text = next(iter(vals)) if len(vals) == 1 else ", ".join(f"{names[k]} {_fmt(v)}" for k, v in fm.items())
+    fm_text = (
+        next(iter(vals)) if len(vals) == 1 else ", ".join(f"{names[k]} {_fmt(v)}" for k, v in fm.items())
+    )
     return f"{_fmt(mle)}; --objective fm: {fm_text}"

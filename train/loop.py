@@ -298,7 +298,9 @@ class Trainer(Checkpointing, Outputs):
 
     def epoch_batches(self):
         """One epoch's batches, each a tuple of the loss's arguments (:mod:`train.objectives`)."""
-        return self.objective.epoch_batches(self.task, self.model, self.args.batch_size, self.train_gen, self.dtype)
+        return self.objective.epoch_batches(
+            self.task, self.model, self.args.batch_size, self.train_gen, self.dtype
+        )
 
     def fail(self, epoch, err, what=""):
         """Report a failed step: out of memory as such (exit 2), anything else as divergence (exit 3)."""

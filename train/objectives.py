@@ -32,7 +32,6 @@ class Objective:
         raise NotImplementedError
 
 
-
 class MaximumLikelihood(Objective):
     """The paper's objective: the exact negative log-likelihood through the ODE solve."""
 
@@ -44,7 +43,6 @@ class MaximumLikelihood(Objective):
     def epoch_batches(self, task, model, batch_size, generator, dtype):
         """A fresh batch of the true density (the reference), or one pass over an Earth training split."""
         return [(x,) for x in task.train_batches(batch_size, generator, dtype)]
-
 
 
 class RiemannianFlowMatching(Objective):
@@ -62,7 +60,6 @@ class RiemannianFlowMatching(Objective):
         z = model.sample_base(len(x), generator, torch.float64, torch.device("cpu"))
         t = torch.rand(len(x), generator=generator, dtype=torch.float64)
         return [(x, z, t)]
-
 
 
 OBJECTIVES = {o.name: o for o in (MaximumLikelihood(), RiemannianFlowMatching())}
