@@ -10,17 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.earth import EARTH, EarthData, load_earth, read_lat_lon, split_indices
+from data.earth import EARTH, SHIPPED_DIR, EarthData, load_earth, read_lat_lon, split_indices
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "earth"
-needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/earth is not present")
+DATA = SHIPPED_DIR  # the catalogues ship with the project (data/events/)
 
 
-@needs_data
 @pytest.mark.parametrize("name", list(EARTH))
 def test_loader_counts_and_unit_norm(name):
-    x = load_earth(name, SHARED)
+    x = load_earth(name, DATA)
     assert x.shape == (EARTH[name][1], 3)
     torch.testing.assert_close(x.norm(dim=-1), torch.ones(len(x)))
 
@@ -66,9 +64,8 @@ def test_cli_missing_data_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "--M Sphere" in r.stderr
 
 
-@needs_data
 def test_short_volcano_run_finite_and_normalized(tmp_path):
-    r = _run("--M", "Sphere", "--dataset", "volcano", "--data_dir", SHARED, "--epochs", 2, "--eval_freq", 1,
+    r = _run("--M", "Sphere", "--dataset", "volcano", "--data_dir", DATA, "--epochs", 2, "--eval_freq", 1,
              "--dev", "cpu", "--out", tmp_path, "--quiet")  # fmt: skip
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "metrics.json").read_text())
@@ -78,5 +75,5 @@ def test_short_volcano_run_finite_and_normalized(tmp_path):
 
     model = load_model(tmp_path / "checkpoint.pt").double()
     assert abs(model_integral(model, n_radial=60, n_angular=120) - 1) < 5e-3
-    d = EarthData("volcano", SHARED, split_seed=0)
+    d = EarthData("volcano", DATA, split_seed=0)
     assert m["n_test"] == len(d.test)
