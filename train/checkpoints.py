@@ -112,8 +112,6 @@ class Checkpointing:
         if not own:  # a new run, or a resume into another folder: the files of the run there go
             for name in (*RUN_FILES, "best.pt"):
                 (self.out / name).unlink(missing_ok=True)
-        else:
-            (self.out / "metrics.json").unlink(missing_ok=True)  # it will be this run's again at the end
         if resuming:  # a kill between a history append and the checkpoint rename left extra lines
             utils.atomic_write_text(
                 "".join(json.dumps(h) + "\n" for h in self.history), self.out / "history.jsonl"
