@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import sections
 from train.config import DEFAULT_SETTINGS, REFERENCE_SETTINGS
 from utils import positive_int, resolve_device, run_cli
 
@@ -476,13 +477,12 @@ def main(argv=None):
 def keep_other_sections(old_text, md_path):
     """Put back the sections other benchmark scripts wrote into the page (this script rewrites the rest):
     benchmarks.dimensions' and benchmarks.regularization's."""
-    from benchmarks import dimensions, regularization
     from scripts.pages import replace_block
 
-    for mod in (dimensions, regularization):
-        if mod.BEGIN in old_text and mod.END in old_text:
-            block = old_text.split(mod.BEGIN, 1)[1].split(mod.END, 1)[0].strip("\n").splitlines()
-            replace_block(md_path, mod.BEGIN, mod.END, [*block, ""])
+    for begin, end in (sections.DIMENSIONS, sections.REGULARIZATION):
+        if begin in old_text and end in old_text:
+            block = old_text.split(begin, 1)[1].split(end, 1)[0].strip("\n").splitlines()
+            replace_block(md_path, begin, end, [*block, ""])
 
 
 def published_lines(pub, ttq, cost):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import sections
 from benchmarks.benchmark import exact_kl, step, sync, time_interleaved
 from scripts.pages import replace_block
 from train.config import DEFAULT_SETTINGS
@@ -35,8 +36,7 @@ from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI = {"Sphere": "4wrapped", "Hyperboloid": "5gaussians"}
-BEGIN = "<!-- dimensions: written by python -m benchmarks.dimensions -->"
-END = "<!-- end of dimensions -->"
+BEGIN, END = sections.DIMENSIONS
 
 
 def build(M, n, divergence, device, seed=0):

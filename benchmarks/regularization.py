@@ -23,12 +23,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import sections
 from scripts.pages import replace_block
 from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN = "<!-- regularization: written by python -m benchmarks.regularization -->"
-END = "<!-- end of regularization -->"
+BEGIN, END = sections.REGULARIZATION
 RUNS = [("Hyperboloid", "5gaussians", []), ("Sphere", "4wrapped", ["--charts", "4"])]
 
 

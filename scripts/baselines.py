@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from scripts.runs import integral, run_one
+
 BATCH = 200  # the reference's --batch_size: samples per epoch
 MODELS = {"Hyperboloid": ["whc", "prnvp", "mcnf"], "Sphere": ["ncp", "mcnf"]}
 LABEL = {"mcnf": "MCNF", "whc": "WHC", "prnvp": "PRNVP", "ncp": "NCP (recursive)"}
@@ -42,7 +44,6 @@ def budgets_for(model: str, budgets, mcnf_max: int):
 
 def train_all(todo, a, runs: Path, log):
     """Train (or resume, or skip) every run; returns ``{(M, ds, model, epochs): (metrics, cmd, err)}``."""
-    from scripts.reproduce import run_one
 
     out = {}
     # the budgets up to the MCNF's first (every model), then the baselines' larger ones
@@ -218,7 +219,6 @@ def grids(results, todo, runs, a, docs: Path):
 
 def write(results, todo, a, runs: Path, root: Path):
     from scripts.pages import replace_block
-    from scripts.reproduce import integral
 
     docs = root / "docs"
     cmd = f"python -m scripts.reproduce --baselines --budgets {' '.join(map(str, a.budgets))} --mcnf_max {a.mcnf_max} --lr {a.lr} --dev {a.dev}"

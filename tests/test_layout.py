@@ -65,3 +65,40 @@ def test_scripts_run_as_modules(tmp_path):
     assert r.returncode == 2 and "no checkpoint.pt" in r.stderr
     for f in [*ROOT.glob("scripts/*.py"), *ROOT.glob("benchmarks/*.py")]:
         assert "sys.path" not in f.read_text(), f
+
+
+def test_no_two_modules_import_each_other():
+    """Every import counts, including those inside functions (issue #25: they had hidden two cycles)."""
+    import ast
+
+    def module_name(path):
+        rel = path.relative_to(ROOT).with_suffix("")
+        parts = list(rel.parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    files = [p for d in ("manifolds", "data", "flows", "viz", "train", "scripts", "benchmarks")
+             for p in (ROOT / d).rglob("*.py")] + [ROOT / "utils.py", ROOT / "main_density.py"]  # fmt: skip
+    names = {module_name(p) for p in files}
+    edges = {}
+    for p in files:
+        me = module_name(p)
+        package = me if p.name == "__init__.py" else me.rpartition(".")[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base]) if base else ".".join(up)
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            for t in targets:
+                if t in names and t != me:
+                    edges.setdefault(me, set()).add(t)
+    cycles = sorted(
+        {tuple(sorted((a, b))) for a, bs in edges.items() for b in bs if a in edges.get(b, set())}
+    )
+    # a package's __init__ re-exports its modules, which import siblings through it: not a cycle of code
+    cycles = [c for c in cycles if c[0] != c[1].rpartition(".")[0] and c[1] != c[0].rpartition(".")[0]]
+    assert cycles == [], cycles
