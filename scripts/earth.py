@@ -252,8 +252,9 @@ def side_by_side(earth_md, fm_md):
 def write(path, results, a):
     fm = a.objective == "fm"
     extra = f" -- {shlex.join(a.extra)}" if a.extra else ""
+    data_flag = "--data_dir DIR " if a.data_dir else ""
     if fm:
-        command = (f"python -m scripts.earth --objective fm --data_dir DIR --dev {a.dev} --jobs {a.jobs} "
+        command = (f"python -m scripts.earth --objective fm {data_flag}--dev {a.dev} --jobs {a.jobs} "
                    f"--integral_samples {a.integral_samples} --integral_centers {a.integral_centers} --res {a.res} "
                    + ("" if a.integral_seeds is None else f"--integral_seeds {' '.join(map(str, a.integral_seeds))} ")
                    + ("" if a.figures else "--figures '' ")
@@ -261,7 +262,7 @@ def write(path, results, a):
                    f"--datasets {' '.join(results)} --seeds {' '.join(map(str, a.seeds))}{extra}")  # fmt: skip
     else:
         budget = f"--epochs {a.epochs}" if a.epochs else f"--steps {a.steps}"
-        command = (f"python -m scripts.earth --data_dir DIR {budget} --hidden {a.hidden} --n_hidden {a.n_hidden} "
+        command = (f"python -m scripts.earth {data_flag}{budget} --hidden {a.hidden} --n_hidden {a.n_hidden} "
                    f"--lr {a.lr} --step_size {a.step_size} --dev {a.dev} --datasets {' '.join(results)} "
                    f"--seeds {' '.join(map(str, a.seeds))}{extra}")  # fmt: skip
     title = "# Earth event datasets: flow matching" if fm else "# Earth event datasets"
