@@ -252,7 +252,7 @@ def side_by_side(earth_md, fm_md):
 def write(path, results, a):
     fm = a.objective == "fm"
     extra = f" -- {shlex.join(a.extra)}" if a.extra else ""
-    data_flag = "--data_dir DIR " if a.data_dir else ""
+    data_flag = "--data_dir DIR " if getattr(a, "data_dir", None) else ""
     if fm:
         command = (f"python -m scripts.earth --objective fm {data_flag}--dev {a.dev} --jobs {a.jobs} "
                    f"--integral_samples {a.integral_samples} --integral_centers {a.integral_centers} --res {a.res} "
