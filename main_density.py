@@ -20,17 +20,10 @@ import utils
 from train.config import effective_default
 from train.loop import Trainer
 from train.rundir import json_safe  # noqa: F401  (re-exported for scripts and tests)
-from utils import UserError
+from utils import UserError, positive_int
 
 
 # Presets, resumable flags and size limits live in train/config.py; folder rules in train/rundir.py.
-def positive_int(s):
-    v = int(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
 def nonneg_int(s):
     v = int(s)
     if v < 0:

@@ -29,13 +29,10 @@ def run_cli(main, prog: str, argv=None) -> int:
 
 
 def positive_int(s) -> int:
-    """argparse type: an integer >= 1."""
+    """argparse type: an integer >= 1 (main_density.py's flags and the scripts')."""
     import argparse
 
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}") from None
+    v = int(s)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
     return v

@@ -242,9 +242,7 @@ class MCNF(Flow):
         s = self.solver
         dyn = self.dynamics
         dyn.nfe, dyn.max_nfe, dyn.with_div = 0, s.max_nfe, with_div
-        cdtype = self.manifold.compute_dtype(x)
-        if cdtype != x.dtype:  # a float32 point at r = 12 is off the sheet by ~1e3 in <x,x>_L: re-project
-            x = self.manifold.projx(x.to(cdtype))
+        x = self._cast(x)  # a no-op from the public methods, which cast already
         # Hutchinson's estimator is a training device: in eval mode (scores, figures, samples' log p) the
         # divergence is exact, so a Hutchinson-trained model is scored like any other, deterministically
         if dyn.divergence == "hutchinson" and with_div and self.training:

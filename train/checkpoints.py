@@ -87,15 +87,12 @@ class Checkpointing:
                 if b is not None and rec.get(b["epoch"]) == b["val_nll"]:
                     self.best = {k: b[k] for k in ("model", "epoch", "val_nll")}
             if self.best is not None:
-                self.scored_model_copy().load_state_dict(self.best["model"])  # it must fit the model
+                copy.deepcopy(self.scored_model).load_state_dict(self.best["model"])  # it must fit the model
         except Exception as e:  # doctored or mismatched contents
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(
                 f"--resume: {args.resume!r} does not fit the model it describes ({first})"
             ) from None
-
-    def scored_model_copy(self):
-        return copy.deepcopy(self.scored_model)
 
     def prepare_out(self, resuming: bool):
         """Create the output folder; make history.jsonl agree with the checkpoint being resumed.
