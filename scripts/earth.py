@@ -46,7 +46,7 @@ PUBLISHED = [  # as tabulated by De Bortoli et al. 2022 (Riemannian score-based 
     ("Riemannian flow matching (own splits)", "-7.93 ± 1.67", "-0.28 ± 0.08", "(not found)", "-1.86 ± 0.11"),
 ]
 DATASETS = ["volcano", "earthquake", "flood", "fire"]
-LOG_RANGE = 8.0
+LOG_RANGE = 8.0  # viz.figures.LOG_RANGE
 
 
 def main(argv=None):
@@ -189,7 +189,6 @@ def best_model(out):
 
 def draw_map(out, ds, path, res, data_dir, seed):
     """The best-validation model's density on a Mollweide map with the test events on top."""
-    import numpy as np
     import torch
 
     from data.earth import EarthData
@@ -202,8 +201,7 @@ def draw_map(out, ds, path, res, data_dir, seed):
         dtype = torch.float64 if accurate else torch.float32
         values = figures.density_values(lambda x: fm.log_prob(x.to(dtype)), "Sphere", res)
     # log scale over the top 8 nats, transparent below, so that the continents stay visible
-    values = np.log(np.maximum(values, 1e-300)) - (np.log(values.max()) - LOG_RANGE)
-    values[values < 0.25] = np.nan
+    values = figures.top_log_density(values, LOG_RANGE)
     test = EarthData(ds, data_dir, seed).test
     path.parent.mkdir(parents=True, exist_ok=True)
     title = f"{ds} (split {seed}): model log-density (top {LOG_RANGE:.0f} nats), test events"

@@ -123,8 +123,11 @@ class EarthTask:
     def figure(self, model_log_prob, path, res, progress, model_sample=None):
         from viz import figures
 
-        values = figures.density_values(model_log_prob, "Sphere", res, progress=progress)
-        figures.plot_panels([dict(title=f"{self.name}: model density, test events", values=values,
+        values = figures.top_log_density(
+            figures.density_values(model_log_prob, "Sphere", res, progress=progress)
+        )
+        title = f"{self.name}: model log-density (top {figures.LOG_RANGE:.0f} nats), test events"
+        figures.plot_panels([dict(title=title, values=values,
                                   scatter=figures.to_plane(self.x_test, "Sphere"))], "Sphere", path, stock=True)  # fmt: skip
 
     def sample_panels(self, x_model, n):

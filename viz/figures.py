@@ -321,3 +321,18 @@ def make_gif(frames, path, duration_ms: int = 200):
     images = [Image.open(f).convert("P", palette=Image.Palette.ADAPTIVE) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0, disposal=2)
     return len(images)
+
+
+#: Earth maps show the top this-many nats of the log-density (sharp models hide everything else on a
+#: linear scale).
+LOG_RANGE = 8.0
+
+
+def top_log_density(values, log_range: float = LOG_RANGE):
+    """Density values as log-density above ``max - log_range`` (NaN, i.e. transparent, below a quarter
+    nat of that floor), so that the continents under a map stay visible."""
+    import numpy as np
+
+    out = np.log(np.maximum(values, 1e-300)) - (np.log(values.max()) - log_range)
+    out[out < 0.25] = np.nan
+    return out
