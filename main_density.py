@@ -17,8 +17,11 @@ import sys
 import warnings
 
 import utils
+from data.densities import DENSITIES
+from flows import BASELINES
 from train.config import effective_default
 from train.loop import Trainer
+from train.objectives import OBJECTIVES
 from train.rundir import json_safe  # noqa: F401  (re-exported for scripts and tests)
 from utils import UserError, positive_int
 
@@ -101,14 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ref.add_argument("--save", action="store_true", help="write the density figure {dataset}_{M}.png")
     ref.add_argument("--conc", type=nonneg_float, default=None,
-                     help="concentration of the sphere's vMF base; 0: uniform base")  # fmt: skip
+                     help="concentration of the base at the origin (sphere: vMF; torus: von Mises in each angle); 0: uniform base")  # fmt: skip
     ref.add_argument("--dev", default="cuda", help="device; plain 'cuda' falls back to the CPU")
-    ref.add_argument("--M", default="Hyperboloid", choices=["Hyperboloid", "Sphere"], help="manifold")
+    ref.add_argument("--M", default="Hyperboloid", choices=list(DENSITIES), help="manifold")
     ref.add_argument("--contsave", action="store_true", help="save a density frame every --save_freq epochs")
     ref.add_argument("--save_freq", type=positive_int, default=5)
 
     base = p.add_argument_group("the paper's baselines (docs/baselines.md)")
-    base.add_argument("--model", choices=["mcnf", "whc", "prnvp", "ncp"], default="mcnf",
+    base.add_argument("--model", choices=["mcnf", *BASELINES], default="mcnf",
                       help="mcnf: the Manifold Continuous Normalizing Flow; whc: Wrapped Hyperboloid Coupling and "
                            "prnvp: projected RealNVP (Hyperboloid; Bose et al. 2020); ncp: recursive flow with "
                            "non-compact projections (Sphere; Rezende et al. 2020). The baselines use "
@@ -182,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the published code's exact solver/chart/divergence configuration")  # fmt: skip
 
     obj = p.add_argument_group("training objective (defaults of --objective fm: train/config.py FM_SETTINGS)")
-    obj.add_argument("--objective", choices=["mle", "fm"], default="mle",
+    obj.add_argument("--objective", choices=list(OBJECTIVES), default="mle",
                      help="mle: maximum likelihood through the ODE (the paper); fm: Riemannian flow matching "
                           "(no ODE solve in training; one epoch = one batch); both are scored by the exact "
                           "likelihood")  # fmt: skip
@@ -202,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     earth.add_argument("--data_dir", default=None,
                        help="folder with volerup.csv, quakes_all.csv, flood.csv, fire.csv")  # fmt: skip
     earth.add_argument("--split_seed", type=int, default=0, help="seed of the random 80/10/10 split")
+    earth.add_argument("--base", choices=["default", "kde"], default="default",
+                       help="the flow's base distribution: the manifold's own (--conc), or kde: a multiscale "
+                            "von Mises-Fisher kernel density estimate of the training split with 1%% uniform, "
+                            "its four concentrations chosen on the validation split; the flow starts at the "
+                            "identity, so the untrained model is that KDE")  # fmt: skip
+    earth.add_argument("--coupling", choices=["independent", "paired"], default=None,
+                       help="flow matching's pairs of data and base points: independent, or paired (a kernel "
+                            "draw at each data point; needs --base kde)")  # fmt: skip
+    p.set_defaults(base_kappas=None, base_n=None)  # resolved by the trainer (--base kde), kept in checkpoints
 
     run = p.add_argument_group("run, evaluation and output")
     run.add_argument("--seed", type=int, default=0, help="training seed (the test set has its own)")

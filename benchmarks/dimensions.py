@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import sections
-from benchmarks.benchmark import exact_kl, step, sync, time_interleaved
+from benchmarks.measure import exact_kl, step, sync, time_interleaved
 from scripts.pages import replace_block
 from train.config import DEFAULT_SETTINGS
 from utils import run_cli

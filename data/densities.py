@@ -2,6 +2,10 @@
 
 Hyperboloid H^2: ``1wrapped``, ``5gaussians``, ``bigcheckerboard``, ``mult_wrapped``.
 Sphere S^2: ``1wrapped``, ``4wrapped``, ``bigcheckerboard``.
+Flat torus T^n (not in the paper; the proof that a manifold is one module plus registry lines):
+``1wrapped`` (a wrapped normal of scale 0.6 at the angles ``(2, -2.5, 0, ...)``, near the square's
+corner, so it wraps across the edges), ``4wrapped`` (``2n`` wrapped normals of scale 0.4 at
+``+-pi/2 e_i``), ``checkerboard`` (``n = 2``: uniform on 8 of the 16 squares of side ``pi/2``).
 Definitions follow docs/math.md (taken from the reference code); unlike the reference, every
 log-density is exact on the manifold (the checkerboards are not normalized over a plotting grid).
 
@@ -35,8 +39,9 @@ import math
 
 import torch
 
-from manifolds import Hyperboloid, Sphere
+from manifolds import Hyperboloid, Sphere, Torus
 from manifolds.distributions import Mixture, VonMisesFisher, WrappedNormal
+from manifolds.torus import WrappedNormalTorus
 
 
 class Density:
@@ -245,7 +250,48 @@ def _sphere_densities(dtype, device, dim=2):
     return table
 
 
-DENSITIES = {"Hyperboloid": _hyperboloid_densities, "Sphere": _sphere_densities}
+class TorusCheckerboard(Density):
+    """Uniform on the 8 cells ``(i + j)`` even of the 4 x 4 grid of side ``pi/2`` on ``T^2``: ``p = 1 / (2 pi^2)``."""
+
+    def __init__(self, dtype=torch.float64, device=None):
+        self.name, self.manifold = "checkerboard", Torus(2)
+        self.dtype, self.device = dtype, torch.device(device or "cpu")
+
+    def sample(self, n, generator=None, dtype=None):
+        kw = dict(dtype=dtype or self.dtype, device=self.device)
+        i = torch.randint(0, 4, (n,), generator=generator, device=self.device)
+        j = 2 * torch.randint(0, 2, (n,), generator=generator, device=self.device) + i % 2
+        cell = torch.stack([i, j], -1).to(**kw)
+        a = (cell + torch.rand(n, 2, generator=generator, **kw)) * (math.pi / 2) - math.pi
+        return Torus.from_angles(a)
+
+    def log_prob(self, x):
+        cell = torch.floor((Torus.to_angles(x) + math.pi) / (math.pi / 2)).clamp(0, 3)
+        inside = cell.sum(-1) % 2 == 0
+        lp = torch.full_like(x[..., 0], -math.log(2 * math.pi**2))
+        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+
+def _torus_densities(dtype, device, dim=2):
+    T = Torus(dim)
+    kw = dict(dtype=dtype, device=device)
+
+    def wrapped(name, means, scale):
+        comps = [WrappedNormalTorus(T, m.to(**kw), scale) for m in means]
+        return _FromDistribution(name, comps[0] if len(comps) == 1 else Mixture(comps), **kw)
+
+    axes = [sign * math.pi / 2 * e for e in torch.eye(dim, dtype=torch.float64) for sign in (1, -1)]
+    table = {
+        "1wrapped": lambda: wrapped("1wrapped", [_padded([2.0, -2.5], dim, kw)], 0.6),
+        "4wrapped": lambda: wrapped("4wrapped", axes, 0.4),
+        "checkerboard": lambda: TorusCheckerboard(**kw),
+    }
+    if dim != 2:
+        del table["checkerboard"]
+    return table
+
+
+DENSITIES = {"Hyperboloid": _hyperboloid_densities, "Sphere": _sphere_densities, "Torus": _torus_densities}
 
 #: Valid dataset names for each manifold (synthetic densities, n = 2).
 DATASETS = {m: tuple(f(torch.float64, None)) for m, f in DENSITIES.items()}
@@ -275,6 +321,7 @@ def get_density(manifold_name: str, dataset: str, dtype=torch.float64, device=No
         where = f"the {manifold_name}" if dim == 2 else f"the {dim}-dimensional {manifold_name}"
         why = {
             "bigcheckerboard": " (the checkerboards are 2-dimensional only)",
+            "checkerboard": " (the checkerboards are 2-dimensional only)",
             "mult_wrapped": " (it needs n >= 2)",
         }
         only2 = why.get(dataset, "") if dataset in DATASETS[manifold_name] else ""

@@ -14,13 +14,6 @@ field, scored by the exact multi-chart change of variables.
 
 from __future__ import annotations
 
-import torch
-
-#: Pairs closer than this to antipodal on the sphere (``1 + <x, z> < CUT_LOCUS_EPS``) are dropped:
-#: there ``log_x z`` has no unique direction. The set has measure zero; the guard only keeps a
-#: rounding accident from producing an arbitrary target.
-CUT_LOCUS_EPS = 1e-6
-
 
 def conditional_path(manifold, x, z, t):
     """``(x_t, u_t, keep)``: the geodesic from ``x`` to ``z`` at times ``t`` ``(B,)`` and its velocity
@@ -43,9 +36,7 @@ def conditional_path(manifold, x, z, t):
     xt, ut = manifold.interpolate(x, z, t)  # two-point on the hyperboloid: exact for far pairs
     xt = manifold.projx(xt)
     ut = manifold.proju(xt, ut)
-    keep = torch.ones_like(t[..., 0], dtype=torch.bool)
-    if manifold.injectivity_radius < float("inf"):
-        keep = 1 + (x * z).sum(-1) > CUT_LOCUS_EPS
+    keep = ~manifold.near_cut_locus(x, z)
     return xt, ut, keep
 
 

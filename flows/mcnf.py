@@ -45,7 +45,7 @@ import torch
 from torchdiffeq import odeint, odeint_adjoint
 
 from manifolds import get_manifold
-from manifolds.distributions import base_distribution
+from manifolds.distributions import MultiscaleKDE, base_distribution
 
 from . import divergence as div_mod
 from .dynamics import ChartDynamics, _ChartExit
@@ -104,6 +104,10 @@ class MCNF(Flow):
         fourier_scale: float = 1.0,
         kinetic: float = 0.0,
         jacobian: float = 0.0,
+        base: str = "default",
+        base_n: int = 0,
+        base_kappas=(),
+        base_eps: float = 0.01,
     ):
         super().__init__()
         M = get_manifold(manifold, dim) if isinstance(manifold, str) else manifold
@@ -114,7 +118,7 @@ class MCNF(Flow):
             raise ValueError(f"chart_center must be 'point' or 'origin', got {chart_center!r}")
         if chart_center == "origin" and charts == "adaptive":
             raise ValueError("the adaptive mode re-centres charts; it needs chart_center='point'")
-        if chart_center == "origin" and M.injectivity_radius < float("inf"):
+        if chart_center == "origin" and M.chart_guard_radius is not None:
             raise ValueError(
                 f"chart_center='origin' needs a global chart; on the {M.name} the chart at the origin is "
                 "singular at its antipode (the paper's single-chart failure): use chart_center='point'"
@@ -127,16 +131,16 @@ class MCNF(Flow):
             raise ValueError(f"conc must be >= 0 and finite (0: uniform base on the sphere), got {conc}")
         if conc == 0 and not M.compact:
             raise ValueError(
-                f"conc 0 (a uniform base) exists only on a compact manifold (the sphere), not the {M.name}"
+                f"conc 0 (a uniform base) exists only on a compact manifold (the sphere, the torus), not the {M.name}"
             )
         self.charts, self.chart_center, self.noise_kind = charts, chart_center, noise
         self.chart_radius = chart_radius or M.default_chart_radius
         self.conc = float(conc)
         self.train_solver = _settings(train_solver, {})
         self.eval_solver = _settings(eval_solver, dict(atol=1e-7, rtol=1e-7))
-        # Fixed charts on a manifold with a cut locus: a trajectory whose |v| passes the guard
+        # Fixed charts on a manifold with a singular chart: a trajectory whose |v| passes the guard
         # (r / sin r = 3.3 on the sphere) ends the fixed segment, which is redone with re-centring.
-        self.chart_guard = 0.75 * M.injectivity_radius if M.injectivity_radius < float("inf") else None
+        self.chart_guard = M.chart_guard_radius
         self.n_recentred = 0
         self.field = VectorField(M, hidden, n_hidden, activation, max_speed=max_speed, fourier=fourier,
                                  fourier_scale=fourier_scale)  # fmt: skip
@@ -157,6 +161,16 @@ class MCNF(Flow):
             )
         if kinetic or jacobian:
             self.config.update(kinetic=float(kinetic), jacobian=float(jacobian))
+        if base not in ("default", "kde"):
+            raise ValueError(f"base must be 'default' or 'kde', got {base!r}")
+        if base == "kde":  # the centres (a training split) arrive by set_kde_base or the state dict
+            if M.name != "Sphere" or M.dim != 2 or int(base_n) < 1 or not base_kappas:
+                raise ValueError("the KDE base lives on S^2 and needs base_n >= 1 centres and base_kappas")
+            self.register_buffer("base_centers", torch.zeros(int(base_n), 3, dtype=torch.float64))
+            self.base_kappas, self.base_eps = [float(k) for k in base_kappas], float(base_eps)
+            self.config.update(
+                base="kde", base_n=int(base_n), base_kappas=self.base_kappas, base_eps=self.base_eps
+            )
         self.dynamics.reg_weights = (float(kinetic), float(jacobian))
         #: After a training forward with ``kinetic``/``jacobian`` weights: ``(B,)`` per point, the
         #: weighted integrals ``int_0^1 (kinetic |f|^2 + jacobian |grad f|_F^2) dt`` along the
@@ -172,7 +186,23 @@ class MCNF(Flow):
         vMF(conc) at the origin or, for ``conc = 0``, uniform (sphere), standard normal (Euclidean)."""
         dtype = dtype or next(self.parameters()).dtype
         device = device or next(self.parameters()).device
+        if self.config.get("base") == "kde":
+            return MultiscaleKDE(self.base_centers.to(device), self.base_kappas, self.base_eps)
         return base_distribution(self.manifold, self.conc, dtype, device)
+
+    def set_kde_base(self, centers):
+        """Fill the KDE base's centres (``(base_n, 3)`` points of S^2, e.g. the training split) and start the
+        flow at the identity (the field's last layer zeroed), so that the untrained model is the KDE."""
+        if self.config.get("base") != "kde" or tuple(centers.shape) != tuple(self.base_centers.shape):
+            raise ValueError(
+                f"set_kde_base needs a model built with base='kde' and {tuple(self.base_centers.shape)} centres"
+            )
+        with torch.no_grad():
+            self.base_centers.copy_(centers.to(torch.float64))
+            last = self.field.layers[-1]
+            last.weight.zero_()
+            last.bias.zero_()
+        return self
 
     @property
     def solver(self) -> SolverSettings:

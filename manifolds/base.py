@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .quadrature import polar_grid
 from .special import safe_sqrt
 
 #: Largest relative residual (:meth:`Manifold.residual`) of an accepted point, per dtype. float64 points
@@ -21,6 +22,8 @@ class Manifold(torch.nn.Module):
     """
 
     name: str = "Manifold"
+    #: The letter of its usual name in figures' titles (``S^n``, ``H^n``, ``T^n``).
+    symbol: str = "M"
     #: Injectivity radius of ``expmap`` (``inf`` when it is a global diffeomorphism).
     injectivity_radius: float = float("inf")
     #: Compact (finite volume): a uniform base distribution exists, importance-sampling integrals apply.
@@ -33,6 +36,16 @@ class Manifold(torch.nn.Module):
     figure_solver: dict = {"method": "rk4", "step_size": 1 / 8}
     #: Default switch radius on ``|v|`` of adaptive charts.
     default_chart_radius: float = 3.0
+    #: A fixed chart's guard on ``|v|`` (:class:`flows.MCNF`): a segment whose trajectories pass it is
+    #: redone with re-centred charts. None: the exponential chart has no singularity (a global chart).
+    chart_guard_radius: float | None = None
+    #: How :mod:`viz` draws a density on this 2-manifold: ``"plane"`` (a flat picture of a chart:
+    #: :meth:`plot_grid`, :meth:`to_plot`, :attr:`plot_extent`), ``"globe"`` (a map projection of
+    #: ``S^2``), or None (no density figure; samples are drawn as marginals).
+    figure_kind: str | None = None
+    #: The plane figure's square ``(lo, hi)`` in both coordinates, and its outline (``"circle"`` or None).
+    plot_extent: tuple | None = None
+    plot_outline: str | None = None
 
     def quadrature_pole(self, dtype=None, device=None) -> torch.Tensor:
         """Centre of the geodesic polar quadrature grid of a 2-manifold (:mod:`manifolds.quadrature`)."""
@@ -41,6 +54,29 @@ class Manifold(torch.nn.Module):
     def radial_scale(self, r: torch.Tensor) -> torch.Tensor:
         """``s(r)`` with volume element ``s(r)^(n-1) dr dOmega`` in geodesic polar coordinates (flat: ``r``)."""
         return r
+
+    def quadrature(self, n_radial: int = 400, n_angular: int = 800, r_max: float = 12.0, dtype=torch.float64,
+                   device=None):  # fmt: skip
+        """Points ``(N, ambient)`` and cell volumes ``(N,)`` of a quadrature rule covering the manifold
+        (:func:`manifolds.integrate`). Default: geodesic polar coordinates around
+        :meth:`quadrature_pole` with the volume element :meth:`radial_scale` (n = 2, 3), truncated at
+        ``r_max`` or the injectivity radius."""
+        return polar_grid(self, n_radial, n_angular, r_max, dtype, device)
+
+    def near_cut_locus(self, x, z) -> torch.Tensor:
+        """Pairs whose minimizing geodesic is not unique or not accurate (flow matching drops them):
+        none by default."""
+        return torch.zeros(torch.broadcast_shapes(x.shape, z.shape)[:-1], dtype=torch.bool, device=x.device)
+
+    def plot_grid(self, res: int):
+        """A plane figure's ``res x res`` cell centres: ``(x, inside, log_factor)`` with points
+        ``(res*res, ambient)``, a mask of the cells on the manifold, and the log of the factor that
+        turns the density into the value drawn (0: the density itself)."""
+        raise ValueError(f"no plane figure for the {self.name}")
+
+    def to_plot(self, x):
+        """Points ``(N, ambient)`` to the figure's plane coordinates ``(N, 2)`` (numpy)."""
+        raise ValueError(f"no figure for the {self.name}")
 
     def __init__(self, dim: int = 2):
         super().__init__()

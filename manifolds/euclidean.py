@@ -11,6 +11,7 @@ class Euclidean(Manifold):
     """``R^n`` with the standard metric; points have shape ``(..., n)`` (no extra ambient axis)."""
 
     name = "Euclidean"
+    symbol = "R"
 
     @property
     def ambient_dim(self) -> int:

@@ -29,7 +29,11 @@ class Hyperboloid(Manifold):
     """
 
     name = "Hyperboloid"
+    symbol = "H"
     unbounded_speed = True
+    figure_kind = "plane"  # the Poincare disk
+    plot_extent = (-1.0, 1.0)
+    plot_outline = "circle"
 
     def radial_scale(self, r):
         return torch.sinh(r)
@@ -186,3 +190,21 @@ class Hyperboloid(Manifold):
         """Poincare ball point (``|p| < 1``) to the hyperboloid."""
         n2 = (p * p).sum(-1, keepdim=True)
         return torch.cat([1 + n2, 2 * p], -1) / (1 - n2)
+
+    # -- figures: the Poincare disk ---------------------------------------------------------------
+    def plot_grid(self, res: int, radius: float = 0.995):
+        """Cell centres of a ``res x res`` grid on the Poincare disk's square ``[-1, 1]^2``: the points
+        (the origin outside the disk of ``radius``), the mask of cells inside, and ``log J(log_o x)``: the
+        figure shows ``p(x) J(log_o x)``, the density pulled back to the tangent plane at the origin (as
+        in the paper's figures, so that five equal Gaussians look equal)."""
+        c = (torch.arange(res, dtype=torch.float64) + 0.5) / res * 2 - 1
+        py, px = torch.meshgrid(c, c, indexing="ij")
+        p = torch.stack([px, py], -1).reshape(-1, 2)
+        inside = p.norm(dim=-1) < radius
+        x = self.from_poincare(torch.where(inside[:, None], p, torch.zeros_like(p)))
+        o = self.origin(dtype=x.dtype)
+        return x, inside.numpy(), self.logdetexp(o, self.logmap(o, x))
+
+    def to_plot(self, x):
+        """Points to the Poincare disk."""
+        return self.to_poincare(torch.as_tensor(x, dtype=torch.float64)).numpy()

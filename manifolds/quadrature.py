@@ -20,10 +20,15 @@ import torch
 def quadrature_grid(
     manifold, n_radial: int = 400, n_angular: int = 800, r_max: float = 12.0, dtype=torch.float64, device=None
 ):
-    """Points ``(N, n+1)`` and weights ``(N,)`` (area of each cell) covering the manifold.
+    """Points ``(N, ambient)`` and weights ``(N,)`` (volume of each cell) covering the manifold: the
+    manifold's own rule (:meth:`manifolds.Manifold.quadrature`; the polar grid below by default)."""
+    return manifold.quadrature(
+        n_radial=n_radial, n_angular=n_angular, r_max=r_max, dtype=dtype, device=device
+    )
 
-    ``n_radial`` cells along theta (sphere) or r, ``n_angular`` along the angle.
-    """
+
+def polar_grid(manifold, n_radial: int, n_angular: int, r_max: float, dtype=torch.float64, device=None):
+    """Geodesic polar grid: ``n_radial`` cells along theta (sphere) or r, ``n_angular`` along the angle."""
     if manifold.dim == 3:
         return _polar_grid_3d(manifold, n_radial, n_angular, r_max, dtype, device)
     if manifold.dim != 2:

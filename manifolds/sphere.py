@@ -18,10 +18,38 @@ class Sphere(Manifold):
     """
 
     name = "Sphere"
+    symbol = "S"
     injectivity_radius = math.pi
     compact = True
     figure_solver = {"method": "rk4", "step_size": 1 / 4}
     default_chart_radius = math.pi / 2  # half the injectivity radius
+    # three quarters of the injectivity radius, where the chart velocity's r / sin r is 3.3
+    chart_guard_radius = 0.75 * math.pi
+    figure_kind = "globe"
+    #: Pairs closer than this to antipodal (``1 + <x, z> < CUT_LOCUS_EPS``) are :meth:`near_cut_locus`:
+    #: there ``log_x z`` has no unique direction. The set has measure zero; the guard only keeps a
+    #: rounding accident from producing an arbitrary flow-matching target.
+    CUT_LOCUS_EPS = 1e-6
+
+    def near_cut_locus(self, x, z):
+        return 1 + (x * z).sum(-1) <= self.CUT_LOCUS_EPS
+
+    @property
+    def volume(self) -> float:
+        return 2 * math.pi ** ((self.dim + 1) / 2) / math.gamma((self.dim + 1) / 2)
+
+    def plot_grid(self, res: int):
+        """Cell centres of the (longitude, latitude) grid, ``res x res``, rows from south to north."""
+        lon = (torch.arange(res, dtype=torch.float64) + 0.5) / res * 2 * math.pi - math.pi
+        lat = (torch.arange(res, dtype=torch.float64) + 0.5) / res * math.pi - math.pi / 2
+        LAT, LON = torch.meshgrid(lat, lon, indexing="ij")
+        x = self.lonlat_to_xyz(LON, LAT).reshape(-1, 3)
+        return x, torch.ones(res * res, dtype=torch.bool).numpy(), torch.zeros(res * res, dtype=torch.float64)
+
+    def to_plot(self, x):
+        """Points to (longitude, latitude) in degrees."""
+        lon, lat = self.xyz_to_lonlat(torch.as_tensor(x, dtype=torch.float64))
+        return torch.stack([lon, lat], -1).rad2deg().numpy()
 
     def radial_scale(self, r):
         return torch.sin(r)

@@ -82,7 +82,7 @@ def test_resume_is_bit_exact_and_seed_deterministic(tmp_path):
         (["--charts", "0"], "--charts"),
         (["--weight_decay", "-1"], "--weight_decay"),
         (["--num_drops", "-1"], "--num_drops"),
-        (["--M", "Torus"], "--M"),
+        (["--M", "Klein"], "--M"),
         (["--dev", "cuda:7"], "cuda:7"),
         (["--dev", "banana"], "banana"),
         (["--solver", "leapfrog"], "leapfrog"),
@@ -229,6 +229,6 @@ def test_help_states_every_effective_default():
 
     text = " ".join(main_density.build_parser().format_help().split())
     assert "default: None" not in text
-    assert "Adam learning rate (default: 0.001; --objective fm: 0.002)" in text
+    assert "Adam learning rate (default: 0.001 (Torus: 0.01); --objective fm: 0.002)" in text
     assert "(default: 1/4; --reference_settings: 1/16 / none)" in text
     assert "shipped data/events" in text

@@ -32,11 +32,15 @@ def test_samples_agree_with_log_prob(manifold, dataset):
     g = torch.Generator().manual_seed(11)
     n = 20_000
     x = den.sample(n, generator=g)
-    assert x.shape == (n, 3) and torch.isfinite(x).all()
+    assert x.shape == (n, den.manifold.ambient_dim) and torch.isfinite(x).all()
     lp = den.log_prob(x)
     assert torch.isfinite(lp).all(), "a sample falls where the density is zero"
     M = den.manifold
-    if manifold == "Sphere":
+    if manifold == "Torus":  # cells: 8 x 8 squares of the two angles
+        torch.testing.assert_close(M.residual(x), torch.zeros(n, dtype=x.dtype), atol=1e-12, rtol=0)
+        edges_a = torch.linspace(-math.pi, math.pi, 9)
+        a, ang = M.to_angles(x).unbind(-1)
+    elif manifold == "Sphere":
         assert torch.allclose(x.norm(dim=-1), torch.ones(n))
         # cells: 8 bands in z (equal area) x 8 sectors in azimuth
         edges_a = torch.linspace(-1, 1, 9)
@@ -46,7 +50,8 @@ def test_samples_agree_with_log_prob(manifold, dataset):
         # cells: geodesic rings around the origin x 8 sectors
         edges_a = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.5, 100.0])
         a = M.dist(M.origin(), x)
-    ang = torch.atan2(x[:, 2], x[:, 1]) if manifold == "Hyperboloid" else torch.atan2(x[:, 1], x[:, 0])
+    if manifold != "Torus":
+        ang = torch.atan2(x[:, 2], x[:, 1]) if manifold == "Hyperboloid" else torch.atan2(x[:, 1], x[:, 0])
     edges_b = torch.linspace(-math.pi, math.pi, 9)
     counts = np.histogram2d(a.numpy(), ang.numpy(), bins=[edges_a.numpy(), edges_b.numpy()])[0]
     # expected cell masses by quadrature
@@ -54,8 +59,11 @@ def test_samples_agree_with_log_prob(manifold, dataset):
 
     q, w = quadrature_grid(M, n_radial=600, n_angular=1200)
     pq = den.log_prob(q).exp() * w
-    qa = q[:, 2] if manifold == "Sphere" else M.dist(M.origin(), q)
-    qb = torch.atan2(q[:, 2], q[:, 1]) if manifold == "Hyperboloid" else torch.atan2(q[:, 1], q[:, 0])
+    if manifold == "Torus":
+        qa, qb = M.to_angles(q).unbind(-1)
+    else:
+        qa = q[:, 2] if manifold == "Sphere" else M.dist(M.origin(), q)
+        qb = torch.atan2(q[:, 2], q[:, 1]) if manifold == "Hyperboloid" else torch.atan2(q[:, 1], q[:, 0])
     mass = np.histogram2d(
         qa.numpy(), qb.numpy(), bins=[edges_a.numpy(), edges_b.numpy()], weights=pq.numpy()
     )[0]
@@ -74,7 +82,7 @@ def test_unknown_dataset_names_valid_ones():
     with pytest.raises(ValueError, match="4wrapped"):
         get_density("Sphere", "5gaussians")
     with pytest.raises(ValueError, match="Sphere"):
-        get_density("Torus", "1wrapped")
+        get_density("Klein", "1wrapped")
 
 
 def test_entropies_match_design():

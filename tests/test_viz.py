@@ -105,4 +105,4 @@ def test_paper_grid(tmp_path):
 
 def test_unknown_manifold():
     with pytest.raises(ValueError, match="Hyperboloid"):
-        figures.density_values(lambda x: x[:, 0], "Torus", 10)
+        figures.density_values(lambda x: x[:, 0], "Euclidean", 10)

@@ -29,6 +29,8 @@ def build_model(args):
             train_solver=dict(method=args.solver, atol=args.atol, rtol=args.rtol, step_size=args.step_size,
                               adjoint=args.adjoint),
             eval_solver=dict(method="dopri5", atol=args.eval_tol, rtol=args.eval_tol),
+            **(dict(base="kde", base_n=args.base_n, base_kappas=args.base_kappas)
+               if getattr(args, "base", "default") == "kde" else {}),
         )  # fmt: skip
     except ValueError as e:
         raise UserError(str(e)) from None

@@ -24,6 +24,10 @@ DEFAULT_SETTINGS = {
     "Hyperboloid": dict(charts=1, solver="rk4", step_size=1 / 4, adjoint=False, divergence="exact",
                         chart_center="point", atol=1e-5, rtol=1e-5),
 }  # fmt: skip
+#: A manifold without a line above (the flat torus): one chart (its exponential chart has no singularity,
+#: ``manifolds.Manifold.chart_guard_radius``), rk4 at step 1/4 (the solver guard refines it if needed).
+GENERIC_SETTINGS = dict(charts=1, solver="rk4", step_size=1 / 4, adjoint=False, divergence="exact",
+                        chart_center="point", atol=1e-5, rtol=1e-5)  # fmt: skip
 #: ``--solver_guard`` of maximum-likelihood runs with a fixed-step solver (0 with --reference_settings,
 #: which reproduce the published configuration as it is): the tolerance, in nats, on the gap between
 #: the training solver's and the accurate solve's mean NLL of 1000 fixed training points.
@@ -73,10 +77,27 @@ FM_SETTINGS = {
                         weight_decay=0.0, batch_size=1024, flow_hidden_size=128, n_hidden=3, activation="tanh",
                         fourier=0, fourier_scale=1.0, epochs=5_000, eval_freq=1_000),
 }  # fmt: skip
+#: Maximum likelihood on a manifold that the published code does not have (the torus): there is no
+#: reference default to keep, so this project's: the README demos' learning rate and, on a compact
+#: manifold, the uniform base (T^2 1wrapped, 300 epochs: lr 1e-3 KL 0.209, lr 1e-2 0.041, lr 1e-2 with
+#: the uniform base 0.024; ``python main_density.py --M Torus --dataset 1wrapped --epochs 300 --dev cpu``).
+NEW_MANIFOLD_MLE = dict(lr=1e-2, conc=0.0)
+
+
+def _mle_presets(manifold: str) -> dict:
+    if manifold in REFERENCE_SETTINGS:
+        return MLE_SETTINGS
+    extra = {k: v for k, v in NEW_MANIFOLD_MLE.items() if k != "conc" or MANIFOLDS[manifold].compact}
+    return {**MLE_SETTINGS, **extra}
+
+
 #: Per objective (:mod:`train.objectives`): its presets, from (Earth data?, manifold).
 OBJECTIVE_PRESETS = {
-    "mle": lambda earth, manifold: MLE_SETTINGS,
-    "fm": lambda earth, manifold: FM_SETTINGS["earth" if earth else manifold],
+    "mle": lambda earth, manifold: _mle_presets(manifold),
+    # a manifold without its own line (the torus) takes the sphere's: compact, a bounded field
+    "fm": lambda earth, manifold: FM_SETTINGS[
+        "earth" if earth else manifold if manifold in FM_SETTINGS else "Sphere"
+    ],
 }
 #: Flags that only mean something for maximum-likelihood training (the training ODE solve).
 MLE_ONLY = (
@@ -194,7 +215,21 @@ def fill_objective(args, earth: bool, resuming: bool = False):
     if args.conc is None:  # the hyperboloid has no vMF base; the flag is the reference's and unused there
         args.conc = 1.0
     if args.conc == 0 and not MANIFOLDS[args.M].compact:
-        raise UserError("--conc 0 (a uniform base) exists only on the sphere")
+        compact = " and ".join(k for k, c in MANIFOLDS.items() if c.compact)
+        raise UserError(
+            f"--conc 0 (a uniform base) exists only on compact manifolds ({compact}), not the {args.M}"
+        )
+    if getattr(args, "base", "default") == "kde" and getattr(args, "model", "mcnf") != "mcnf":
+        raise UserError(f"--base kde is the MCNF's base; --model {args.model} has its own")
+    if getattr(args, "coupling", None) is None:
+        paired = getattr(args, "base", "default") == "kde" and not objective.solves_ode
+        args.coupling = "paired" if paired else "independent"
+    elif "coupling" in args.explicit and objective.solves_ode:
+        raise UserError(
+            f"--coupling pairs flow matching's data and base points, not --objective {args.objective}'s"
+        )
+    if args.coupling == "paired" and getattr(args, "base", "default") != "kde":
+        raise UserError("--coupling paired draws each base point at its data point: it needs --base kde")
     if args.contsave and args.dim != 2:
         raise UserError(f"--contsave draws density maps of 2-dimensional manifolds, not --dim {args.dim}; "
                         "--save draws the pairwise marginals of samples in any dimension")  # fmt: skip
@@ -208,8 +243,13 @@ def fill_settings(args):
     if getattr(args, "model", "mcnf") != "mcnf":
         args.solver_guard = 0.0
         return
+    if args.reference_settings and args.M not in REFERENCE_SETTINGS:
+        from utils import UserError
+
+        raise UserError(f"--reference_settings: the published code has no {args.M} (it has "
+                        f"{' and '.join(REFERENCE_SETTINGS)})")  # fmt: skip
     table = REFERENCE_SETTINGS if args.reference_settings else DEFAULT_SETTINGS
-    for k, v in table[args.M].items():
+    for k, v in table.get(args.M, GENERIC_SETTINGS).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     from flows.solver import FIXED_STEP
@@ -263,7 +303,12 @@ def _fmt(v) -> str:
         return {True: "on", False: "off", None: "none"}[v]
     if isinstance(v, float) and v and (abs(v) < 1e-2 or abs(v) >= 1e4):
         return f"{v:g}"
-    if isinstance(v, float) and 0 < v < 1 and abs(1 / v - round(1 / v)) < 1e-12 and round(1 / v) > 2:
+    if (
+        isinstance(v, float)
+        and 0 < v < 1
+        and abs(1 / v - round(1 / v)) < 1e-12
+        and round(1 / v) in (4, 8, 16, 32)
+    ):
         return f"1/{round(1 / v)}"
     return str(v)
 
@@ -276,6 +321,7 @@ SPECIAL_DEFAULTS = {
     "out": "results/{dataset}_{M}, or the first free results/{dataset}_{M}_N",
     "resume": "a new run",
     "stop_after": "train to --epochs",
+    "coupling": "paired with --base kde and --objective fm, else independent",
 }
 
 
@@ -299,12 +345,14 @@ def effective_default(dest: str, parser_default) -> str:
             text + f"; --reference_settings: {' / '.join(_fmt(t[dest]) for t in REFERENCE_SETTINGS.values())}"
         )
     mle = MLE_SETTINGS.get(dest, parser_default)
+    new = (f" ({', '.join(k for k in MANIFOLDS if k not in REFERENCE_SETTINGS and k != 'Euclidean')}: "
+           f"{_fmt(NEW_MANIFOLD_MLE[dest])})" if dest in NEW_MANIFOLD_MLE else "")  # fmt: skip
     fm = {k: t[dest] for k, t in FM_SETTINGS.items() if dest in t}
     if not fm or all(v == mle for v in fm.values()):
-        return _fmt(mle)
+        return _fmt(mle) + new
     names = {"earth": "Earth data", "Sphere": "sphere", "Hyperboloid": "hyperboloid"}
     vals = {_fmt(v) for v in fm.values()}
     fm_text = (
         next(iter(vals)) if len(vals) == 1 else ", ".join(f"{names[k]} {_fmt(v)}" for k, v in fm.items())
     )
-    return f"{_fmt(mle)}; --objective fm: {fm_text}"
+    return f"{_fmt(mle)}{new}; --objective fm: {fm_text}"

@@ -97,8 +97,17 @@ class Trainer(Checkpointing, Outputs):
         check_writable(self.out)
         args.out = str(self.out)
 
+        kde = None
+        if getattr(args, "base", "default") == "kde" and getattr(args, "base_kappas", None) is None:
+            centers, args.base_kappas, kde_val = self.task.kde_base()  # chosen on validation, saved in args
+            args.base_n, kde = len(centers), centers
+            if self.is_main and not args.quiet:
+                print(f"KDE base: concentrations {', '.join(f'{k:.4g}' for k in args.base_kappas)}; "
+                      f"validation NLL of the base alone {kde_val:.4f}")  # fmt: skip
         utils.seed_everything(args.seed)
         self.model = build_model(args).to(device=self.device, dtype=self.dtype)
+        if kde is not None:
+            self.model.set_kde_base(kde)
         compiled = resolve_compile(args, args.epochs - int(ckpt["epoch"] if ckpt else 0), self.device)
         if (
             compiled
@@ -209,6 +218,18 @@ class Trainer(Checkpointing, Outputs):
                    disable=args.quiet or not self.is_main, dynamic_ncols=True,
                    desc=f"{args.dataset} on {args.M}")  # fmt: skip
         loss_val = float("nan")
+        if (
+            self.start_epoch == 0
+            and getattr(args, "base", "default") == "kde"
+            and self.task.x_select is not None
+        ):
+            # the untrained model is its KDE base (the flow starts at the identity): a candidate like any other
+            try:
+                m = self.evaluate(0, loss_val)
+            except (FloatingPointError, RuntimeError, MemoryError) as e:
+                return self.fail(0, e, "evaluation failed: ")
+            if self.is_main:
+                print(f"epoch 0 (the KDE base alone): validation NLL {m['val_nll']:.4f}", flush=True)
         for epoch in bar:
             model.train()
             t0 = time.perf_counter()
@@ -299,8 +320,9 @@ class Trainer(Checkpointing, Outputs):
     def epoch_batches(self):
         """One epoch's batches, each a tuple of the loss's arguments (:mod:`train.objectives`)."""
         return self.objective.epoch_batches(
-            self.task, self.model, self.args.batch_size, self.train_gen, self.dtype
-        )
+            self.task, self.model, self.args.batch_size, self.train_gen, self.dtype,
+            paired=getattr(self.args, "coupling", "independent") == "paired",
+        )  # fmt: skip
 
     def fail(self, epoch, err, what=""):
         """Report a failed step: out of memory as such (exit 2), anything else as divergence (exit 3)."""

@@ -27,7 +27,7 @@ class Objective:
     def loss(self, model) -> torch.nn.Module:
         raise NotImplementedError
 
-    def epoch_batches(self, task, model, batch_size, generator, dtype) -> list[tuple]:
+    def epoch_batches(self, task, model, batch_size, generator, dtype, paired=False) -> list[tuple]:
         """One epoch's batches, each a tuple of the loss module's arguments."""
         raise NotImplementedError
 
@@ -40,7 +40,7 @@ class MaximumLikelihood(Objective):
     def loss(self, model):
         return MeanNLL(model)
 
-    def epoch_batches(self, task, model, batch_size, generator, dtype):
+    def epoch_batches(self, task, model, batch_size, generator, dtype, paired=False):
         """A fresh batch of the true density (the reference), or one pass over an Earth training split."""
         return [(x,) for x in task.train_batches(batch_size, generator, dtype)]
 
@@ -54,10 +54,17 @@ class RiemannianFlowMatching(Objective):
     def loss(self, model):
         return FlowMatching(model)
 
-    def epoch_batches(self, task, model, batch_size, generator, dtype):
-        """One batch of data (drawn with replacement from a finite split), base points and times."""
+    def epoch_batches(self, task, model, batch_size, generator, dtype, paired=False):
+        """One batch of data (drawn with replacement from a finite split), base points and times.
+
+        ``paired`` (``--coupling paired``, with the KDE base): each base point is a kernel draw at its own
+        data point, so the conditional paths are short; the base marginal is still the KDE exactly,
+        because the data are drawn uniformly from the KDE's centres (the training split)."""
         x = task.random_batch(batch_size, generator, dtype)
-        z = model.sample_base(len(x), generator, torch.float64, torch.device("cpu"))
+        if paired:
+            z = model.base().sample_around(x.double(), generator)
+        else:
+            z = model.sample_base(len(x), generator, torch.float64, torch.device("cpu"))
         t = torch.rand(len(x), generator=generator, dtype=torch.float64)
         return [(x, z, t)]
 

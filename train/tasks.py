@@ -38,6 +38,11 @@ def build_task(args):
 
 
 class SyntheticTask:
+    def kde_base(self):
+        raise UserError(
+            "--base kde needs a finite training split (the Earth datasets), not a synthetic density"
+        )
+
     x_select = None
 
     def __init__(self, args):
@@ -105,6 +110,32 @@ class EarthTask:
             raise UserError(str(e)) from None
         self.name, self.manifold = args.dataset, "Sphere"
         self.x_select, self.x_test = self.data.val, self.data.test
+
+    #: The ladders of concentrations tried for ``--base kde`` (:meth:`kde_base`): four kernels, from
+    #: ``lo`` to ``hi`` in geometric steps (a kernel of concentration k has an angular scale 1/sqrt(k):
+    #: 100 is 570 km on the Earth, 6.6e6 is 2.5 km).
+    KDE_LO, KDE_HI, KDE_M, KDE_EPS = (
+        (100, 400, 1600, 6400),
+        (25_600, 102_400, 409_600, 1_638_400, 6_553_600),
+        4,
+        0.01,
+    )
+
+    def kde_base(self):
+        """The KDE base's centres (the training split) and its ladder of concentrations, chosen by the
+        validation NLL of the KDE alone (never the test split); returns ``(centers, kappas, val_nll)``."""
+        from manifolds.distributions import MultiscaleKDE
+
+        best = None
+        for lo in self.KDE_LO:
+            for hi in self.KDE_HI:
+                kappas = [lo * (hi / lo) ** (i / (self.KDE_M - 1)) for i in range(self.KDE_M)]
+                nll = -float(
+                    MultiscaleKDE(self.data.train, kappas, self.KDE_EPS).log_prob(self.data.val).mean()
+                )
+                if best is None or nll < best[2]:
+                    best = (self.data.train, kappas, nll)
+        return best
 
     def train_batches(self, batch_size, generator, dtype):
         return [x.to(dtype) for x in self.data.batches(batch_size, generator)]

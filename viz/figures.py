@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from manifolds import Hyperboloid, Sphere, get_manifold  # noqa: E402
+from manifolds import MANIFOLDS, Hyperboloid, Sphere, get_manifold  # noqa: E402
 
 PANEL_INCHES = 4.0
 DPI = 100
@@ -25,18 +25,22 @@ CMAP = "magma"
 
 
 # -- grids -----------------------------------------------------------------------------------------
-def poincare_grid(res: int, radius: float = 0.995):
-    """Cell centres of a ``res x res`` grid on ``[-1, 1]^2``; returns ``(px, py, x, inside)``.
+def _manifold(manifold):
+    """A manifold instance from a name (2-dimensional) or an instance; ValueError without a figure."""
+    M = get_manifold(manifold, 2) if isinstance(manifold, str) else manifold
+    if M.figure_kind is None or M.dim != 2:
+        raise ValueError(f"no density figure for the {M.dim}-dimensional {M.name}; figures exist for "
+                         f"{', '.join(k for k, c in MANIFOLDS.items() if c.figure_kind)} (n = 2)")  # fmt: skip
+    return M
 
-    ``x`` ``(res*res, 3)`` are hyperboloid points (float64) for the cells inside the disk of
-    ``radius`` (others get the origin and are masked by ``inside``).
-    """
+
+def poincare_grid(res: int, radius: float = 0.995):
+    """Cell centres of a ``res x res`` grid on ``[-1, 1]^2``; returns ``(px, py, x, inside)``
+    (:meth:`manifolds.Hyperboloid.plot_grid`)."""
+    x, inside, _ = Hyperboloid(2).plot_grid(res, radius)
     c = (np.arange(res) + 0.5) / res * 2 - 1
     px, py = np.meshgrid(c, c, indexing="xy")
-    p = torch.from_numpy(np.stack([px, py], -1).reshape(-1, 2))
-    inside = (p.norm(dim=-1) < radius).numpy()
-    p = torch.where(torch.from_numpy(inside)[:, None], p, torch.zeros_like(p))
-    return px, py, Hyperboloid.from_poincare(p), inside
+    return px, py, x, inside
 
 
 def lonlat_grid(res: int):
@@ -44,8 +48,7 @@ def lonlat_grid(res: int):
     lon = (np.arange(res) + 0.5) / res * 360 - 180
     lat = (np.arange(res) + 0.5) / res * 180 - 90
     LON, LAT = np.meshgrid(lon, lat, indexing="xy")
-    x = Sphere.lonlat_to_xyz(torch.from_numpy(np.radians(LON)), torch.from_numpy(np.radians(LAT)))
-    return LON, LAT, x.reshape(-1, 3)
+    return LON, LAT, Sphere(2).plot_grid(res)[0]
 
 
 @torch.no_grad()
@@ -59,26 +62,16 @@ def evaluate_on_grid(log_prob, x, chunk: int = 20000, progress: bool = False, de
     return np.nan_to_num(out, nan=0.0, posinf=0.0)
 
 
-def density_values(log_prob, manifold: str, res: int, progress: bool = False):
-    """The 2-D array that a density figure shows.
-
-    Hyperboloid: ``p(x) J(log_o x)`` on the Poincare disk grid, i.e. the density pulled back to the
-    tangent plane at the origin (as in the paper's figures, so five equal Gaussians look equal);
-    zero outside the disk. Sphere: ``p(x)`` w.r.t. area on the (lon, lat) grid.
-    """
-    if manifold == "Hyperboloid":
-        _, _, x, inside = poincare_grid(res)
-        H = Hyperboloid(2)
-        o = H.origin(dtype=x.dtype)
-        log_j = H.logdetexp(o, H.logmap(o, x))
-        vals = evaluate_on_grid(lambda y: log_prob(y), x[inside], progress=progress)
-        full = np.zeros(res * res)
-        full[inside] = vals * log_j[inside].exp().numpy()
-        return full.reshape(res, res)
-    if manifold == "Sphere":
-        _, _, x = lonlat_grid(res)
-        return evaluate_on_grid(log_prob, x, progress=progress).reshape(res, res)
-    raise ValueError(f"no figure for manifold {manifold!r}; valid: Hyperboloid, Sphere")
+def density_values(log_prob, manifold, res: int, progress: bool = False):
+    """The 2-D array ``(res, res)`` that a density figure shows (rows from the bottom up), asked of the
+    manifold (:meth:`manifolds.Manifold.plot_grid`): the density times the manifold's figure factor
+    (hyperboloid: ``J(log_o x)``, the density pulled back to the tangent plane at the origin, as in the
+    paper's figures); zero outside the manifold's part of the picture (the Poincare disk)."""
+    M = _manifold(manifold)
+    x, inside, log_factor = M.plot_grid(res)
+    full = np.zeros(res * res)
+    full[inside] = evaluate_on_grid(log_prob, x[inside], progress=progress) * log_factor[inside].exp().numpy()
+    return full.reshape(res, res)
 
 
 # -- axes ------------------------------------------------------------------------------------------
@@ -126,40 +119,52 @@ def _draw_sphere(ax, values, res, ccrs, vmax, scatter=None, stock=False):
             ax.set_facecolor(plt.get_cmap(CMAP)(0.0))
 
 
-def _draw_disk(ax, values, vmax, scatter=None):
-    c = np.linspace(-1, 1, values.shape[0] + 1) if values is not None else None
+def _draw_plane(ax, M, values, vmax, scatter=None):
+    lo, hi = M.plot_extent
+    circle = M.plot_outline == "circle"
     if values is not None:
+        c = np.linspace(lo, hi, values.shape[0] + 1)
         ax.pcolormesh(c, c, values, cmap=CMAP, vmin=0, vmax=vmax, shading="flat", rasterized=True)
+    elif circle:
+        ax.add_patch(plt.Circle((0, 0), hi, color=plt.get_cmap(CMAP)(0.0)))
     else:
-        ax.add_patch(plt.Circle((0, 0), 1.0, color=plt.get_cmap(CMAP)(0.0)))
+        ax.set_facecolor(plt.get_cmap(CMAP)(0.0))
     if scatter is not None:
         ax.scatter(scatter[:, 0], scatter[:, 1], s=3, c="tab:cyan", lw=0)
-    ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="black", lw=1.0))
-    ax.set_xlim(-1.02, 1.02)
-    ax.set_ylim(-1.02, 1.02)
+    pad = 0.01 * (hi - lo)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
     ax.set_aspect("equal")
-    ax.axis("off")
+    if circle:
+        ax.add_patch(plt.Circle((0, 0), hi, fill=False, color="black", lw=1.0))
+        ax.axis("off")
+    else:  # a periodic square (the torus): opposite edges are identified
+        ax.set_xticks([])
+        ax.set_yticks([])
 
 
-def panel_size(manifold: str):
-    """(width, height) in inches of one panel: square for the disk, 2:1 for Mollweide."""
-    return (PANEL_INCHES, PANEL_INCHES) if manifold == "Hyperboloid" else (2 * PANEL_INCHES, PANEL_INCHES)
+def panel_size(manifold):
+    """(width, height) in inches of one panel: square for a plane figure, 2:1 for Mollweide."""
+    return (
+        (2 * PANEL_INCHES, PANEL_INCHES)
+        if _manifold(manifold).figure_kind == "globe"
+        else (PANEL_INCHES,) * 2
+    )
 
 
 def draw_panel(fig, rect, manifold: str, values=None, scatter=None, vmax=None, title=None, stock=False):
     """Draw one density/scatter panel into ``rect`` (figure fraction) of ``fig``; returns the axes."""
     vmax = vmax if vmax is not None else (float(np.nanmax(values)) if values is not None else 1.0) or 1.0
-    if manifold == "Hyperboloid":
+    M = _manifold(manifold)
+    if M.figure_kind == "plane":
         ax = fig.add_axes(rect)
-        _draw_disk(ax, values, vmax, scatter)
-    elif manifold == "Sphere":
+        _draw_plane(ax, M, values, vmax, scatter)
+    else:  # "globe"
         ccrs = _cartopy()
         ax = _sphere_axes(fig, rect, ccrs)
         _draw_sphere(
             ax, values, values.shape[0] if values is not None else 0, ccrs, vmax, scatter, stock=stock
         )
-    else:
-        raise ValueError(f"no figure for manifold {manifold!r}; valid: Hyperboloid, Sphere")
     if title:
         ax.set_title(title, fontsize=11)
     return ax
@@ -205,13 +210,10 @@ def density_figure(
     return plot_panels(panels, manifold, path, suptitle=suptitle)
 
 
-def to_plane(x, manifold: str):
-    """Points ``(N, 3)`` to plot coordinates: Poincare disk, or (lon, lat) in degrees."""
-    x = torch.as_tensor(x, dtype=torch.float64)
-    if manifold == "Hyperboloid":
-        return Hyperboloid.to_poincare(x).numpy()
-    lon, lat = Sphere.xyz_to_lonlat(x)
-    return np.degrees(np.stack([lon.numpy(), lat.numpy()], -1))
+def to_plane(x, manifold):
+    """Points to plot coordinates (:meth:`manifolds.Manifold.to_plot`): Poincare disk, (lon, lat) in
+    degrees, or the torus's two angles."""
+    return _manifold(manifold).to_plot(torch.as_tensor(x, dtype=torch.float64).detach().cpu())
 
 
 def samples_figure(samples: dict, manifold: str, path):
@@ -220,15 +222,24 @@ def samples_figure(samples: dict, manifold: str, path):
     return plot_panels(panels, manifold, path)
 
 
-def chart_coordinates(x, manifold: str):
-    """Points ``(N, n+1)`` of S^n or H^n to their exponential-chart coordinates ``(N, n)`` at the origin.
+def _manifold_of(x, manifold):
+    """The manifold (named, or an instance) whose ambient dimension is that of the points ``x``."""
+    if not isinstance(manifold, str):
+        return manifold
+    cls = MANIFOLDS[manifold]
+    return cls(next(d for d in range(1, x.shape[-1] + 1) if cls(d).ambient_dim == x.shape[-1]))
 
-    The coordinates of ``log_o x`` in the basis ``e_1, ..., e_n`` (``o = -e_0`` on the sphere, ``e_0``
-    on the hyperboloid): geodesic distance and direction from the origin, for any ``n``.
+
+def chart_coordinates(x, manifold):
+    """Points ``(N, ambient)`` to their exponential-chart coordinates ``(N, n)`` at the origin ``o``.
+
+    The coordinates of ``log_o x`` in ``tangent_basis(o)`` (``e_1, ..., e_n`` on the sphere and the
+    hyperboloid; the angles on the torus): geodesic distance and direction from the origin, any ``n``.
     """
     x = torch.as_tensor(x, dtype=torch.float64).detach().cpu()
-    M = get_manifold(manifold, x.shape[-1] - 1)
-    return M.logmap(M.origin(dtype=x.dtype), x)[..., 1:].numpy()
+    M = _manifold_of(x, manifold)
+    o = M.origin(dtype=x.dtype)
+    return M.coords(o, M.logmap(o, x), M.tangent_basis(o)).numpy()
 
 
 def marginal_pairs(n: int):
@@ -263,7 +274,7 @@ def marginals_figure(samples: dict, manifold: str, path, bins: int = 80):
                 ax.set_xlabel(f"v_{i + 1}")
                 ax.set_ylabel(f"v_{j + 1}")
             ax.set_title(f"{title}", fontsize=9)
-    name = "S" if manifold == "Sphere" else "H"
+    name = _manifold_of(torch.zeros(next(iter(samples.values())).shape[-1]), manifold).symbol
     fig.suptitle(f"{name}^{n}: pairwise marginals of the chart coordinates v = log_o(x)", fontsize=10)
     fig.tight_layout()
     path = Path(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from viz.figures import DPI, PANEL_INCHES, density_values, draw_panel, plt
+from viz.figures import DPI, PANEL_INCHES, density_values, draw_panel, panel_size, plt
 
 
 def model_grid(rows, path, res: int = 200, progress: bool = False, scale: str = "truth"):
@@ -22,14 +22,14 @@ def model_grid(rows, path, res: int = 200, progress: bool = False, scale: str = 
     width of hyperboloid ones (Poincare disk); all rows should have the same number of columns.
     """
     n, cols = len(rows), max(len(r[2]) for r in rows)
-    wide = any(r[1] == "Sphere" for r in rows)
+    wide = any(panel_size(r[1])[0] > PANEL_INCHES for r in rows)
     fig = plt.figure(figsize=((2 if wide else 1) * PANEL_INCHES * cols, PANEL_INCHES * n), dpi=DPI)
     for i, (title, manifold, panels) in enumerate(rows):
         values = [density_values(lp, manifold, res, progress) for _, lp in panels]
         vmax = float(values[0].max() if scale == "truth" else max(v.max() for v in values)) or 1.0
         y0 = 1 - (i + 1) / n
         for j, ((name, _), vals) in enumerate(zip(panels, values, strict=True)):
-            w = (1 if manifold == "Sphere" or not wide else 0.5) / cols
+            w = (1 if panel_size(manifold)[0] > PANEL_INCHES or not wide else 0.5) / cols
             x0 = j / cols + (1 / cols - w) / 2
             draw_panel(fig, [x0, y0 + 0.02 / n, w, 0.85 / n], manifold, vals, vmax=vmax,
                        title=f"{title}: {name}" if title else name)  # fmt: skip
