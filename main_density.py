@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     earth.add_argument("--data_dir", default=None,
                        help="folder with volerup.csv, quakes_all.csv, flood.csv, fire.csv")  # fmt: skip
     earth.add_argument("--split_seed", type=int, default=0, help="seed of the random 80/10/10 split")
+    earth.add_argument("--budget", choices=["default", "long"], default="default",
+                       help="flow matching on Earth data: default 30,000 steps (6-10 CPU-minutes per split), "
+                            "long 90,000 (about 18); --epochs overrides")  # fmt: skip
     earth.add_argument("--base", choices=["default", "kde"], default="default",
                        help="the flow's base distribution: the manifold's own (--conc), or kde: a multiscale "
                             "von Mises-Fisher kernel density estimate of the training split with 1%% uniform, "

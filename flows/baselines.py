@@ -67,7 +67,7 @@ class _Coupling(nn.Module):
         self.fast = True
 
     def params(self, y):
-        h = self.net(y[..., self.a].to(self.net[-1].weight.dtype)).to(y.dtype)
+        h = self.net(y[..., self.a].to(self.net.layers[-1].weight.dtype)).to(y.dtype)
         return soft_clamp(h[..., : self.m]), h[..., self.m :]
 
     def _lift(self, t):

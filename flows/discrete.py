@@ -4,33 +4,26 @@ of their log-scales, and :class:`DiscreteFlow`, the interface built on their two
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from manifolds import get_manifold
 
 from .flow import Flow
+from .mlp import ACTIVATIONS, MLP
 
 #: Log-scales (RealNVP's ``s``, NCP's ``log alpha``, the interval map's ``log a``) are soft-clamped
 #: to ``(-SCALE_BOUND, SCALE_BOUND)`` with ``B tanh(s / B)``: one layer changes a density by at most
 #: ``e^4`` per direction, which keeps training at the paper's learning rate (1e-2) finite.
 SCALE_BOUND = 4.0
-_ACT = {"tanh": nn.Tanh, "softplus": nn.Softplus, "silu": nn.SiLU}
 
 
 def soft_clamp(s):
     return SCALE_BOUND * torch.tanh(s / SCALE_BOUND)
 
 
-def conditioner(n_in: int, n_out: int, hidden: int, n_hidden: int, activation: str) -> nn.Sequential:
-    """An MLP ``n_in -> hidden (x n_hidden) -> n_out`` whose last layer starts at zero (identity layer)."""
-    layers, width = [], n_in
-    for _ in range(n_hidden):
-        layers += [nn.Linear(width, hidden), _ACT[activation]()]
-        width = hidden
-    last = nn.Linear(width, n_out)
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-    return nn.Sequential(*layers, last)
+def conditioner(n_in: int, n_out: int, hidden: int, n_hidden: int, activation: str) -> MLP:
+    """The shared :class:`flows.mlp.MLP` ``n_in -> hidden (x n_hidden) -> n_out`` with its last layer at
+    zero (an identity coupling)."""
+    return MLP(n_in, n_out, hidden, n_hidden, activation, zero_last=True)
 
 
 class DiscreteFlow(Flow):
@@ -45,8 +38,8 @@ class DiscreteFlow(Flow):
 
     def __init__(self, manifold, dim, hidden, n_hidden, activation, blocks, **extra):
         super().__init__()
-        if activation not in _ACT:
-            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(_ACT)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
         if int(blocks) != blocks or blocks < 1:
             raise ValueError(f"blocks must be a positive integer, got {blocks!r}")
         self.manifold = get_manifold(manifold, dim) if isinstance(manifold, str) else manifold

@@ -115,7 +115,7 @@ class NCP(DiscreteFlow):
     def _params(self, i, z, phi):
         net = self.nets[i]
         feat = z[..., None] if i % 2 == 0 else torch.stack([torch.cos(phi), torch.sin(phi)], -1)
-        h = net(feat.to(net[-1].weight.dtype)).to(z.dtype)
+        h = net(feat.to(net.layers[-1].weight.dtype)).to(z.dtype)
         return soft_clamp(h[..., : self.k]), h[..., self.k : 2 * self.k], h[..., 2 * self.k :]
 
     @staticmethod

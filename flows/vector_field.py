@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from .mlp import MLP
 
 #: Speed bound of the hyperboloid field for unbounded activations (see :class:`VectorField`).
 DEFAULT_MAX_SPEED = 10.0
 #: Activations whose MLP output is bounded whatever the input (the last layer is linear).
 BOUNDED_ACTIVATIONS = ("tanh",)
 
-# activation -> derivative written in terms of (pre-activation z, activation a)
-_ACTIVATIONS = {
-    "tanh": (torch.tanh, lambda z, a: 1 - a * a),
-    "softplus": (nn.functional.softplus, lambda z, a: torch.sigmoid(z)),
-    "silu": (nn.functional.silu, lambda z, a: torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z)))),
-}
 
-
-class VectorField(nn.Module):
+class VectorField(MLP):
     """``f(t, x) = proj_field(x, h(x, t))``: an MLP on ``[x, t]`` projected onto ``T_x M``.
 
     On the sphere this is the orthogonal projection ``proju``; on the hyperboloid the output is
@@ -70,28 +64,24 @@ class VectorField(nn.Module):
         fourier: int = 0,
         fourier_scale: float = 1.0,
     ):
-        super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(_ACTIVATIONS)}")
-        if hidden < 1 or n_hidden < 0:
-            raise ValueError("hidden must be >= 1 and n_hidden >= 0")
+        if int(fourier) != fourier or fourier < 0 or not (0 < fourier_scale < float("inf")):
+            raise ValueError(
+                f"fourier must be an integer >= 0 and fourier_scale positive, got {fourier}, {fourier_scale}"
+            )
+        d = manifold.ambient_dim
+        # drawn before the layers' initialization, as always (seeded runs keep their initial weights)
+        freqs = fourier_scale * torch.randn(int(fourier), d) if fourier else None
+        # the shared MLP of [x, sin/cos(Bx), t] (:mod:`flows.mlp`; its parameters are layers.{i})
+        super().__init__(d + 2 * int(fourier) + 1, d, hidden, n_hidden, activation)
         if max_speed is not None and not (0 < max_speed < float("inf")):
             raise ValueError(f"max_speed must be a positive finite number, got {max_speed!r}")
         if max_speed is None and manifold.unbounded_speed and activation not in BOUNDED_ACTIVATIONS:
             max_speed = DEFAULT_MAX_SPEED
         self.max_speed = None if max_speed is None else float(max_speed)
         self.manifold = manifold
-        self.act, self.dact = _ACTIVATIONS[activation]
-        if int(fourier) != fourier or fourier < 0 or not (0 < fourier_scale < float("inf")):
-            raise ValueError(
-                f"fourier must be an integer >= 0 and fourier_scale positive, got {fourier}, {fourier_scale}"
-            )
-        d = manifold.ambient_dim
         self.fourier = int(fourier)
         if self.fourier:
-            self.register_buffer("freqs", fourier_scale * torch.randn(self.fourier, d))
-        widths = [d + 2 * self.fourier + 1] + [hidden] * n_hidden + [d]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+            self.register_buffer("freqs", freqs)
 
     def _input(self, t, x):
         """``[x, t]``; ``t`` is a scalar (one time for all points, as in an ODE solve) or one time
@@ -121,10 +111,7 @@ class VectorField(nn.Module):
 
     def ambient(self, t, x):
         """The unprojected MLP output ``h(x, t)`` (after the limiter), shape ``(..., n+1)``."""
-        z = self._input(t, x)
-        for layer in self.layers[:-1]:
-            z = self.act(layer(z))
-        return self._limit(self.layers[-1](z))[0].to(x.dtype)
+        return self._limit(self.net(self._input(t, x)))[0].to(x.dtype)
 
     def ambient_jvp(self, t, x, dirs):
         """``h(x, t)`` and its spatial JVPs ``Dh(x)[d_k]`` for directions ``dirs`` ``(..., k, n+1)``.

@@ -224,3 +224,23 @@ def test_sample_efficiency_arithmetic():
     results[("S", "d", "ncp", 10000)] = m(0.3, se=0.2)
     text = statement([("S", "d", "ncp", efficiency(results, "S", "d", "ncp", a))], a)[0]
     assert "Not ranked" in text
+
+
+def test_one_mlp_for_every_model_and_old_conditioner_checkpoints_load():
+    """The vector field and the conditioners are the same module (flows.mlp.MLP); a conditioner saved as the
+    nn.Sequential of earlier releases (Linear i at entry 2 i) loads into it with the same outputs."""
+    from torch import nn
+
+    from flows import MCNF, WHC
+    from flows.mlp import MLP
+
+    assert isinstance(MCNF("Sphere").field, MLP)
+    whc = WHC("Hyperboloid", dim=2, hidden=8, n_hidden=2)
+    nets = [m for m in whc.modules() if isinstance(m, MLP)]
+    assert nets and all(len(n.layers) == 3 for n in nets)
+    torch.manual_seed(0)
+    old = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4))
+    new = MLP(3, 4, 8, 2, "tanh")
+    new.load_state_dict(old.state_dict())
+    z = torch.randn(5, 3)
+    torch.testing.assert_close(new(z), old(z), rtol=0, atol=0)

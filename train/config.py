@@ -91,6 +91,10 @@ def _mle_presets(manifold: str) -> dict:
     return {**MLE_SETTINGS, **extra}
 
 
+#: ``--budget`` of flow matching on Earth data: the default (6-10 CPU-minutes per split on one thread,
+#: docs/earth_fm.md) and three times its steps (about 18 minutes, docs/earth_fm_long.md).
+BUDGETS = {"default": dict(epochs=30_000, eval_freq=3_000), "long": dict(epochs=90_000, eval_freq=9_000)}
+
 #: Per objective (:mod:`train.objectives`): its presets, from (Earth data?, manifold).
 OBJECTIVE_PRESETS = {
     "mle": lambda earth, manifold: _mle_presets(manifold),
@@ -204,6 +208,14 @@ def fill_objective(args, earth: bool, resuming: bool = False):
     for k, v in table.items():
         if k not in args.explicit and (not resuming or getattr(args, k, None) is None):
             setattr(args, k, v)
+    budget = getattr(args, "budget", "default")
+    if budget != "default":
+        if not (earth and objective.name == "fm"):
+            raise UserError(f"--budget {budget} sets the steps of flow matching on Earth data (--objective fm "
+                            "--dataset volcano|earthquake|flood|fire); elsewhere give --epochs")  # fmt: skip
+        for k, v in BUDGETS[budget].items():
+            if k not in args.explicit and not resuming:
+                setattr(args, k, v)
     if args.lr_schedule == "cosine" and "num_drops" in args.explicit:
         raise UserError("--num_drops belongs to --lr_schedule drops, not cosine")
     if args.lr_schedule == "drops" and "warmup" in args.explicit and args.warmup:
