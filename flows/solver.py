@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 SOLVER_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "rk4", "midpoint", "euler")
 FIXED_STEP = ("rk4", "midpoint", "euler")
 
@@ -44,3 +46,46 @@ class SolverSettings:
 
 def settings(s, defaults) -> SolverSettings:
     return s if isinstance(s, SolverSettings) else SolverSettings(**{**defaults, **(s or {})})
+
+
+def rk4_grid(t0, t1, step_size: float, like):
+    """torchdiffeq's fixed grid from ``t0`` to ``t1`` (tensors of the state's dtype): ``ceil(|t1 - t0| / h + 1)``
+    points ``t0 + k h`` (``h`` signed like ``t1 - t0``), the last one replaced by ``t1``."""
+    t = torch.tensor([t0, t1], dtype=like.dtype, device=like.device)
+    h = step_size if t1 >= t0 else -step_size
+    n = torch.ceil((t[1] - t[0]) / h + 1).item()
+    grid = torch.arange(0, n, dtype=t.dtype, device=t.device) * h + t[0]
+    grid[-1] = t[1]
+    return grid
+
+
+def rk4_solve(func, state0, t0: float, t1: float, step_size: float, fixed: int = 2):
+    """A fixed-step rk4 solve of ``func`` on a tuple state, from ``t0`` to ``t1``: the numbers of
+    ``torchdiffeq.odeint(method="rk4", options=dict(step_size=...))`` (its 3/8-rule step on the same grid,
+    the same operations in the same order), without its per-evaluation flattening of the tuple or its
+    solution buffer. Entry ``fixed`` of the state (the chart centre) has zero velocity: it is carried, not
+    updated. Returns the state at ``t1``.
+    """
+    grid = rk4_grid(t0, t1, step_size, state0[0])
+    third, two_thirds = 1 / 3, 2 / 3
+    y0 = list(state0)
+    p = y0.pop(fixed)
+
+    def f(t, y):
+        out = list(func(t, (*y[:fixed], p, *y[fixed:])))
+        del out[fixed]
+        return out
+
+    for a, b in zip(grid[:-1], grid[1:], strict=True):
+        dt = b - a
+        k1 = f(a, y0)
+        k2 = f(a + dt * third, [y + dt * k * third for y, k in zip(y0, k1, strict=True)])
+        k3 = f(
+            a + dt * two_thirds, [y + dt * (kb - ka * third) for y, ka, kb in zip(y0, k1, k2, strict=True)]
+        )
+        k4 = f(b, [y + dt * (ka - kb + kc) for y, ka, kb, kc in zip(y0, k1, k2, k3, strict=True)])
+        y0 = [
+            y + (ka + 3 * (kb + kc) + kd) * dt * 0.125
+            for y, ka, kb, kc, kd in zip(y0, k1, k2, k3, k4, strict=True)
+        ]
+    return (*y0[:fixed], p, *y0[fixed:])

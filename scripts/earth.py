@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scripts.pages import is_number, replace_block, section, table_rows, write_page
+from train.objectives import accurate_figures, get_objective
 from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def main(argv=None):
     from data.earth import EarthData
     from flows import model_integral_is
 
-    fm = a.objective == "fm"
+    fm = not get_objective(a.objective).solves_ode  # flow matching: its own pages, folders and budgets
     a.res = a.res or (100 if fm else 300)
     a.runs = a.runs or ("results/earth_fm" if fm else "results/earth")
     a.md = a.md or ("docs/earth_fm.md" if fm else "docs/earth.md")
@@ -195,7 +196,7 @@ def draw_map(out, ds, path, res, data_dir, seed):
     from flows import figure_model
     from viz import figures
 
-    accurate = json.loads((out / "metrics.json").read_text())["args"].get("objective") == "fm"
+    accurate = accurate_figures(json.loads((out / "metrics.json").read_text())["args"])
     fm = figure_model(best_model(out), accurate=accurate)
     with torch.no_grad():
         dtype = torch.float64 if accurate else torch.float32
@@ -248,7 +249,7 @@ def side_by_side(earth_md, fm_md):
 
 
 def write(path, results, a):
-    fm = a.objective == "fm"
+    fm = not get_objective(a.objective).solves_ode  # flow matching: its own pages, folders and budgets
     extra = f" -- {shlex.join(a.extra)}" if a.extra else ""
     data_flag = "--data_dir DIR " if getattr(a, "data_dir", None) else ""
     if fm:

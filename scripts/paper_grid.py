@@ -16,6 +16,7 @@ import torch
 
 from data import get_density
 from flows import CheckpointError, figure_model, load_model, read_checkpoint
+from train.objectives import accurate_figures
 from viz.paper_grid import paper_grid
 
 
@@ -25,7 +26,7 @@ def runs_from_dirs(dirs):
     for d in dirs:
         path = Path(d) / "checkpoint.pt"
         args = read_checkpoint(path, required=("args",))["args"]
-        accurate = args.get("objective") == "fm"  # see flows.figure_model
+        accurate = accurate_figures(args)
         model = figure_model(load_model(path), accurate=accurate)
         density = get_density(args["M"], args["dataset"], dtype=torch.float64)
         kind = args.get("model", "mcnf")

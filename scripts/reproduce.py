@@ -24,6 +24,7 @@ import torch
 from scripts.baselines import BLOCK_BEGIN, BLOCK_END, main_baselines
 from scripts.pages import is_number, replace_block, table_rows, write_page
 from scripts.runs import integral, run_one  # noqa: F401  (re-exported)
+from train.objectives import get_objective
 from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def main(argv=None):
     p.add_argument("--mcnf_max", type=int, default=5000,
                    help="--baselines: the MCNF's largest budget (the paper's 1M samples)")  # fmt: skip
     a = p.parse_args(argv)
-    fm = a.objective == "fm"
+    fm = not get_objective(a.objective).solves_ode  # flow matching: its own pages, folders and budgets
     if a.baselines and fm:
         p.error(
             "--baselines compares maximum-likelihood runs (the baselines have no flow-matching objective)"
@@ -243,7 +244,7 @@ def _fmt_row(name_cells, epochs, m, integ, cmd, err):
 def write_markdown(path, rows, anti, a):
     head = ("| manifold | dataset | epochs | test NLL | entropy | KL +- stderr | integral | NFE fwd / bwd per step | "
             "train s | command |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
-    fm = a.objective == "fm"
+    fm = not get_objective(a.objective).solves_ode  # flow matching: its own pages, folders and budgets
     flags = f"--objective fm --epochs {a.epochs}" + (f" --lr {a.lr}" if a.lr else "") if fm else (
         f"--epochs {a.epochs} --lr {a.lr}")  # fmt: skip
     no_anti = getattr(a, "no_antipodal", False)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from train.objectives import get_objective
 from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def main(argv=None):
     train = model.train_solver
     solvers = {"training solver": train, f"dopri5 at {a.tol:g}": SolverSettings(atol=a.tol, rtol=a.tol)}
     step = f", step {train.step_size:g}" if train.step_size is not None and train.method in FIXED_STEP else ""
-    if args.get("objective") == "fm":  # flow matching trains without a solver: nothing to exploit
+    if not get_objective(args.get("objective")).solves_ode:  # flow matching: no training solver to exploit
         print(f"{a.run} (epoch {ckpt['epoch']}; objective fm, which trains without an ODE solve; the "
               f"'training solver' row is the cheap fixed-step solver {train.method}{step} for comparison)")  # fmt: skip
     else:

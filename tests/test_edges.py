@@ -153,8 +153,8 @@ def test_ncp_samples_near_the_poles_score_as_they_were_drawn():
     m = NCP(blocks=8).double()
     with torch.no_grad():
         for net in m.nets:
-            net[-1].weight.normal_(0, 0.5)
-            net[-1].bias.normal_(0, 0.5)
+            net.layers[-1].weight.normal_(0, 0.5)
+            net.layers[-1].bias.normal_(0, 0.5)
     x, lp = m.sample(4000, generator=torch.Generator().manual_seed(1), return_log_prob=True)
     assert float(((1 - x[:, 2].abs()) < 1e-10).double().mean()) > 0.1  # the hard case is exercised
     with torch.no_grad():

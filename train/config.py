@@ -210,7 +210,7 @@ def fill_objective(args, earth: bool, resuming: bool = False):
             setattr(args, k, v)
     budget = getattr(args, "budget", "default")
     if budget != "default":
-        if not (earth and objective.name == "fm"):
+        if not (earth and not objective.solves_ode):
             raise UserError(f"--budget {budget} sets the steps of flow matching on Earth data (--objective fm "
                             "--dataset volcano|earthquake|flood|fire); elsewhere give --epochs")  # fmt: skip
         for k, v in BUDGETS[budget].items():

@@ -11,6 +11,7 @@ import torch
 import utils
 from utils import UserError
 
+from .objectives import accurate_figures
 from .rundir import json_safe
 
 
@@ -28,7 +29,7 @@ class Outputs:
     def figure_log_prob(self):
         from flows import figure_model
 
-        accurate = not self.objective.solves_ode  # no training solver whose step the figure can reuse
+        accurate = accurate_figures(vars(self.args))  # no training solver whose step the figure can reuse
         m = figure_model(self.scored_model, accurate=accurate)
         dtype = torch.float64 if accurate else torch.float32
         return lambda x: m.log_prob(x.to(self.device, dtype))
