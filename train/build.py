@@ -9,34 +9,41 @@ import torch
 
 from utils import UserError
 
+from .settings import ModelSettings, OptimSettings, SolverSettings
 
-def build_model(args):
+
+def build_model(m: ModelSettings, s: SolverSettings):
+    """The model a run trains, from its frozen settings (:mod:`train.settings`); a bad combination is a
+    :class:`UserError`."""
     from flows import BASELINES, MCNF
 
-    if args.model != "mcnf":
+    if m.kind != "mcnf":
         try:
-            extra = dict(components=args.components) if args.model == "ncp" else {}
-            return BASELINES[args.model](args.M, dim=args.dim, hidden=args.flow_hidden_size, n_hidden=args.n_hidden,
-                                         activation=args.activation, blocks=args.blocks, **extra)  # fmt: skip
+            extra = dict(components=m.components) if m.kind == "ncp" else {}
+            return BASELINES[m.kind](m.manifold, dim=m.dim, hidden=m.hidden, n_hidden=m.n_hidden,
+                                     activation=m.activation, blocks=m.blocks, **extra)  # fmt: skip
         except ValueError as e:
             raise UserError(str(e)) from None
     try:
         return MCNF(
-            args.M, dim=args.dim, hidden=args.flow_hidden_size, n_hidden=args.n_hidden, charts=args.charts,
-            activation=args.activation, max_speed=args.max_speed, fourier=args.fourier,
-            fourier_scale=args.fourier_scale, kinetic=args.kinetic, jacobian=args.jacobian,
-            chart_center=args.chart_center, conc=args.conc, divergence=args.divergence,
-            train_solver=dict(method=args.solver, atol=args.atol, rtol=args.rtol, step_size=args.step_size,
-                              adjoint=args.adjoint),
-            eval_solver=dict(method="dopri5", atol=args.eval_tol, rtol=args.eval_tol),
-            **(dict(base="kde", base_n=args.base_n, base_kappas=args.base_kappas)
-               if getattr(args, "base", "default") == "kde" else {}),
+            m.manifold, dim=m.dim, hidden=m.hidden, n_hidden=m.n_hidden, charts=m.charts,
+            activation=m.activation, max_speed=m.max_speed, fourier=m.fourier,
+            fourier_scale=m.fourier_scale, kinetic=m.kinetic, jacobian=m.jacobian,
+            chart_center=m.chart_center, conc=m.conc, divergence=m.divergence,
+            train_solver=dict(method=s.method, atol=s.atol, rtol=s.rtol, step_size=s.step_size, adjoint=s.adjoint),
+            eval_solver=dict(method="dopri5", atol=s.eval_tol, rtol=s.eval_tol),
+            **(dict(base="kde", base_n=m.base_n, base_kappas=list(m.base_kappas)) if m.base == "kde" else {}),
         )  # fmt: skip
     except ValueError as e:
         raise UserError(str(e)) from None
 
 
-def make_scheduler(opt, epochs, num_drops, kind="drops", warmup=0):
+def make_scheduler(opt, o: OptimSettings):
+    """The learning-rate schedule of :class:`OptimSettings` ``o`` (see :func:`schedule`)."""
+    return schedule(opt, o.epochs, o.num_drops, o.lr_schedule, o.warmup)
+
+
+def schedule(opt, epochs, num_drops, kind="drops", warmup=0):
     """``drops``: x0.1 at ``num_drops`` evenly spaced milestones (the reference); ``cosine``: linear
     warm-up over ``warmup`` epochs, then cosine decay to 0 at ``epochs``."""
     if kind == "cosine":
@@ -52,9 +59,9 @@ def make_scheduler(opt, epochs, num_drops, kind="drops", warmup=0):
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
 
 
-def make_optimizer(args, params):
-    kind = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
-    return kind(params, lr=args.lr, weight_decay=args.weight_decay)
+def make_optimizer(o: OptimSettings, params):
+    kind = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
 class MeanNLL(torch.nn.Module):

@@ -116,10 +116,19 @@ class Checkpointing:
             if self.best is not None and not own:
                 self.write_best()
 
+    def saved_args(self) -> dict:
+        """The run's flags as saved (checkpoint.pt, metrics.json), with the training step the model holds
+        now: the solver guard refines the model's step, the one source of truth once training runs."""
+        args = {k: v for k, v in vars(self.args).items() if k != "explicit"}
+        solver = getattr(self.model, "train_solver", None)
+        if solver is not None and args.get("step_size") is not None:
+            args["step_size"] = solver.step_size
+        return args
+
     def checkpoint(self, epoch):
         if not self.is_main:
             return
-        args = {k: v for k, v in vars(self.args).items() if k != "explicit"}
+        args = self.saved_args()
         extra = (
             {"raw_model": self.model.state_dict(), "ema_steps": self.ema.steps}
             if self.ema is not None

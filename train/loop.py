@@ -34,6 +34,7 @@ from .objectives import get_objective
 from .outputs import Outputs
 from .resources import check_memory, eval_chunk, is_out_of_memory
 from .rundir import check_limits, check_writable, choose_out
+from .settings import resolve as resolve_settings
 from .tasks import build_task, is_earth
 
 
@@ -104,8 +105,12 @@ class Trainer(Checkpointing, Outputs):
             if self.is_main and not args.quiet:
                 print(f"KDE base: concentrations {', '.join(f'{k:.4g}' for k in args.base_kappas)}; "
                       f"validation NLL of the base alone {kde_val:.4f}")  # fmt: skip
+        #: the run's frozen settings, read once from the resolved flags (train/settings.py)
+        self.settings = resolve_settings(args)
         utils.seed_everything(args.seed)
-        self.model = build_model(args).to(device=self.device, dtype=self.dtype)
+        self.model = build_model(self.settings.model, self.settings.solver).to(
+            device=self.device, dtype=self.dtype
+        )
         if kde is not None:
             self.model.set_kde_base(kde)
         compiled = resolve_compile(args, args.epochs - int(ckpt["epoch"] if ckpt else 0), self.device)
@@ -122,9 +127,10 @@ class Trainer(Checkpointing, Outputs):
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_fn = DistributedDataParallel(self.loss_fn, device_ids=ids)
-        self.opt = make_optimizer(args, self.model.parameters())
-        self.sched = make_scheduler(self.opt, args.epochs, args.num_drops, args.lr_schedule, args.warmup)
-        self.ema = EMA(self.model, args.ema) if args.ema else None
+        optim = self.settings.optim
+        self.opt = make_optimizer(optim, self.model.parameters())
+        self.sched = make_scheduler(self.opt, optim)
+        self.ema = EMA(self.model, optim.ema) if optim.ema else None
         self.guard = None
         if getattr(args, "solver_guard", 0):  # the fixed training points the solver guard scores
             x = self.task.random_batch(GUARD_POINTS, torch.Generator().manual_seed(GUARD_SEED), torch.float64)
@@ -196,12 +202,11 @@ class Trainer(Checkpointing, Outputs):
     def solver_guard(self, epoch):
         """The solver guard's check (:mod:`train.guard`) of the raw model's training solver; every rank
         computes the same numbers (same weights, same points), so the ranks stay in step."""
-        args = self.args
-        record, args.step_size = self.guard.check(self.model, epoch, args.step_size)
+        record, step = self.guard.check(self.model, epoch, self.model.train_solver.step_size)
         if "refined_to" in record and self.is_main:
             print(f"epoch {epoch}: solver guard: training NLL differed from the accurate solve by "
                   f"{record['gap']:+.4f} nats (90% of points within {record['gap_q']:.4f}); --step_size "
-                  f"{record['step_size']:g} -> {args.step_size:g} (gap now {record['gap_after']:+.4f})",
+                  f"{record['step_size']:g} -> {step:g} (gap now {record['gap_after']:+.4f})",
                   flush=True)  # fmt: skip
         if "warning" in record and self.is_main:
             print(f"warning: epoch {epoch}: {record['warning']}", file=sys.stderr, flush=True)

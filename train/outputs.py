@@ -79,7 +79,7 @@ class Outputs:
             "device": str(self.device), "ranks": self.world, "ranks_in_sync": in_sync,
             "compiled": bool(self.dynamics is not None and self.dynamics.compiled),
             "model": args.model, "parameters": sum(p.numel() for p in self.model.parameters()),
-            "args": {k: v for k, v in vars(args).items() if k != "explicit"},
+            "args": self.saved_args(),
         }  # fmt: skip
         if self.guard_log:  # the solver guard's refinements, its checks, and the step the run ended with
             metrics["guard_events"] = [c for c in self.guard_log if "refined_to" in c]
@@ -88,7 +88,7 @@ class Outputs:
                 metrics["warnings"] = open_gaps
             metrics["guard_checks"] = len(self.guard_log)
             metrics["guard_seconds"] = self.guard_seconds
-            metrics["final_step_size"] = args.step_size
+            metrics["final_step_size"] = self.model.train_solver.step_size
         from viz import figures
 
         losses = np.array(self.losses).reshape(-1, 2).T
