@@ -19,6 +19,7 @@ import warnings
 import utils
 from data.densities import DENSITIES
 from flows import BASELINES
+from flows.interrupts import interrupt
 from train.config import effective_default
 from train.loop import Trainer
 from train.objectives import OBJECTIVES
@@ -303,7 +304,11 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum, frame):
-    raise Terminated
+    interrupt(Terminated())
+
+
+def _on_sigint(signum, frame):
+    interrupt(KeyboardInterrupt())
 
 
 def main(argv=None) -> int:
@@ -311,8 +316,9 @@ def main(argv=None) -> int:
     warnings.simplefilter("default")
     import signal
 
-    if threading_main():
+    if threading_main():  # both wait for a compiled call to return (flows/interrupts.py)
         signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         trainer = Trainer(args, check_value=value_checker(build_parser()))
         trainer.setup()

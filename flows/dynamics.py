@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from . import divergence as div_mod
+from .interrupts import deferred
 from .solver import SolverError
 
 
@@ -67,7 +68,8 @@ class ChartDynamics(nn.Module):
             out = None
             if self.compiled and self.training and torch.is_grad_enabled():
                 try:
-                    out = _compiled_chart_divergence()(M, self.field, t, p, v, E, noise=noise, reg=reg)
+                    with deferred():  # an interrupt during compilation waits for it (flows/interrupts.py)
+                        out = _compiled_chart_divergence()(M, self.field, t, p, v, E, noise=noise, reg=reg)
                 except Exception as e:  # no C++ compiler, an unsupported backend: run eagerly from now on
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     warnings.warn(

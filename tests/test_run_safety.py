@@ -288,3 +288,17 @@ def test_our_checkpoints_hold_plain_data_only(finished):
     """Our own checkpoints load with the restricted unpickler (no custom classes inside)."""
     ckpt = torch.load(finished / "checkpoint.pt", weights_only=True)
     assert isinstance(ckpt["model_config"], dict) and isinstance(ckpt["args"], dict)
+
+
+def test_an_interrupt_inside_a_deferred_block_waits_for_its_end():
+    """flows.interrupts: what main_density's signal handlers do while a compiled call runs."""
+    from flows.interrupts import deferred, interrupt
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred():
+            interrupt(KeyboardInterrupt())  # a signal arriving during compilation
+            reached.append("the rest of the compiled call")
+    assert reached == ["the rest of the compiled call"]
+    with pytest.raises(KeyboardInterrupt):  # outside a deferred block it is raised at once
+        interrupt(KeyboardInterrupt())
