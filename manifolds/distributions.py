@@ -246,7 +246,7 @@ class MultiscaleKDE:
         self.log_uniform = math.log(eps / (4 * math.pi))
 
     def log_prob(self, x):
-        xd = x.detach().double() if not x.requires_grad else x.double()
+        xd = x.double()
         c = self.centers.to(xd.device)
         k = torch.tensor(self.kappas, dtype=torch.float64, device=xd.device)
         out = []

@@ -39,6 +39,12 @@ def _turn(x, w):
     return torch.stack([p[..., 0] * c - p[..., 1] * s, p[..., 1] * c + p[..., 0] * s], -1).flatten(-2)
 
 
+def _angle_from(x, y):
+    """``(..., n)``: the signed angle from each circle of ``x`` to that of ``y``, in ``(-pi, pi]``."""
+    px, py = _pairs(x), _pairs(y)
+    return torch.atan2(px[..., 0] * py[..., 1] - px[..., 1] * py[..., 0], (px * py).sum(-1))
+
+
 def _tangents(x):
     """``(..., 2n)`` -> ``(..., n, 2)``: the unit tangents ``t_i = (-sin a_i, cos a_i)``."""
     p = _pairs(x)
@@ -106,14 +112,10 @@ class Torus(Manifold):
 
     def logmap(self, x, y):
         """``sum_i d_i t_i(x)`` with ``d_i`` the angle from ``x_i`` to ``y_i`` in ``(-pi, pi]``."""
-        px, py = _pairs(x), _pairs(y)
-        d = torch.atan2(px[..., 0] * py[..., 1] - px[..., 1] * py[..., 0], (px * py).sum(-1))
-        return self.from_angular(x, d)
+        return self.from_angular(x, _angle_from(x, y))
 
     def dist(self, x, y, keepdim: bool = False):
-        px, py = _pairs(x), _pairs(y)
-        d = torch.atan2(px[..., 0] * py[..., 1] - px[..., 1] * py[..., 0], (px * py).sum(-1))
-        return d.norm(dim=-1, keepdim=keepdim)
+        return _angle_from(x, y).norm(dim=-1, keepdim=keepdim)
 
     def geodesic(self, x, u, t):
         w = self.angular(x, u)

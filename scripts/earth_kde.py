@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import time
 import types
@@ -25,6 +26,8 @@ from pathlib import Path
 import torch
 
 from data.earth import EARTH
+from flows import load_model
+from flows.evaluation import model_log_prob
 from manifolds.distributions import MultiscaleKDE
 from scripts.pages import write_page
 from train.tasks import EarthTask
@@ -89,11 +92,6 @@ def main(argv=None):
                     sweep.append((ds, hi, best))
     run_lines = []
     for run in a.runs:
-        import json
-
-        from flows import load_model
-        from flows.evaluation import model_log_prob
-
         args = json.loads((Path(run) / "metrics.json").read_text())["args"]
         tk = task(args["dataset"], args.get("split_seed", 0))
         best = Path(run) / "best.pt"  # the model its metrics.json reports (best validation), else the last

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from manifolds import MANIFOLDS, Hyperboloid, Sphere, get_manifold  # noqa: E402
+from manifolds import MANIFOLDS, get_manifold  # noqa: E402
 
 PANEL_INCHES = 4.0
 DPI = 100
@@ -32,23 +32,6 @@ def _manifold(manifold):
         raise ValueError(f"no density figure for the {M.dim}-dimensional {M.name}; figures exist for "
                          f"{', '.join(k for k, c in MANIFOLDS.items() if c.figure_kind)} (n = 2)")  # fmt: skip
     return M
-
-
-def poincare_grid(res: int, radius: float = 0.995):
-    """Cell centres of a ``res x res`` grid on ``[-1, 1]^2``; returns ``(px, py, x, inside)``
-    (:meth:`manifolds.Hyperboloid.plot_grid`)."""
-    x, inside, _ = Hyperboloid(2).plot_grid(res, radius)
-    c = (np.arange(res) + 0.5) / res * 2 - 1
-    px, py = np.meshgrid(c, c, indexing="xy")
-    return px, py, x, inside
-
-
-def lonlat_grid(res: int):
-    """Cell centres in (longitude, latitude) degrees, ``res`` x ``res``; returns ``(lon, lat, x)``."""
-    lon = (np.arange(res) + 0.5) / res * 360 - 180
-    lat = (np.arange(res) + 0.5) / res * 180 - 90
-    LON, LAT = np.meshgrid(lon, lat, indexing="xy")
-    return LON, LAT, Sphere(2).plot_grid(res)[0]
 
 
 @torch.no_grad()
