@@ -217,7 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     earth.add_argument("--coupling", choices=["independent", "paired"], default=None,
                        help="flow matching's pairs of data and base points: independent, or paired (a kernel "
                             "draw at each data point; needs --base kde)")  # fmt: skip
-    p.set_defaults(base_kappas=None, base_n=None)  # resolved by the trainer (--base kde), kept in checkpoints
+    earth.add_argument("--kde_kappas", dest="base_kappas", type=positive_float, nargs="+", default=None,
+                       metavar="KAPPA", help="--base kde: these concentrations instead of the ladder chosen on "
+                       "validation (a kernel of concentration k has an angular scale 1/sqrt(k); 400 is about "
+                       "320 km on the Earth)")  # fmt: skip
+    p.set_defaults(base_n=None)  # resolved by the trainer (--base kde), kept in checkpoints
 
     run = p.add_argument_group("run, evaluation and output")
     run.add_argument("--seed", type=int, default=0, help="training seed (the test set has its own)")

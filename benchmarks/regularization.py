@@ -16,15 +16,13 @@ docs/benchmark.md between its markers.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 from benchmarks import sections
 from scripts.pages import replace_block
+from scripts.runs import rel, run_one
 from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,26 +38,16 @@ def main(argv=None):
     p.add_argument("--runs", default="results/regularization")
     p.add_argument("--md", default="docs/benchmark.md")
     a = p.parse_args(argv)
-    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     rows = []
     for M, ds, extra in RUNS:
         for w in a.weights:
             out = ROOT / a.runs / f"{M}_{ds}_w{w:g}_{a.epochs}"
-            cmd = ["python", "main_density.py", "--M", M, "--dataset", ds, "--lr", "1e-2", "--dev", "cpu",
-                   "--epochs", str(a.epochs), "--eval_freq", str(a.epochs), "--solver", "dopri5", "--atol", "1e-3",
-                   "--rtol", "1e-3", "--kinetic", f"{w:g}", "--jacobian", f"{w:g}", *extra,
-                   "--out", str(out.relative_to(ROOT)), "--quiet"]  # fmt: skip
-            metrics = out / "metrics.json"
-            if not (metrics.is_file() and json.loads(metrics.read_text())["epochs"] == a.epochs):
-                print("$", shlex.join(cmd), flush=True)
-                r = subprocess.run(
-                    [sys.executable, *cmd[1:]], cwd=ROOT, env=env, capture_output=True, text=True
-                )
-                if r.returncode != 0:
-                    err = (r.stderr.strip().splitlines() or ["failed"])[-1]
-                    rows.append((M, ds, w, None, err, cmd))
-                    continue
-            rows.append((M, ds, w, json.loads(metrics.read_text()), None, cmd))
+            flags = ["--M", M, "--dataset", ds, "--lr", "1e-2", "--dev", "cpu", "--epochs", str(a.epochs),
+                     "--eval_freq", str(a.epochs), "--solver", "dopri5", "--atol", "1e-3", "--rtol", "1e-3",
+                     "--kinetic", f"{w:g}", "--jacobian", f"{w:g}", *extra,
+                     "--out", str(rel(out)), "--quiet"]  # fmt: skip
+            m, _, err = run_one(out, flags, threads=a.threads)
+            rows.append((M, ds, w, m, err, ["python", "main_density.py", *flags]))
     lines = ["## Kinetic and Jacobian regularization", "",
              f"Produced by `python -m benchmarks.regularization --epochs {a.epochs} --weights "
              f"{' '.join(f'{w:g}' for w in a.weights)} --threads {a.threads}`. Training with the adaptive dopri5 "

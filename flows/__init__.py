@@ -14,6 +14,8 @@ from .evaluation import (
     model_integral,
     model_integral_is,
     model_log_prob,
+    solve_copy,
+    solver_gap,
 )
 from .flow import Flow
 from .loading import load_model, model_from_checkpoint
@@ -53,6 +55,8 @@ __all__ = [
     "defensive_proposal",
     "model_integral_is",
     "model_log_prob",
+    "solve_copy",
+    "solver_gap",
     "conditional_path",
     "flow_matching_loss",
 ]

@@ -54,6 +54,35 @@ def model_log_prob(model, x, chunk: int = 5000):
     return torch.cat(out)
 
 
+def solve_copy(model, solver=None, *, train: bool = False, dtype=torch.float64):
+    """A copy of ``model`` in ``dtype`` set to solve one way: its training solve (``train=True``: the fixed
+    training step, the exact divergence instead of a Hutchinson estimate, no compiled function), or its
+    evaluation solve with ``solver`` (a :class:`flows.SolverSettings`; ``None``: its own)."""
+    import copy
+
+    m = copy.deepcopy(model).to(dtype).train(train)
+    dyn = getattr(m, "dynamics", None)
+    if dyn is not None:
+        dyn.compiled = False
+        if train and dyn.divergence == "hutchinson":
+            dyn.divergence = "exact"  # the same weights without the estimator's noise
+    if solver is not None:
+        m.eval_solver = solver
+    return m
+
+
+@torch.no_grad()
+def solver_gap(model, x, candidate: dict, reference: dict | None = None, chunk: int = 5000):
+    """The solver gap, computed in one place: ``log p(x)`` of ``model`` solved the ``candidate`` way and the
+    ``reference`` way (keyword arguments of :func:`solve_copy`; the reference defaults to the model's own
+    float64 evaluation solve). Returns the per-point ``(lp_candidate, lp_reference)`` (CPU float64); their
+    difference is what the solver guard (:mod:`train.guard`), ``python -m scripts.solver_gap`` and the
+    tight-tolerance checks of ``scripts.earth_kde`` report."""
+    ref = solve_copy(model, **(reference or {}))
+    cand = solve_copy(model, **candidate)
+    return model_log_prob(cand, x, chunk), model_log_prob(ref, x, chunk)
+
+
 def evaluate(model, log_prob_true, x_test, chunk: int = 5000) -> dict:
     """Test NLL, entropy and ``KL(p_true || p_model)`` on samples ``x_test`` of the true density.
 

@@ -23,16 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scripts.pages import is_number, replace_block, section, table_rows, write_page
+from scripts.runs import cached, rel, run_one
 from train.objectives import accurate_figures, get_objective
 from utils import run_cli
 
@@ -116,23 +114,11 @@ def main(argv=None):
                        "--step_size", a.step_size, "--dev", a.dev, "--eval_freq", str(max(epochs // 10, 1)),
                        "--out", str(rel(out)), "--quiet", *a.extra]  # fmt: skip
             jobs.append((ds, seed, out, cmd, n_train))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"} if a.jobs > 1 else None
 
     def train(job):
         ds, seed, out, cmd, _ = job
-        mf = out / "metrics.json"
-        if mf.is_file() or a.assemble:
-            return None
-        if (out / "checkpoint.pt").is_file():  # an unfinished run: continue it
-            cmd = ["main_density.py", "--resume", str(rel(out / "checkpoint.pt")), "--quiet"]
-        print("$ python", shlex.join(cmd), flush=True)
-        t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, env=env)
-        if r.returncode != 0:
-            print(r.stderr[-2000:], file=sys.stderr)
-            return f"{rel(out)}: exit status {r.returncode}"
-        (out / "wall.json").write_text(json.dumps({"wall_seconds": time.perf_counter() - t0}))
-        return None
+        _, _, err = run_one(out, cmd[1:], train=not a.assemble, threads=1 if a.jobs > 1 else None)
+        return None if err is None or a.assemble else f"{rel(out)}: {err}"
 
     with ThreadPoolExecutor(max(a.jobs, 1)) as pool:
         failed = [f for f in pool.map(train, jobs) if f]
@@ -150,12 +136,13 @@ def main(argv=None):
                 m.update(json.loads((out / extra_file).read_text()))
         wanted = a.integral_seeds is None or seed in a.integral_seeds
         if "integral" not in m and wanted:  # the best-validation model, float64, the evaluation solver
-            model = best_model(out).double()
-            gen = torch.Generator().manual_seed(seed)
-            m["integral"], m["integral_stderr"] = model_integral_is(
-                model, a.integral_samples, n_centers=a.integral_centers, generator=gen
-            )
-            (out / "integral.json").write_text(json.dumps({k: m[k] for k in ("integral", "integral_stderr")}))
+
+            def importance(out=out, seed=seed):
+                est, se = model_integral_is(best_model(out).double(), a.integral_samples,
+                                            n_centers=a.integral_centers, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+                return {"integral": est, "integral_stderr": se}
+
+            m.update(cached(out, "integral.json", importance))
         name = f"earth_fm_{ds}.png" if fm else f"earth_{ds}.png"
         fig = ROOT / a.figures / name if a.figures else None
         if fig is not None and seed == a.seeds[0] and not fig.is_file():
@@ -172,11 +159,6 @@ def main(argv=None):
         print(f"{len(failed)} run(s) failed or did not finish: " + "; ".join(failed), file=sys.stderr)
         return 1
     return 0 if written else 1
-
-
-def rel(path: Path) -> Path:
-    """``path`` relative to the repository (commands run there), so that docs hold no machine paths."""
-    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 def best_model(out):
@@ -196,7 +178,7 @@ def draw_map(out, ds, path, res, data_dir, seed):
     from flows import figure_model
     from viz import figures
 
-    accurate = accurate_figures(json.loads((out / "metrics.json").read_text())["args"])
+    accurate = accurate_figures(json.loads((out / "metrics.json").read_text())["args"].get("objective"))
     fm = figure_model(best_model(out), accurate=accurate)
     with torch.no_grad():
         dtype = torch.float64 if accurate else torch.float32

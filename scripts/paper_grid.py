@@ -26,7 +26,7 @@ def runs_from_dirs(dirs):
     for d in dirs:
         path = Path(d) / "checkpoint.pt"
         args = read_checkpoint(path, required=("args",))["args"]
-        accurate = accurate_figures(args)
+        accurate = accurate_figures(args.get("objective"))
         model = figure_model(load_model(path), accurate=accurate)
         density = get_density(args["M"], args["dataset"], dtype=torch.float64)
         kind = args.get("model", "mcnf")

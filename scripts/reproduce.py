@@ -23,7 +23,7 @@ import torch
 
 from scripts.baselines import BLOCK_BEGIN, BLOCK_END, main_baselines
 from scripts.pages import is_number, replace_block, table_rows, write_page
-from scripts.runs import integral, run_one  # noqa: F401  (re-exported)
+from scripts.runs import cached, integral, run_one  # noqa: F401  (re-exported)
 from train.objectives import get_objective
 from utils import run_cli
 
@@ -147,22 +147,27 @@ def training_solver_kl(out: Path, n: int = 20_000, seed: int = 99):
     (fixed step, the float32 weights, the step the solver guard ended with), on ``n`` fresh samples of
     the true density. Negative beyond its noise means the model exploits the training solver's error
     (its training NLL is below the entropy); cached in ``train_solver_kl.json`` beside the run."""
-    from data import get_density
-    from flows import load_model
 
-    cache, ckpt = out / "train_solver_kl.json", out / "checkpoint.pt"
-    if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
-        c = json.loads(cache.read_text())
-        return c["kl"], c["kl_stderr"], c["step_size"]
-    model = load_model(ckpt).train()  # train(): the training solver, as in training
-    den = get_density(model.manifold.name, json.loads((out / "metrics.json").read_text())["args"]["dataset"])
-    x = den.sample(n, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        lq = torch.cat([model.log_prob(c.float()).double() for c in x.split(2000)])
-    d = den.log_prob(x) - lq
-    kl, se, step = float(d.mean()), float(d.std() / n**0.5), model.train_solver.step_size
-    cache.write_text(json.dumps({"kl": kl, "kl_stderr": se, "step_size": step}))
-    return kl, se, step
+    def compute():
+        from data import get_density
+        from flows import load_model, model_log_prob, solve_copy
+
+        model = load_model(out / "checkpoint.pt")  # its training solve, in float32, as in training
+        den = get_density(
+            model.manifold.name, json.loads((out / "metrics.json").read_text())["args"]["dataset"]
+        )
+        x = den.sample(n, generator=torch.Generator().manual_seed(seed))
+        d = den.log_prob(x) - model_log_prob(
+            solve_copy(model, train=True, dtype=torch.float32), x, chunk=2000
+        )
+        return {
+            "kl": float(d.mean()),
+            "kl_stderr": float(d.std() / n**0.5),
+            "step_size": model.train_solver.step_size,
+        }
+
+    c = cached(out, "train_solver_kl.json", compute)
+    return c["kl"], c["kl_stderr"], c["step_size"]
 
 
 def drift_lines(rows, runs: Path):

@@ -1,54 +1,104 @@
-"""Running a main_density.py configuration from a script: train, resume or reuse it, and cache what is
-measured on the finished model. Shared by scripts.reproduce and scripts.baselines."""
+"""The experiment runner shared by scripts/ and benchmarks/: run a main_density.py configuration (train it,
+resume it, or reuse it when finished), and cache what is measured on a finished model beside it.
+
+A page block is then written with :func:`scripts.pages.replace_block` (or a whole page with
+:func:`scripts.pages.write_page`, which never replaces a page by a poorer one).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_one(out: Path, args: list[str], epochs: int, log, train: bool = True):
-    """Train (or resume, or skip when finished); returns (metrics or None, command, error line)."""
-    metrics = out / "metrics.json"
-    rel = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
-    cmd = [sys.executable, "main_density.py", *args, "--epochs", str(epochs), "--out", str(rel), "--quiet"]
-    if metrics.is_file() and json.loads(metrics.read_text())["epochs"] == epochs:
-        return json.loads(metrics.read_text()), cmd, None
+def rel(path: Path) -> Path:
+    """``path`` relative to the repository (commands run there), so that pages hold no machine paths."""
+    path = Path(path)
+    return path.relative_to(ROOT) if path.is_absolute() and path.is_relative_to(ROOT) else path
+
+
+def finished(out: Path, epochs: int | None = None) -> dict | None:
+    """The metrics of the finished run in ``out`` (of ``epochs`` epochs, when given), else None."""
+    metrics = Path(out) / "metrics.json"
+    if not metrics.is_file():
+        return None
+    m = json.loads(metrics.read_text())
+    return m if epochs is None or m.get("epochs") == epochs else None
+
+
+def run_one(out: Path, args: list[str], epochs: int | None = None, log=None, train: bool = True,
+            threads: int | None = None):  # fmt: skip
+    """Train the configuration ``args`` (main_density.py flags) into ``out``, or resume it, or reuse it
+    when finished; returns ``(metrics or None, command, error line or None)``.
+
+    ``epochs``: given to the command (``None``: the presets', or those in ``args``). ``log``: a file that receives the command
+    and its output (``None``: a failure's last lines go to stderr). ``train=False`` runs nothing (the
+    table of what is finished). ``threads``: ``OMP_NUM_THREADS`` of the training. The wall seconds of a
+    training are kept in ``wall.json`` beside it; a failure's error line in ``failed.txt``.
+    """
+    out = Path(out)
+    cmd = [sys.executable, "main_density.py", *map(str, args)] + (["--epochs", str(epochs)] if epochs else [])
+    if "--out" not in args:  # (a caller that places --out itself keeps its commands as its pages show them)
+        cmd += ["--out", str(rel(out)), "--quiet"]
+    m = finished(out, epochs)
+    if m is not None:
+        return m, cmd, None
     failed = out / "failed.txt"
     if not train:
         return None, cmd, failed.read_text().strip() if failed.is_file() else "not run (--assemble)"
     run_cmd = cmd
-    if (out / "checkpoint.pt").is_file():
-        run_cmd = [sys.executable, "main_density.py", "--resume", str(out / "checkpoint.pt"), "--quiet"]
-    print("$", shlex.join(run_cmd[1:]), flush=True)
-    r = subprocess.run(run_cmd, cwd=ROOT, capture_output=True, text=True)
-    log.write(f"$ {shlex.join(run_cmd)}\n{r.stdout}\n{r.stderr}\n")
+    if (out / "checkpoint.pt").is_file():  # an unfinished run: continue it
+        run_cmd = [sys.executable, "main_density.py", "--resume", str(rel(out / "checkpoint.pt")), "--quiet"]
+    print("$ python", shlex.join(run_cmd[1:]), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    t0 = time.perf_counter()
+    r = subprocess.run(run_cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if log is not None:
+        log.write(f"$ {shlex.join(run_cmd)}\n{r.stdout}\n{r.stderr}\n")
     if r.returncode != 0:
-        err = [line for line in r.stderr.splitlines() if "error" in line.lower()] or ["failed"]
+        if log is None:
+            print(r.stderr[-2000:], file=sys.stderr)
+        err = [line for line in r.stderr.splitlines() if "error" in line.lower()] or [
+            f"exit status {r.returncode}"
+        ]
         out.mkdir(parents=True, exist_ok=True)
         failed.write_text(err[-1] + "\n")
         return None, cmd, err[-1]
     failed.unlink(missing_ok=True)
-    return json.loads(metrics.read_text()), cmd, None
+    (out / "wall.json").write_text(json.dumps({"wall_seconds": wall}))
+    return finished(out), cmd, None
+
+
+def cached(out: Path, name: str, compute) -> dict:
+    """``compute()`` (a dict of numbers measured on the run's final checkpoint), cached in ``out/name`` and
+    recomputed when checkpoint.pt is newer than the cache."""
+    cache, ckpt = Path(out) / name, Path(out) / "checkpoint.pt"
+    if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
+        return json.loads(cache.read_text())
+    value = compute()
+    cache.write_text(json.dumps(value))
+    return value
 
 
 def integral(out: Path) -> float:
     """Quadrature integral of the run's final model, cached in ``integral.json`` beside it."""
-    from flows import SolverSettings, load_model, model_integral
 
-    cache, ckpt = out / "integral.json", out / "checkpoint.pt"
-    if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
-        return json.loads(cache.read_text())["integral"]
-    model = load_model(ckpt).double()
-    if hasattr(model, "eval_solver"):  # the MCNF (the discrete baselines have no solver)
-        model.eval_solver = SolverSettings(atol=1e-6, rtol=1e-6)
-    grid = dict(n_radial=200, n_angular=400) if model.manifold.name == "Sphere" else dict(
-        n_radial=240, n_angular=360, r_max=8.0)  # fmt: skip
-    value = model_integral(model, **grid)
-    cache.write_text(json.dumps({"integral": value}))
-    return value
+    def compute():
+        from flows import SolverSettings, load_model, model_integral
+
+        model = load_model(Path(out) / "checkpoint.pt").double()
+        if hasattr(model, "eval_solver"):  # the MCNF (the discrete baselines have no solver)
+            model.eval_solver = SolverSettings(atol=1e-6, rtol=1e-6)
+        grid = dict(n_radial=200, n_angular=400) if model.manifold.name == "Sphere" else dict(
+            n_radial=240, n_angular=360, r_max=8.0)  # fmt: skip
+        return {"integral": model_integral(model, **grid)}
+
+    return cached(out, "integral.json", compute)["integral"]

@@ -54,7 +54,7 @@ def test_kde_base_run_scores_its_base_as_epoch_0_and_reloads(tmp_path):
             "--eval_freq", 10, "--dev", "cpu", "--quiet", "--out", out)  # fmt: skip
     assert r.returncode == 0, r.stderr
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    t = EarthTask(types.SimpleNamespace(M="Sphere", dim=2, dataset="volcano", data_dir=None, split_seed=0))
+    t = EarthTask("volcano", split_seed=0)
     centers, kappas, val = t.kde_base()
     assert hist[0]["epoch"] == 0 and hist[0]["val_nll"] == pytest.approx(val, abs=1e-6)
     m = json.loads((out / "metrics.json").read_text())
@@ -71,6 +71,8 @@ def test_kde_base_run_scores_its_base_as_epoch_0_and_reloads(tmp_path):
     (["--M", "Sphere", "--dataset", "volcano", "--objective", "fm", "--coupling", "paired"], "needs --base kde"),
     (["--M", "Sphere", "--dataset", "volcano", "--base", "kde", "--coupling", "paired"], "--coupling pairs"),
     (["--M", "Sphere", "--dataset", "4wrapped", "--budget", "long"], "--budget long sets"),
+    (["--M", "Sphere", "--dataset", "volcano", "--objective", "fm", "--kde_kappas", "100"], "add --base kde"),
+    (["--M", "Sphere", "--dataset", "volcano", "--base", "kde", "--kde_kappas", "0"], "--kde_kappas"),
 ])  # fmt: skip
 def test_refusals(tmp_path, args, needle):
     r = run(*args, "--epochs", 2, "--dev", "cpu", "--out", tmp_path / "x")
@@ -91,3 +93,15 @@ def test_budget_sets_the_steps_of_earth_flow_matching():
     assert resolved() == (30_000, 3_000)
     assert resolved(budget="long") == (90_000, 9_000)
     assert resolved(budget="long", epochs=500) == (500, 9_000)
+
+
+def test_given_kde_kappas_are_the_base_and_its_epoch_0_score(tmp_path):
+    out = tmp_path / "k"
+    r = run("--M", "Sphere", "--dataset", "volcano", "--objective", "fm", "--base", "kde", "--kde_kappas", 100, 400,
+            "--epochs", 2, "--eval_freq", 2, "--dev", "cpu", "--quiet", "--out", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["args"]["base_kappas"] == [100.0, 400.0]
+    first = json.loads((out / "history.jsonl").read_text().splitlines()[0])
+    _, _, val = EarthTask("volcano").kde_base([100.0, 400.0])
+    assert first["epoch"] == 0 and first["val_nll"] == pytest.approx(val, abs=1e-6)

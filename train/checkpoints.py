@@ -54,7 +54,7 @@ class Checkpointing:
 
     def restore(self, ckpt):
         """Load a resumed checkpoint's state (weights, optimizer, schedules, RNGs, records)."""
-        args = self.args
+        resume = self.settings.run.resume
         try:
             self.model.load_state_dict(ckpt.get("raw_model", ckpt["model"]))
             if self.ema is not None:
@@ -79,7 +79,7 @@ class Checkpointing:
 
                 try:
                     b = read_checkpoint(
-                        Path(args.resume).parent / "best.pt", required=("model", "epoch", "val_nll")
+                        Path(resume).parent / "best.pt", required=("model", "epoch", "val_nll")
                     )
                 except CheckpointError:
                     b = None
@@ -90,9 +90,7 @@ class Checkpointing:
                 copy.deepcopy(self.scored_model).load_state_dict(self.best["model"])  # it must fit the model
         except Exception as e:  # doctored or mismatched contents
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(
-                f"--resume: {args.resume!r} does not fit the model it describes ({first})"
-            ) from None
+            raise UserError(f"--resume: {resume!r} does not fit the model it describes ({first})") from None
 
     def prepare_out(self, resuming: bool):
         """Create the output folder; make history.jsonl agree with the checkpoint being resumed.
@@ -105,7 +103,7 @@ class Checkpointing:
         except OSError as e:
             raise UserError(f"output folder {str(self.out)!r} cannot be created: {e.strerror or e}") from None
         clean_temp_files(self.out)
-        own = resuming and self.out.resolve() == Path(self.args.resume).resolve().parent
+        own = resuming and self.out.resolve() == Path(self.settings.run.resume).resolve().parent
         if not own:  # a new run, or a resume into another folder: the files of the run there go
             for name in (*RUN_FILES, "best.pt"):
                 (self.out / name).unlink(missing_ok=True)

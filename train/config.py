@@ -233,6 +233,8 @@ def fill_objective(args, earth: bool, resuming: bool = False):
         )
     if getattr(args, "base", "default") == "kde" and getattr(args, "model", "mcnf") != "mcnf":
         raise UserError(f"--base kde is the MCNF's base; --model {args.model} has its own")
+    if "base_kappas" in args.explicit and getattr(args, "base", "default") != "kde":
+        raise UserError("--kde_kappas gives the concentrations of --base kde; add --base kde")
     if getattr(args, "coupling", None) is None:
         paired = getattr(args, "base", "default") == "kde" and not objective.solves_ode
         args.coupling = "paired" if paired else "independent"
@@ -334,6 +336,7 @@ SPECIAL_DEFAULTS = {
     "resume": "a new run",
     "stop_after": "train to --epochs",
     "coupling": "paired with --base kde and --objective fm, else independent",
+    "base_kappas": "the ladder of four with the best validation NLL of the KDE alone",
 }
 
 

@@ -18,7 +18,6 @@ prints and writes to metrics.json.
 
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
@@ -53,19 +52,13 @@ class SolverGuard:
         self.log: list[dict] = []
         self.seconds = 0.0
 
-    @torch.no_grad()
     def per_point_gap(self, model) -> torch.Tensor:
-        """``d_i`` for the current weights of ``model`` (the raw model being trained)."""
-        from flows import model_log_prob
+        """``d_i`` for the current weights of ``model`` (the raw model being trained): the accurate float64
+        solve minus the training solve in the training dtype (:func:`flows.solver_gap`)."""
+        from flows import solver_gap
 
-        x = self.x.to(self.device)
-        train = copy.deepcopy(model).to(self.dtype).train()
-        if getattr(train, "dynamics", None) is not None and train.dynamics.divergence == "hutchinson":
-            train.dynamics.divergence = "exact"  # the same weights without the estimator's noise
-        train.dynamics.compiled = False
-        accurate = copy.deepcopy(model).to(torch.float64).eval()
-        lp_train = model_log_prob(train, x.to(self.dtype), self.chunk)
-        lp_accurate = model_log_prob(accurate, x, self.chunk)
+        lp_train, lp_accurate = solver_gap(model, self.x.to(self.device), dict(train=True, dtype=self.dtype),
+                                           chunk=self.chunk)  # fmt: skip
         return lp_accurate - lp_train
 
     def check(self, model, epoch: int, step_size: float) -> tuple[dict, float]:

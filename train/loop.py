@@ -12,7 +12,6 @@ folder rules (:mod:`train.rundir`), the presets (:mod:`train.config`), the memor
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from .build import EMA, FlowMatching, MeanNLL, build_model, make_optimizer, make
 from .checkpoints import Checkpointing, load_checkpoint
 from .config import RESUMABLE, check_model, fill_objective, fill_settings, resolve_compile
 from .distributed import dist_env, gather_cat
+from .evaluation import Evaluation
 from .guard import MIN_STEP as MIN_GUARD_STEP  # noqa: F401  (re-exported)
 from .guard import POINTS as GUARD_POINTS
 from .guard import SEED as GUARD_SEED
@@ -38,7 +38,7 @@ from .settings import resolve as resolve_settings
 from .tasks import build_task, is_earth
 
 
-class Trainer(Checkpointing, Outputs):
+class Trainer(Checkpointing, Evaluation, Outputs):
     def __init__(self, args, check_value=None):
         """``check_value(name, value)``: the command line's own validation of one flag's value (raises
         UserError), applied to the values a resumed checkpoint brings back."""
@@ -92,50 +92,47 @@ class Trainer(Checkpointing, Outputs):
         self.dtype = utils.DTYPES[args.dtype]
         check_memory(args, self.device, self.world)
         self.eval_chunk = eval_chunk(args, self.device)
-        self.task = build_task(args)
+        self.task = build_task(resolve_settings(args))
         # every rank validates the output folder; nothing is written before all checks pass
         self.out = choose_out(args, Path(args.resume) if args.resume else None)
         check_writable(self.out)
         args.out = str(self.out)
 
         kde = None
-        if getattr(args, "base", "default") == "kde" and getattr(args, "base_kappas", None) is None:
-            centers, args.base_kappas, kde_val = self.task.kde_base()  # chosen on validation, saved in args
+        if getattr(args, "base", "default") == "kde" and (ckpt is None or args.base_n is None):
+            # the ladder chosen on validation unless --kde_kappas gave one; saved with the run's flags
+            centers, args.base_kappas, kde_val = self.task.kde_base(args.base_kappas)
             args.base_n, kde = len(centers), centers
             if self.is_main and not args.quiet:
                 print(f"KDE base: concentrations {', '.join(f'{k:.4g}' for k in args.base_kappas)}; "
                       f"validation NLL of the base alone {kde_val:.4f}")  # fmt: skip
-        #: the run's frozen settings, read once from the resolved flags (train/settings.py)
-        self.settings = resolve_settings(args)
-        utils.seed_everything(args.seed)
-        self.model = build_model(self.settings.model, self.settings.solver).to(
-            device=self.device, dtype=self.dtype
-        )
+        #: the run's frozen settings, read once from the resolved flags (train/settings.py); from here on
+        #: the trainer reads them, not the namespace (which is kept only to be saved as the run's flags)
+        self.settings = s = resolve_settings(args)
+        utils.seed_everything(s.run.seed)
+        self.model = build_model(s.model, s.solver).to(device=self.device, dtype=self.dtype)
         if kde is not None:
             self.model.set_kde_base(kde)
-        compiled = resolve_compile(args, args.epochs - int(ckpt["epoch"] if ckpt else 0), self.device)
-        if (
-            compiled
-        ):  # only ever for the MCNF (a baseline has no ODE function; check_model refuses --compile on)
+        # only ever for the MCNF (a baseline has no ODE function; check_model refuses --compile on)
+        if resolve_compile(args, s.optim.epochs - int(ckpt["epoch"] if ckpt else 0), self.device):
             self.model.compile_ode(True)
         #: the MCNF's ODE function (for its evaluation counts); None for the discrete baselines
         self.dynamics = getattr(self.model, "dynamics", None)
-        self.objective = get_objective(args.objective)
+        self.objective = get_objective(s.optim.objective)
         self.loss_fn = self.objective.loss(self.model)
         if self.world > 1:  # every rank starts from rank 0's weights; DDP averages the gradients
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_fn = DistributedDataParallel(self.loss_fn, device_ids=ids)
-        optim = self.settings.optim
-        self.opt = make_optimizer(optim, self.model.parameters())
-        self.sched = make_scheduler(self.opt, optim)
-        self.ema = EMA(self.model, optim.ema) if optim.ema else None
+        self.opt = make_optimizer(s.optim, self.model.parameters())
+        self.sched = make_scheduler(self.opt, s.optim)
+        self.ema = EMA(self.model, s.optim.ema) if s.optim.ema else None
         self.guard = None
-        if getattr(args, "solver_guard", 0):  # the fixed training points the solver guard scores
+        if s.solver.guard_tol:  # the fixed training points the solver guard scores
             x = self.task.random_batch(GUARD_POINTS, torch.Generator().manual_seed(GUARD_SEED), torch.float64)
-            self.guard = SolverGuard(x, args.solver_guard, self.dtype, self.device, self.eval_chunk)
-        self.train_gen = torch.Generator().manual_seed(args.seed)
+            self.guard = SolverGuard(x, s.solver.guard_tol, self.dtype, self.device, self.eval_chunk)
+        self.train_gen = torch.Generator().manual_seed(s.run.seed)
         self.start_epoch, self.history, self.losses, self.train_seconds = 0, [], [], 0.0
         #: the best validation checkpoint so far (tasks with a validation split): weights, epoch, val_nll.
         #: Kept in memory and in checkpoint.pt, so the run's report never depends on a best.pt on disk.
@@ -143,7 +140,7 @@ class Trainer(Checkpointing, Outputs):
         self.nfe = {"forward": 0, "backward": 0, "steps": 0}
         if ckpt is not None:
             self.restore(ckpt)
-            if self.start_epoch > args.epochs:
+            if self.start_epoch > s.optim.epochs:
                 raise UserError(f"--resume: the checkpoint has already trained {self.start_epoch} epochs; "
                                 f"pass --epochs {self.start_epoch} or more")  # fmt: skip
         if self.world > 1:  # every rank has validated; only then does rank 0 write
@@ -152,44 +149,6 @@ class Trainer(Checkpointing, Outputs):
             dist.barrier()
         if self.is_main:
             self.prepare_out(resuming=ckpt is not None)
-
-    # -- checkpoints ------------------------------------------------------------------------------
-    @property
-    def scored_model(self):
-        """The weights that are evaluated, drawn and saved as "model": the EMA when there is one."""
-        return self.model if self.ema is None else self.ema.model
-
-    def sharded_metrics(self, x, with_truth: bool):
-        """Evaluation metrics on ``x``, each rank evaluating its shard (then gathered in rank order)."""
-        from flows import metrics_from_log_probs, model_log_prob
-
-        shard = x.tensor_split(self.world)[self.rank]
-        lp = gather_cat(model_log_prob(self.eval_model(), shard.to(self.device), self.eval_chunk), self.world)
-        truth = self.task.truth(x) if with_truth else None
-        return metrics_from_log_probs(lp, truth)
-
-    def evaluate(self, epoch, loss):
-        t0 = time.perf_counter()
-        if self.task.x_select is not None:  # model selection on the validation split; the test split waits
-            v = self.sharded_metrics(self.task.x_select, with_truth=False)
-            m = {"val_nll": v["test_nll"], "val_nll_stderr": v["test_nll_stderr"]}
-            if self.best is None or m["val_nll"] < self.best["val_nll"]:
-                m["best"] = True
-                state = {k: v.detach().clone() for k, v in self.scored_model.state_dict().items()}
-                self.best = {"model": state, "epoch": epoch, "val_nll": m["val_nll"]}
-                if self.is_main:
-                    self.write_best()
-        else:
-            m = self.sharded_metrics(self.task.x_test, with_truth=self.task.truth is not None)
-        if self.guard_log and self.guard_log[-1]["epoch"] == epoch:  # the check made at this epoch
-            m["guard"] = {k: v for k, v in self.guard_log[-1].items() if k != "epoch"}
-        m.update(epoch=epoch, train_loss=loss, lr=self.opt.param_groups[0]["lr"],
-                 train_seconds=self.train_seconds, eval_seconds=time.perf_counter() - t0)  # fmt: skip
-        self.history.append(m)
-        if self.is_main:
-            with open(self.out / "history.jsonl", "a") as f:
-                f.write(json.dumps(m) + "\n")
-        return m
 
     @property
     def guard_log(self) -> list:
@@ -215,19 +174,18 @@ class Trainer(Checkpointing, Outputs):
     def train(self):
         from tqdm import tqdm
 
-        args, model = self.args, self.model
-        stop = (
-            args.epochs if args.stop_after is None else min(args.epochs, self.start_epoch + args.stop_after)
+        model, run, optim, epochs = (
+            self.model,
+            self.settings.run,
+            self.settings.optim,
+            self.settings.optim.epochs,
         )
-        bar = tqdm(range(self.start_epoch, stop), initial=self.start_epoch, total=args.epochs,
-                   disable=args.quiet or not self.is_main, dynamic_ncols=True,
-                   desc=f"{args.dataset} on {args.M}")  # fmt: skip
+        stop = epochs if run.stop_after is None else min(epochs, self.start_epoch + run.stop_after)
+        bar = tqdm(range(self.start_epoch, stop), initial=self.start_epoch, total=epochs,
+                   disable=run.quiet or not self.is_main, dynamic_ncols=True,
+                   desc=f"{run.dataset} on {self.settings.model.manifold}")  # fmt: skip
         loss_val = float("nan")
-        if (
-            self.start_epoch == 0
-            and getattr(args, "base", "default") == "kde"
-            and self.task.x_select is not None
-        ):
+        if self.start_epoch == 0 and self.settings.model.base == "kde" and self.task.x_select is not None:
             # the untrained model is its KDE base (the flow starts at the identity): a candidate like any other
             try:
                 m = self.evaluate(0, loss_val)
@@ -257,8 +215,8 @@ class Trainer(Checkpointing, Outputs):
                 self.nfe["forward"] += nfe_f
                 self.nfe["backward"] += (self.dynamics.nfe if self.dynamics is not None else 0) - nfe_f
                 self.nfe["steps"] += 1
-                if args.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                if optim.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
                 self.opt.step()
                 if self.ema is not None:
                     self.ema.update(model)
@@ -269,10 +227,10 @@ class Trainer(Checkpointing, Outputs):
             self.losses.append((epoch + 1, loss_val))
             bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", nfe=nfe_f)
             done = epoch + 1
-            if args.contsave and done % args.save_freq == 0 and self.is_main:
+            if run.contsave and done % run.save_freq == 0 and self.is_main:
                 self.save_frame(done)
-            is_eval = done % args.eval_freq == 0 or done == args.epochs
-            if self.guard is not None and (done % args.guard_freq == 0 or is_eval):
+            is_eval = done % run.eval_freq == 0 or done == epochs
+            if self.guard is not None and (done % self.settings.solver.guard_freq == 0 or is_eval):
                 try:
                     self.solver_guard(done)
                 except (FloatingPointError, RuntimeError, MemoryError) as e:
@@ -284,12 +242,12 @@ class Trainer(Checkpointing, Outputs):
                     return self.fail(epoch, e, "evaluation failed: ")
                 msg = self.task.eval_line(done, loss_val, m, self.objective.loss_name)
                 if self.is_main:
-                    (bar.write if not args.quiet else print)(msg)
+                    (bar.write if not run.quiet else print)(msg)
                 self.checkpoint(done)
-        if stop < args.epochs:
+        if stop < epochs:
             self.checkpoint(stop)
             if self.is_main:
-                print(f"stopped after epoch {stop} of {args.epochs}; "
+                print(f"stopped after epoch {stop} of {epochs}; "
                       f"continue with --resume {self.out / 'checkpoint.pt'}")  # fmt: skip
             return 0
         self.finish()
@@ -297,7 +255,7 @@ class Trainer(Checkpointing, Outputs):
 
     def autocast(self):
         """``--amp bf16``: the training loss under bfloat16 autocast (matrix products of the field)."""
-        on = getattr(self.args, "amp", "off") == "bf16"
+        on = self.settings.optim.amp == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def all_finite(self, loss) -> bool:
@@ -325,8 +283,8 @@ class Trainer(Checkpointing, Outputs):
     def epoch_batches(self):
         """One epoch's batches, each a tuple of the loss's arguments (:mod:`train.objectives`)."""
         return self.objective.epoch_batches(
-            self.task, self.model, self.args.batch_size, self.train_gen, self.dtype,
-            paired=getattr(self.args, "coupling", "independent") == "paired",
+            self.task, self.model, self.settings.optim.batch_size, self.train_gen, self.dtype,
+            paired=self.settings.optim.coupling == "paired",
         )  # fmt: skip
 
     def fail(self, epoch, err, what=""):

@@ -72,11 +72,12 @@ class RiemannianFlowMatching(Objective):
 OBJECTIVES = {o.name: o for o in (MaximumLikelihood(), RiemannianFlowMatching())}
 
 
-def accurate_figures(run_args: dict) -> bool:
+def accurate_figures(objective: str | None) -> bool:
     """The figure-precision rule, in one place: a model that was not trained through a fixed-step solve
     (flow matching) is drawn with its accurate evaluation solver in float64 (:func:`flows.figure_model`);
-    a maximum-likelihood model with its training step, in float32. ``run_args``: a run's saved flags."""
-    return not get_objective(run_args.get("objective")).solves_ode
+    a maximum-likelihood model with its training step, in float32. ``objective``: the run's objective
+    (``None``, as saved by runs that predate the flag: maximum likelihood)."""
+    return not get_objective(objective).solves_ode
 
 
 def get_objective(name) -> Objective:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import time
 
 import numpy as np
 import torch
 
 import utils
-from utils import UserError
 
 from .objectives import accurate_figures
 from .rundir import json_safe
@@ -18,18 +16,10 @@ from .rundir import json_safe
 class Outputs:
     """The :class:`train.loop.Trainer`'s output methods (a mixin: it reads the trainer's state)."""
 
-    def eval_model(self):
-        """A float64 copy of the model in eval mode (its eval solver is dopri5 at ``--eval_tol``).
-
-        Float32 round-off in the ambient coordinates of far points (hyperboloid ``x_0 ~ cosh r``)
-        is larger than tight tolerances, which then make adaptive solvers crawl; float64 avoids it.
-        """
-        return copy.deepcopy(self.scored_model).to(torch.float64).eval()
-
     def figure_log_prob(self):
         from flows import figure_model
 
-        accurate = accurate_figures(vars(self.args))  # no training solver whose step the figure can reuse
+        accurate = accurate_figures(self.settings.optim.objective)  # no training step the figure can reuse
         m = figure_model(self.scored_model, accurate=accurate)
         dtype = torch.float64 if accurate else torch.float32
         return lambda x: m.log_prob(x.to(self.device, dtype))
@@ -43,20 +33,13 @@ class Outputs:
 
         folder = self.out / "contsave"
         folder.mkdir(exist_ok=True)
-        density_figure({f"epoch {epoch}": self.figure_log_prob()}, self.args.M, folder / f"{epoch:06d}.png",
-                       res=min(self.args.res, 200))  # fmt: skip
+        density_figure({f"epoch {epoch}": self.figure_log_prob()}, self.settings.model.manifold,
+                       folder / f"{epoch:06d}.png", res=min(self.settings.run.res, 200))  # fmt: skip
 
     def finish(self):
-        args = self.args
-        last = self.history[-1]
+        run, model, epochs = self.settings.run, self.settings.model, self.settings.optim.epochs
         in_sync = self.ranks_in_sync() if self.world > 1 else True
-        if self.task.x_select is not None:  # report the test split with the best validation checkpoint
-            best = self.best  # this run's own best (in memory and in checkpoint.pt), never a file's
-            if best is None:
-                raise UserError("this run has no validation record to select a model by")
-            self.scored_model.load_state_dict(best["model"])
-            t = self.sharded_metrics(self.task.x_test, with_truth=False)
-            last = {**t, "val_nll": best["val_nll"], "best_epoch": best["epoch"]}
+        last = self.final_metrics()  # (train/evaluation.py: the best validation weights, where selected)
         if not self.is_main:
             return
         keys = (
@@ -72,13 +55,13 @@ class Outputs:
         steps = max(self.nfe["steps"], 1)
         metrics = {
             **{k: last[k] for k in keys if k in last},
-            "epochs": args.epochs, "train_seconds": self.train_seconds,
-            "seconds_per_epoch": self.train_seconds / max(args.epochs - self.start_epoch, 1),
+            "epochs": epochs, "train_seconds": self.train_seconds,
+            "seconds_per_epoch": self.train_seconds / max(epochs - self.start_epoch, 1),
             "nfe_forward": self.nfe["forward"] / steps,
             "nfe_backward": self.nfe["backward"] / steps,
             "device": str(self.device), "ranks": self.world, "ranks_in_sync": in_sync,
             "compiled": bool(self.dynamics is not None and self.dynamics.compiled),
-            "model": args.model, "parameters": sum(p.numel() for p in self.model.parameters()),
+            "model": model.kind, "parameters": sum(p.numel() for p in self.model.parameters()),
             "args": self.saved_args(),
         }  # fmt: skip
         if self.guard_log:  # the solver guard's refinements, its checks, and the step the run ended with
@@ -94,23 +77,23 @@ class Outputs:
         losses = np.array(self.losses).reshape(-1, 2).T
         label = self.objective.curve_label
         figures.training_curve(self.history, self.out / "training_curve.png", losses=losses, loss_label=label)
-        if args.save:
+        if run.save:
             t0 = time.perf_counter()
-            self.task.figure(self.figure_log_prob(), self.out / f"{args.dataset}_{args.M}.png", args.res,
-                             progress=not args.quiet, model_sample=self.model_samples)  # fmt: skip
+            self.task.figure(self.figure_log_prob(), self.out / f"{run.dataset}_{model.manifold}.png", run.res,
+                             progress=not run.quiet, model_sample=self.model_samples)  # fmt: skip
             metrics["figure_seconds"] = time.perf_counter() - t0
-        if args.contsave:
+        if run.contsave:
             # only the frames this run wrote (a user's files in contsave/ are neither shown nor touched)
             names = [
                 self.out / "contsave" / f"{e:06d}.png"
-                for e in range(args.save_freq, args.epochs + 1, args.save_freq)
+                for e in range(run.save_freq, epochs + 1, run.save_freq)
             ]
             frames = [f for f in names if f.is_file()]
             metrics["gif_frames"] = figures.make_gif(frames, self.out / "training.gif")
-        if args.samples:
-            x = self.model_samples(args.samples)
+        if run.samples:
+            x = self.model_samples(run.samples)
             np.save(self.out / "samples.npy", x.numpy())
-            draw = figures.samples_figure if args.dim == 2 else figures.marginals_figure
-            draw(self.task.sample_panels(x, args.samples), args.M, self.out / "samples.png")
+            draw = figures.samples_figure if model.dim == 2 else figures.marginals_figure
+            draw(self.task.sample_panels(x, run.samples), model.manifold, self.out / "samples.png")
         utils.atomic_write_json(json_safe(metrics), self.out / "metrics.json")
         print(self.task.done_line(metrics, self.train_seconds, self.out))

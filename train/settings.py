@@ -84,6 +84,10 @@ class RunSettings:
     save_freq: int
     samples: int
     res: int
+    out: str | None  # the output folder (chosen before the settings are read)
+    resume: str | None  # the checkpoint this run continues
+    stop_after: int | None  # this invocation's epochs (then a resumable checkpoint)
+    quiet: bool
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,8 @@ _RENAMED = {
     SolverSettings: dict(method="solver", guard_tol="solver_guard"),
 }
 _DEFAULTS = dict(kind="mcnf", blocks=8, components=8, base="default", base_n=None, base_kappas=None,
-                 amp="off", coupling="independent", compile="off", guard_freq=100)  # fmt: skip
+                 amp="off", coupling="independent", compile="off", guard_freq=100, out=None, resume=None,
+                 stop_after=None, quiet=False)  # fmt: skip
 
 
 def _group(cls, args):

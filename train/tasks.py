@@ -32,33 +32,37 @@ def is_earth(dataset) -> bool:
     return dataset in EARTH
 
 
-def build_task(args):
-    """The task named by ``args.dataset`` (validated: a bad name or file is a :class:`UserError`)."""
-    return EarthTask(args) if is_earth(args.dataset) else SyntheticTask(args)
+def build_task(settings):
+    """The task of a run's frozen settings (:mod:`train.settings`), validated: a bad name or file is a
+    :class:`UserError`."""
+    run, model = settings.run, settings.model
+    if is_earth(run.dataset):
+        return EarthTask(run.dataset, run.data_dir, run.split_seed, model.manifold, model.dim)
+    return SyntheticTask(run.dataset, model.manifold, model.dim, run.test_size)
 
 
 class SyntheticTask:
-    def kde_base(self):
+    def kde_base(self, kappas=None):
         raise UserError(
             "--base kde needs a finite training split (the Earth datasets), not a synthetic density"
         )
 
     x_select = None
 
-    def __init__(self, args):
+    def __init__(self, dataset: str, manifold: str, dim: int, test_size: int):
         from data import get_density
 
-        self.name, self.manifold, self.dim = args.dataset, args.M, args.dim
+        self.name, self.manifold, self.dim = dataset, manifold, dim
         try:  # the true density is built, and the test set drawn, in float64 whatever the model's dtype
-            self.density = get_density(args.M, args.dataset, dtype=torch.float64, dim=args.dim)
+            self.density = get_density(manifold, dataset, dtype=torch.float64, dim=dim)
         except ValueError as e:
             extra = (
                 "; Earth data on the Sphere: volcano, earthquake, flood, fire"
-                if args.M == "Sphere" and args.dim == 2
+                if manifold == "Sphere" and dim == 2
                 else ""
             )
             raise UserError(f"{e}{extra}") from None
-        self.x_test = self.density.sample(args.test_size, generator=torch.Generator().manual_seed(TEST_SEED))
+        self.x_test = self.density.sample(test_size, generator=torch.Generator().manual_seed(TEST_SEED))
 
     def truth(self, x):
         return self.density.log_prob(x.cpu().double()).double()
@@ -97,18 +101,20 @@ class SyntheticTask:
 class EarthTask:
     truth = None
 
-    def __init__(self, args):
+    def __init__(
+        self, dataset: str, data_dir=None, split_seed: int = 0, manifold: str = "Sphere", dim: int = 2
+    ):
         from data.earth import EarthData
 
-        if args.M != "Sphere" or args.dim != 2:
+        if manifold != "Sphere" or dim != 2:
             raise UserError(
-                f"the Earth datasets live on the 2-sphere; use --M Sphere --dim 2 with --dataset {args.dataset}"
+                f"the Earth datasets live on the 2-sphere; use --M Sphere --dim 2 with --dataset {dataset}"
             )
         try:
-            self.data = EarthData(args.dataset, args.data_dir, args.split_seed)
+            self.data = EarthData(dataset, data_dir, split_seed)
         except (FileNotFoundError, ValueError) as e:
             raise UserError(str(e)) from None
-        self.name, self.manifold = args.dataset, "Sphere"
+        self.name, self.manifold = dataset, "Sphere"
         self.x_select, self.x_test = self.data.val, self.data.test
 
     #: The ladders of concentrations tried for ``--base kde`` (:meth:`kde_base`): four kernels, from
@@ -121,21 +127,20 @@ class EarthTask:
         0.01,
     )
 
-    def kde_base(self):
-        """The KDE base's centres (the training split) and its ladder of concentrations, chosen by the
-        validation NLL of the KDE alone (never the test split); returns ``(centers, kappas, val_nll)``."""
+    def kde_base(self, kappas=None):
+        """The KDE base's centres (the training split) and its concentrations: ``kappas`` when given
+        (``--kde_kappas``), else the ladder chosen by the validation NLL of the KDE alone (never the test
+        split); returns ``(centers, kappas, val_nll)``."""
         from manifolds.distributions import MultiscaleKDE
 
-        best = None
-        for lo in self.KDE_LO:
-            for hi in self.KDE_HI:
-                kappas = [lo * (hi / lo) ** (i / (self.KDE_M - 1)) for i in range(self.KDE_M)]
-                nll = -float(
-                    MultiscaleKDE(self.data.train, kappas, self.KDE_EPS).log_prob(self.data.val).mean()
-                )
-                if best is None or nll < best[2]:
-                    best = (self.data.train, kappas, nll)
-        return best
+        def val_nll(ks):
+            return -float(MultiscaleKDE(self.data.train, ks, self.KDE_EPS).log_prob(self.data.val).mean())
+
+        if kappas is not None:
+            return self.data.train, list(kappas), val_nll(kappas)
+        ladders = [[lo * (hi / lo) ** (i / (self.KDE_M - 1)) for i in range(self.KDE_M)]
+                   for lo in self.KDE_LO for hi in self.KDE_HI]  # fmt: skip
+        return min(((self.data.train, ks, val_nll(ks)) for ks in ladders), key=lambda r: r[2])
 
     def train_batches(self, batch_size, generator, dtype):
         return [x.to(dtype) for x in self.data.batches(batch_size, generator)]
