@@ -6,6 +6,7 @@ from .divergence import DIVERGENCES
 from .dynamics import ChartDynamics
 from .evaluation import (
     FIGURE_SOLVER,
+    calibrated_map_model,
     defensive_proposal,
     evaluate,
     figure_model,
@@ -56,6 +57,7 @@ __all__ = [
     "model_integral_is",
     "model_log_prob",
     "solve_copy",
+    "calibrated_map_model",
     "solver_gap",
     "conditional_path",
     "flow_matching_loss",
