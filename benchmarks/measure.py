@@ -179,11 +179,13 @@ def eval_cost(M, device, batch=200):
         device
     )
     t = torch.tensor(0.3, dtype=p.dtype, device=device)
-    dyn.basis, dyn.max_nfe = E, None
+    from flows.dynamics import SolveContext
+
+    ctx = SolveContext(basis=E)  # (flows.dynamics: what one solve tells the ODE function)
     zero = torch.zeros(batch, dtype=p.dtype, device=device)
 
     def ode():
-        g, d, _ = dyn(t, (v, zero, p))
+        g, d, _ = dyn(t, (v, zero, p), ctx)
         (g.sum() + d.sum()).backward()
 
     def bare():

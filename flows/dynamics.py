@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,6 +16,30 @@ from .solver import SolverError
 
 class _ChartExit(Exception):
     """Raised inside a fixed-chart solve when ``|v|`` passes the chart guard (caught by MCNF)."""
+
+
+@dataclass(frozen=True)
+class SolveContext:
+    """What one solve of one chart segment tells the ODE function; the MCNF builds one per segment and
+    passes it with every evaluation (``dynamics.bind(ctx)``), so nothing of a solve outlives it.
+
+    ``with_div``: integrate the divergence (``False`` for samples without their log-density);
+    ``noise``: Hutchinson's probe vectors (training with ``divergence="hutchinson"``); ``max_nfe``: the
+    evaluation cap (:class:`flows.SolverError` beyond it); ``basis``: the segment's fixed chart basis
+    (``None``: rebuilt from the state's chart centre, as the adjoint's backward solve needs); ``guard``:
+    a fixed chart's bound on ``|v|`` (``None``: none). The regularizers' integrand is carried when the
+    state has a fourth entry (see ``MCNF.log_prob_and_regularization``).
+    """
+
+    with_div: bool = True
+    noise: torch.Tensor | None = None
+    max_nfe: int | None = None
+    basis: torch.Tensor | None = None
+    guard: float | None = None
+
+
+#: The context of a plain call ``dynamics(t, state)``.
+PLAIN = SolveContext()
 
 
 class ChartDynamics(nn.Module):
@@ -33,12 +58,7 @@ class ChartDynamics(nn.Module):
         if divergence not in div_mod.DIVERGENCES:
             raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(div_mod.DIVERGENCES)}")
         self.divergence = divergence
-        self.with_div = True
-        self.noise = None
-        self.nfe = 0
-        self.max_nfe = None
-        self.basis = None
-        self.guard = None  # a fixed chart's bound on |v| (set by MCNF during a forward solve)
+        self.nfe = 0  # evaluations since the MCNF's solve began (a statistic; the trainer reports it)
         self.compiled = False  # use the torch.compile'd divergence in training (see MCNF.compile_ode)
         self.reg_weights = (0.0, 0.0)  # (kinetic, jacobian): see MCNF's regularization
 
@@ -47,24 +67,28 @@ class ChartDynamics(nn.Module):
         coef = self.manifold.chart_coefficients(p, v, E)
         return self.manifold.chart_velocity(p, v, self.field(t, coef["y"]), E, coef)
 
-    def forward(self, t, state):
+    def bind(self, ctx: SolveContext):
+        """The ODE function ``f(t, state)`` of one solve, with its context."""
+        return functools.partial(self, ctx=ctx)
+
+    def forward(self, t, state, ctx: SolveContext = PLAIN):
         v, p = state[0], state[2]
-        reg = len(state) == 4  # (v, int div, p, int of the regularizers' integrand): see MCNF.regularization
+        reg = len(state) == 4  # (v, int div, p, int of the regularizers' integrand)
         self.nfe += 1
-        if self.max_nfe is not None and self.nfe > self.max_nfe:
+        if ctx.max_nfe is not None and self.nfe > ctx.max_nfe:
             raise SolverError(
-                f"ODE solve exceeded {self.max_nfe} function evaluations (stiff or diverging dynamics); "
+                f"ODE solve exceeded {ctx.max_nfe} function evaluations (stiff or diverging dynamics); "
                 "loosen atol/rtol, use a fixed-step solver, or lower the learning rate"
             )
         M = self.manifold
         # the chart basis is fixed on a segment; only the adjoint needs it rebuilt from the state
-        E = self.basis if self.basis is not None else M.tangent_basis(p)
-        if not self.with_div:
+        E = ctx.basis if ctx.basis is not None else M.tangent_basis(p)
+        if not ctx.with_div:
             g, div = self.velocity(t, v, p, E), torch.zeros_like(v[..., 0])
         elif self.divergence == "exact_autograd":
             g, div = div_mod.exact_autograd(lambda vv: self.velocity(t, vv, p, E), v)
         else:
-            noise = self.noise if self.divergence == "hutchinson" else None
+            noise = ctx.noise if self.divergence == "hutchinson" else None
             out = None
             if self.compiled and self.training and torch.is_grad_enabled():
                 try:
@@ -86,9 +110,7 @@ class ChartDynamics(nn.Module):
         # the state may well be non-finite, and the segment is redone with re-centring)
         finite = torch.isfinite(g).all() & torch.isfinite(div).all()
         over = (
-            (v.detach().norm(dim=-1) > self.guard).any()
-            if self.guard is not None
-            else torch.zeros_like(finite)
+            (v.detach().norm(dim=-1) > ctx.guard).any() if ctx.guard is not None else torch.zeros_like(finite)
         )
         finite, over = torch.stack([finite, over]).tolist()
         if over:

@@ -59,6 +59,11 @@ class Flow(nn.Module):
         z, delta = self._to_base(self._cast(x))
         return (self.base(z.dtype, z.device).log_prob(z) + delta).to(x.dtype)
 
+    def log_prob_and_regularization(self, x):
+        """``(log p(x), R)`` with ``R`` the per-point regularization a model adds to its training loss, or
+        ``None`` (the discrete flows have none; the MCNF's kinetic and Jacobian terms)."""
+        return self.log_prob(x), None
+
     def inverse(self, z, return_delta: bool = False):
         """Base points to data; with ``return_delta`` also ``delta`` (``log p(x) = log p_base(z) + delta``)."""
         self._check(z, "z")

@@ -39,7 +39,7 @@ network keeps its own dtype (its inputs are cast); results are returned in the i
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from torchdiffeq import odeint, odeint_adjoint
@@ -48,7 +48,7 @@ from manifolds import get_manifold
 from manifolds.distributions import MultiscaleKDE, base_distribution
 
 from . import divergence as div_mod
-from .dynamics import ChartDynamics, _ChartExit
+from .dynamics import ChartDynamics, SolveContext, _ChartExit
 from .flow import Flow
 from .solver import FIXED_STEP, SOLVER_METHODS, SolverError, SolverSettings, rk4_solve
 from .solver import settings as _settings
@@ -172,11 +172,6 @@ class MCNF(Flow):
                 base="kde", base_n=int(base_n), base_kappas=self.base_kappas, base_eps=self.base_eps
             )
         self.dynamics.reg_weights = (float(kinetic), float(jacobian))
-        #: After a training forward with ``kinetic``/``jacobian`` weights: ``(B,)`` per point, the
-        #: weighted integrals ``int_0^1 (kinetic |f|^2 + jacobian |grad f|_F^2) dt`` along the
-        #: trajectory (Finlay et al. 2020), to add to the loss (``train.loop.MeanNLL`` does); else None.
-        self.regularization = None
-        self._reg_acc = None
         self.nfe_forward = 0
         self.n_charts_used = 0
         #: fixed-step rk4 solves (without adjoint or events) by :func:`flows.solver.rk4_solve`: the same
@@ -212,17 +207,18 @@ class MCNF(Flow):
         return self.train_solver if self.training else self.eval_solver
 
     # -- integration ----------------------------------------------------------------------------
-    def _solve(self, state0, t0, t1, s: SolverSettings, event_fn=None):
+    def _solve(self, state0, t0, t1, s: SolverSettings, ctx: SolveContext, event_fn=None):
+        func = self.dynamics.bind(ctx)
         if event_fn is None and not s.adjoint and s.method == "rk4" and self.fast_rk4:
             # the default training solve: torchdiffeq's rk4, bit for bit, without its per-evaluation overhead
-            return t1, rk4_solve(self.dynamics, state0, t0, t1, s.step_size)
+            return t1, rk4_solve(func, state0, t0, t1, s.step_size)
         kw = s.odeint_kwargs()
         if s.adjoint:
             kw["adjoint_params"] = tuple(self.field.parameters())
         ode = odeint_adjoint if s.adjoint else odeint
         if event_fn is None:
             tt = torch.tensor([t0, t1], dtype=state0[0].dtype, device=state0[0].device)
-            sol = ode(self.dynamics, state0, tt, **kw)
+            sol = ode(func, state0, tt, **kw)
             return t1, tuple(x[-1] for x in sol)
         # Locate the switch with torchdiffeq's own event handling, which does not differentiate the
         # event time. That is exact, not an approximation: the flow map x(t1) does not depend on where
@@ -231,22 +227,24 @@ class MCNF(Flow):
         # time's gradient into the state, which is only right if the next segment's start time
         # carried the compensating gradient; with a detached restart it gave wrong gradients.)
         tt = torch.tensor([t0, t1], dtype=state0[0].dtype, device=state0[0].device)
-        t_ev, sol = ode(self.dynamics, state0, tt, event_fn=event_fn, **kw)
+        t_ev, sol = ode(func, state0, tt, event_fn=event_fn, **kw)
         return float(t_ev.detach()), tuple(x[-1] for x in sol)
 
-    def _segment(self, x, t0, t1, s, adaptive: bool):
-        """Integrate from ``x`` at ``t0`` towards ``t1`` in one chart.
+    def _segment(self, x, t0, t1, s, ctx: SolveContext, reg: bool, adaptive: bool):
+        """Integrate from ``x`` at ``t0`` towards ``t1`` in one chart (``reg``: with the regularizers).
 
-        Returns ``(y, D, t_end)`` with ``D = log p(x) - log p(y)`` for the flow's density.
+        Returns ``(y, D, R, t_end)`` with ``D = log p(x) - log p(y)`` for the flow's density and ``R`` the
+        regularizers' integral over the segment (``None`` without ``reg``).
         """
         M = self.manifold
         p = M.origin(*x.shape[:-1], dtype=x.dtype, device=x.device) if self.chart_center == "origin" else x
         E = M.tangent_basis(p)
         v0 = torch.zeros_like(x[..., : M.dim]) if self.chart_center == "point" else M.chart_inverse(p, x, E)
         state0 = (v0, torch.zeros_like(x[..., 0]), p)
-        if self._reg_acc is not None:
+        if reg:
             state0 = (*state0, torch.zeros_like(x[..., 0]))
-        self.dynamics.basis = None if s.adjoint else E
+        # the guard acts on forward solves only (an adjoint's backward solve retraces them)
+        ctx = replace(ctx, basis=None if s.adjoint else E, guard=None if adaptive else self.chart_guard)
         event_fn = None
         if adaptive:
             radius, forward = self.chart_radius, t1 > t0
@@ -255,78 +253,68 @@ class MCNF(Flow):
                 remaining = (t1 - t) if forward else (t - t1)
                 return torch.minimum(radius - state[0].norm(dim=-1).max(), remaining)
 
-        dyn = self.dynamics
-        dyn.guard = self.chart_guard if not adaptive else None
-        try:
-            t_end, (v1, integral, _, *reg) = self._solve(state0, t0, t1, s, event_fn)
-            if reg:
-                self._reg_acc = self._reg_acc + reg[0]
-        finally:  # the guards act on forward solves only (an adjoint's backward solve retraces them)
-            dyn.guard = None
+        t_end, (v1, integral, _, *R) = self._solve(state0, t0, t1, s, ctx, event_fn)
         y = M.projx(M.chart(p, v1, E))
         D = integral
-        if self.dynamics.with_div:
+        if ctx.with_div:
             D = D + M.logdetexp(p, M.from_coords(p, v1, E)) - M.logdetexp(p, M.from_coords(p, v0, E))
-        return y, D, t_end
+        return y, D, (R[0] if R else None), t_end
 
-    def _flow(self, x, t0: float, t1: float, with_div: bool = True):
-        """Flow points from time ``t0`` to ``t1``; returns ``(y, sum of D)`` in the compute dtype.
+    def _flow(self, x, t0: float, t1: float, with_div: bool = True, regularize: bool = False):
+        """Flow points from time ``t0`` to ``t1``; returns ``(y, sum of D, R)`` in the compute dtype, with
+        ``R`` the regularizers' integral when ``regularize`` asks for it and they apply (training with
+        ``kinetic``/``jacobian`` weights and gradients on), else ``None``.
 
         ``x`` is first cast to :meth:`manifolds.Manifold.compute_dtype` (float64 for a float32
         hyperboloid model); the public methods cast their results back to the input's dtype.
         """
         s = self.solver
         dyn = self.dynamics
-        dyn.nfe, dyn.max_nfe, dyn.with_div = 0, s.max_nfe, with_div
+        dyn.nfe = 0
         x = self._cast(x)  # a no-op from the public methods, which cast already
         # Hutchinson's estimator is a training device: in eval mode (scores, figures, samples' log p) the
         # divergence is exact, so a Hutchinson-trained model is scored like any other, deterministically
+        noise = None
         if dyn.divergence == "hutchinson" and with_div and self.training:
-            dyn.noise = div_mod.sample_noise(
+            noise = div_mod.sample_noise(
                 x[..., : self.manifold.dim].shape, self.noise_kind, dtype=x.dtype, device=x.device
             )
-        on = with_div and self.training and torch.is_grad_enabled() and any(dyn.reg_weights)
-        self._reg_acc = torch.zeros_like(x[..., 0]) if on else None
-        self.regularization = None
-        try:
-            out = self._flow_segments(x, t0, t1, s)
-            self.regularization = self._reg_acc
-            return out
-        finally:  # drop per-solve tensors (they hold autograd graphs; deepcopy/pickle must not see them)
-            dyn.basis = dyn.noise = self._reg_acc = None
+        reg = regularize and with_div and self.training and torch.is_grad_enabled() and any(dyn.reg_weights)
+        ctx = SolveContext(with_div=with_div, noise=noise, max_nfe=s.max_nfe)
+        return self._flow_segments(x, t0, t1, s, ctx, reg)
 
-    def _adaptive_segments(self, x, t0, t1, s):
-        """Charts re-centred whenever ``|v|`` reaches ``chart_radius``; returns ``(y, D, n charts)``."""
-        D = torch.zeros_like(x[..., 0])
+    def _adaptive_segments(self, x, t0, t1, s, ctx, reg):
+        """Charts re-centred whenever ``|v|`` reaches ``chart_radius``; returns ``(y, D, R, n charts)``."""
+        D, R = torch.zeros_like(x[..., 0]), (torch.zeros_like(x[..., 0]) if reg else None)
         t, n = t0, 0
         while abs(t1 - t) > 1e-9 * max(1.0, abs(t1)):
             if n >= 1000:
                 raise SolverError("adaptive charts: more than 1000 chart switches")
             # The event locator stops within ~atol of t1; close such a sliver with a plain solve.
             near_end = abs(t1 - t) < 1e-3 * abs(t1 - t0)
-            x, d, t = self._segment(x, t, t1, s, adaptive=not near_end)
-            D, n = D + d, n + 1
-        return x, D, n
+            x, d, r, t = self._segment(x, t, t1, s, ctx, reg, adaptive=not near_end)
+            D, R, n = D + d, (R + r if reg else None), n + 1
+        return x, D, R, n
 
-    def _flow_segments(self, x, t0, t1, s):
-        dyn = self.dynamics
+    def _flow_segments(self, x, t0, t1, s, ctx, reg):
         if self.charts == "adaptive":
-            x, D, self.n_charts_used = self._adaptive_segments(x, t0, t1, s)
+            x, D, R, self.n_charts_used = self._adaptive_segments(x, t0, t1, s, ctx, reg)
         else:
-            D = torch.zeros_like(x[..., 0])
+            D, R = torch.zeros_like(x[..., 0]), (torch.zeros_like(x[..., 0]) if reg else None)
             knots = torch.linspace(t0, t1, self.charts + 1, dtype=torch.float64).tolist()
             self.n_charts_used = self.n_recentred = 0
             for a, b in zip(knots[:-1], knots[1:], strict=True):
                 try:
-                    y, d, _ = self._segment(x, a, b, s, adaptive=False)
+                    y, d, r, _ = self._segment(x, a, b, s, ctx, reg, adaptive=False)
                     n = 1
                 except _ChartExit:
                     # a trajectory neared the chart's cut locus: redo this segment with re-centring
-                    y, d, n = self._adaptive_segments(x, a, b, s)
+                    y, d, r, n = self._adaptive_segments(x, a, b, s, ctx, reg)
                     self.n_recentred += 1
                 x, D, self.n_charts_used = y, D + d, self.n_charts_used + n
-        self.nfe_forward = dyn.nfe
-        return x, D
+                R = R + r if reg else None
+        self.nfe_forward = self.dynamics.nfe
+        return x, D, R
 
     # -- the maps (the public API is flows.Flow's) ------------------------------------------------
     def _cast(self, x):
@@ -336,11 +324,22 @@ class MCNF(Flow):
         return self.manifold.projx(x.to(c)) if c != x.dtype else x
 
     def _to_base(self, x):
-        return self._flow(x, 0.0, 1.0, with_div=True)
+        return self._flow(x, 0.0, 1.0, with_div=True)[:2]
 
     def _to_data(self, z, with_delta: bool):
-        x, D = self._flow(z, 1.0, 0.0, with_div=with_delta)
+        x, D, _ = self._flow(z, 1.0, 0.0, with_div=with_delta)
         return x, -D
+
+    def log_prob_and_regularization(self, x):
+        """``(log p(x), R)``: the log-density and, in training with ``kinetic``/``jacobian`` weights, the
+        per-point weighted integrals ``R = int_0^1 (kinetic |f|^2 + jacobian |grad f|_F^2) dt`` along the
+        trajectory (Finlay et al. 2020) for the loss to add (``train.build.MeanNLL`` does); ``R`` is
+        ``None`` otherwise. One solve gives both."""
+        self._check(x)
+        if len(x) == 0:
+            return x.new_zeros(0), None
+        z, delta, R = self._flow(self._cast(x), 0.0, 1.0, with_div=True, regularize=True)
+        return (self.base(z.dtype, z.device).log_prob(z) + delta).to(x.dtype), R
 
     # -- speed ----------------------------------------------------------------------------------
     def compile_ode(self, enable: bool = True):

@@ -73,9 +73,8 @@ class MeanNLL(torch.nn.Module):
         self.model = model
 
     def forward(self, x):
-        loss = -self.model.log_prob(x).mean()
-        reg, self.model.regularization = self.model.regularization, None  # (it holds the graph)
-        return loss if reg is None else loss + reg.mean()
+        lp, reg = self.model.log_prob_and_regularization(x)
+        return -lp.mean() if reg is None else -lp.mean() + reg.mean()
 
 
 class FlowMatching(torch.nn.Module):
