@@ -212,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     earth.add_argument("--base", choices=["default", "kde"], default="default",
                        help="the flow's base distribution: the manifold's own (--conc), or kde: a multiscale "
                             "von Mises-Fisher kernel density estimate of the training split with 1%% uniform, "
-                            "its four concentrations chosen on the validation split; the flow starts at the "
-                            "identity, so the untrained model is that KDE")  # fmt: skip
+                            "its four concentrations chosen on the validation split or given by --kde_kappas; "
+                            "the flow starts at the identity, so the untrained model is that KDE")  # fmt: skip
     earth.add_argument("--coupling", choices=["independent", "paired"], default=None,
                        help="flow matching's pairs of data and base points: independent, or paired (a kernel "
                             "draw at each data point; needs --base kde)")  # fmt: skip

@@ -156,7 +156,8 @@ def test_fm_run_saves_ema_weights_that_load_model_uses_and_resumes_exactly(tmp_p
     assert ma["test_nll"] == mb["test_nll"]
 
 
-def test_fm_on_earth_data_uses_a_uniform_base_and_reports_the_test_split(tmp_path):
+@pytest.mark.parametrize("base", ["preset", "default"])
+def test_fm_on_earth_data_uses_a_broad_kde_base_and_reports_the_test_split(tmp_path, base):
     data = tmp_path / "earth"
     data.mkdir()
     g = torch.Generator().manual_seed(0)
@@ -165,11 +166,24 @@ def test_fm_on_earth_data_uses_a_uniform_base_and_reports_the_test_split(tmp_pat
     (data / "volerup.csv").write_text(
         "".join(f"{a:.4f},{b:.4f}\n" for a, b in zip(lat.tolist(), lon.tolist(), strict=True))
     )
+    flags = [] if base == "preset" else ["--base", "default"]
     r = run(*FM, "--M", "Sphere", "--dataset", "volcano", "--data_dir", data, "--epochs", 30, "--eval_freq", 15,
-            "--out", tmp_path / "o")  # fmt: skip
+            *flags, "--out", tmp_path / "o")  # fmt: skip
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
-    assert m["args"]["conc"] == 0.0 and m["args"]["lr_schedule"] == "cosine" and m["best_epoch"] in (15, 30)
+    assert (
+        m["args"]["conc"] == 0.0 and m["args"]["lr_schedule"] == "cosine" and m["best_epoch"] in (0, 15, 30)
+    )
+    if base == "preset":  # the Earth preset: a KDE of broad kernels, paired coupling, 256 Fourier features
+        a = m["args"]
+        assert (
+            a["base"] == "kde"
+            and a["base_kappas"] == [10.0, 30.0, 100.0, 400.0]
+            and a["coupling"] == "paired"
+        )
+        assert a["fourier"] == 256 and a["base_n"] == 160  # the training split of 200 events
+    else:
+        assert m["args"]["base"] == "default" and m["args"]["coupling"] == "independent"
     assert m["test_nll"] < 2.531  # below the uniform density's log-area 2.531: it learned something
 
 
