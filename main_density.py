@@ -263,6 +263,7 @@ def parse_args(argv=None):
     quiet_parser = build_parser()
     for a in quiet_parser._actions:
         a.default = argparse.SUPPRESS
+    quiet_parser._defaults.clear()  # (set_defaults: values no flag sets, e.g. base_n)
     args.explicit = set(vars(quiet_parser.parse_args(argv)))
     return args
 
@@ -284,6 +285,13 @@ def value_checker(parser: argparse.ArgumentParser):
             ok = False
         elif a.choices is not None:
             ok = value in a.choices
+        elif a.nargs in ("+", "*") and a.type is not None:  # a list flag (--kde_kappas): each element
+            try:
+                ok = isinstance(value, list) and all(
+                    not isinstance(v, (bool, list, dict)) and a.type(str(v)) == v for v in value
+                )
+            except (ValueError, TypeError, argparse.ArgumentTypeError):
+                ok = False
         elif a.type is not None and a.type is not str:
             try:
                 ok = not isinstance(value, (bool, list, dict)) and a.type(str(value)) == value

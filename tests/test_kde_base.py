@@ -68,10 +68,13 @@ def test_kde_base_run_scores_its_base_as_epoch_0_and_reloads(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--M", "Sphere", "--dataset", "4wrapped", "--base", "kde"], "finite training split"),
-    (["--M", "Sphere", "--dataset", "volcano", "--objective", "fm", "--coupling", "paired"], "needs --base kde"),
+    (["--M", "Sphere", "--dataset", "volcano", "--objective", "fm", "--base", "default", "--coupling", "paired"],
+     "needs --base kde"),
     (["--M", "Sphere", "--dataset", "volcano", "--base", "kde", "--coupling", "paired"], "--coupling pairs"),
     (["--M", "Sphere", "--dataset", "4wrapped", "--budget", "long"], "--budget long sets"),
-    (["--M", "Sphere", "--dataset", "volcano", "--objective", "fm", "--kde_kappas", "100"], "add --base kde"),
+    (["--M", "Sphere", "--dataset", "volcano", "--objective", "fm", "--base", "default", "--kde_kappas", "100"],
+     "add --base kde"),
+    (["--M", "Sphere", "--dataset", "volcano", "--kde_kappas", "100"], "add --base kde"),
     (["--M", "Sphere", "--dataset", "volcano", "--base", "kde", "--kde_kappas", "0"], "--kde_kappas"),
 ])  # fmt: skip
 def test_refusals(tmp_path, args, needle):

@@ -215,6 +215,8 @@ def fill_objective(args, earth: bool, resuming: bool = False):
     for k, v in table.items():
         if k not in args.explicit and (not resuming or getattr(args, k, None) is None):
             setattr(args, k, v)
+    if "base" in args.explicit and "base_kappas" not in args.explicit and not resuming:
+        args.base_kappas = None  # an explicit --base kde: its ladder is chosen on validation (the trainer)
     budget = getattr(args, "budget", "default")
     if budget != "default":
         if not (earth and not objective.solves_ode):
@@ -343,8 +345,8 @@ SPECIAL_DEFAULTS = {
     "resume": "a new run",
     "stop_after": "train to --epochs",
     "coupling": "paired with --base kde and --objective fm, else independent",
-    "base_kappas": "--objective fm on Earth data: 10 30 100 400 (kernels of 2000 to 320 km); else the ladder "
-    "of four with the best validation NLL of the KDE alone",
+    "base_kappas": "--objective fm on Earth data without --base: 10 30 100 400 (kernels of 2000 to 320 km); "
+    "else the ladder of four with the best validation NLL of the KDE alone",
     "base": "default; --objective fm on Earth data: kde",
 }
 
