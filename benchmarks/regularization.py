@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks import sections
 from scripts.pages import replace_block
-from scripts.runs import rel, run_one
+from scripts.runs import run_one
 from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +44,9 @@ def main(argv=None):
             out = ROOT / a.runs / f"{M}_{ds}_w{w:g}_{a.epochs}"
             flags = ["--M", M, "--dataset", ds, "--lr", "1e-2", "--dev", "cpu", "--epochs", str(a.epochs),
                      "--eval_freq", str(a.epochs), "--solver", "dopri5", "--atol", "1e-3", "--rtol", "1e-3",
-                     "--kinetic", f"{w:g}", "--jacobian", f"{w:g}", *extra,
-                     "--out", str(rel(out)), "--quiet"]  # fmt: skip
-            m, _, err = run_one(out, flags, threads=a.threads)
-            rows.append((M, ds, w, m, err, ["python", "main_density.py", *flags]))
+                     "--kinetic", f"{w:g}", "--jacobian", f"{w:g}", *extra]  # fmt: skip
+            m, cmd, err = run_one(out, flags, threads=a.threads)  # (it adds --out and --quiet)
+            rows.append((M, ds, w, m, err, ["python", *cmd[1:]]))
     lines = ["## Kinetic and Jacobian regularization", "",
              f"Produced by `python -m benchmarks.regularization --epochs {a.epochs} --weights "
              f"{' '.join(f'{w:g}' for w in a.weights)} --threads {a.threads}`. Training with the adaptive dopri5 "

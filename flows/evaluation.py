@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -26,8 +27,6 @@ def figure_model(model, dtype=torch.float32, accurate: bool = False):
     tried and rejected: accurate at 383 test points (median error 0.002 nats) but its volcano map
     lost most of the density that the float64 map shows.
     """
-    import copy
-
     from .solver import SolverSettings
 
     if accurate:  # float64 and the model's own evaluation solver (dtype is ignored)
@@ -58,8 +57,6 @@ def solve_copy(model, solver=None, *, train: bool = False, dtype=torch.float64):
     """A copy of ``model`` in ``dtype`` set to solve one way: its training solve (``train=True``: the fixed
     training step, the exact divergence instead of a Hutchinson estimate, no compiled function), or its
     evaluation solve with ``solver`` (a :class:`flows.SolverSettings`; ``None``: its own)."""
-    import copy
-
     m = copy.deepcopy(model).to(dtype).train(train)
     dyn = getattr(m, "dynamics", None)
     if dyn is not None:

@@ -147,10 +147,10 @@ def main(argv=None):
         name = f"earth_fm_{ds}.png" if fm else f"earth_{ds}.png"
         fig = ROOT / a.figures / name if a.figures else None
         if fig is not None and seed == a.seeds[0]:
-            if not fig.is_file() or not (out / "map.json").is_file():  # (a map of this run, with its record)
-                rec = draw_map(out, ds, fig, a.res, a.data_dir, seed)
-                (out / "map.json").write_text(json.dumps(rec))
-            m.update(json.loads((out / "map.json").read_text()))
+            if not fig.is_file():  # a map's record without its figure: draw it again
+                (out / "map.json").unlink(missing_ok=True)
+            draw = lambda out=out, ds=ds, fig=fig, seed=seed: draw_map(out, ds, fig, a.res, a.data_dir, seed)  # noqa: E731
+            m.update(cached(out, "map.json", draw))
         m["cmd"] = "python " + shlex.join(cmd)
         m["n_train"] = n_train
         results.setdefault(ds, []).append(m)
@@ -232,7 +232,8 @@ def side_by_side(earth_md, fm_md):
     lines = ["## Both objectives", "",
              "Test NLL, mean ± std over the split seeds, and training seconds per split (mean over the "
              "splits, evaluations excluded). Maximum likelihood: the table above. Flow matching: "
-             "[earth_fm.md](earth_fm.md), main_density.py's `--objective fm` defaults. Same splits, same "
+             "[earth_fm.md](earth_fm.md), main_density.py's `--objective fm` defaults before 2026-12-02 (uniform base; the "
+             "current default, split 0 only: [earth_fm_kde.md](earth_fm_kde.md)). Same splits, same "
              "exact-likelihood scoring. Gap: flow matching's mean minus Moser Flow's (negative is better).", "",
              "| dataset | maximum likelihood | train s | flow matching | train s | wall s | Moser Flow "
              "| gap | Riemannian flow matching |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
