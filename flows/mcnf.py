@@ -50,7 +50,7 @@ from manifolds.distributions import MultiscaleKDE, base_distribution
 from . import divergence as div_mod
 from .dynamics import ChartDynamics, SolveContext, _ChartExit
 from .flow import Flow
-from .solver import FIXED_STEP, SOLVER_METHODS, SolverError, SolverSettings, rk4_solve
+from .solver import FIXED_STEP, SOLVER_METHODS, SolverError, SolverSettings, rk4_solve, time_grid
 from .solver import settings as _settings
 from .vector_field import VectorField
 
@@ -211,7 +211,12 @@ class MCNF(Flow):
         func = self.dynamics.bind(ctx)
         if event_fn is None and not s.adjoint and s.method == "rk4" and self.fast_rk4:
             # the default training solve: torchdiffeq's rk4, bit for bit, without its per-evaluation overhead
-            return t1, rk4_solve(func, state0, t0, t1, s.step_size)
+            return t1, rk4_solve(func, state0, t0, t1, s.step_size, warp=s.time_warp)
+        if event_fn is not None and s.time_warp != 1:
+            # torchdiffeq locates events on uniform grids only: take the warped grid's finest spacing on
+            # this segment, as fine as the warped grid everywhere on it (only re-centred segments get here)
+            h = float(time_grid(t0, t1, s.step_size, state0[0], s.time_warp).diff().abs().min())
+            s = replace(s, step_size=h, time_warp=1.0)
         kw = s.odeint_kwargs()
         if s.adjoint:
             kw["adjoint_params"] = tuple(self.field.parameters())
