@@ -45,7 +45,9 @@ class SolverSettings:
         if not (1 <= self.time_warp < float("inf")):
             raise ValueError(f"time_warp must be a finite number >= 1, got {self.time_warp!r}")
         if self.time_warp != 1 and self.method not in FIXED_STEP:
-            raise ValueError(f"time_warp is for the fixed-step solvers ({', '.join(FIXED_STEP)}), not {self.method!r}")
+            raise ValueError(
+                f"time_warp is for the fixed-step solvers ({', '.join(FIXED_STEP)}), not {self.method!r}"
+            )
 
     def odeint_kwargs(self):
         kw = dict(method=self.method, atol=self.atol, rtol=self.rtol)
