@@ -45,13 +45,15 @@ def chart_divergence(manifold, field, t, p, v, basis, noise=None, reg: bool = Fa
     Ey = M.tangent_basis(y)  # (B, n, n+1)
     dirs = Ey if noise is None else (noise.unsqueeze(-1) * Ey).sum(-2, keepdim=True)
     h, dh = field.ambient_jvp(t, y, dirs)
+    if not reg:
+        f, div_f = M.field_divergence(y, dirs, h, dh, noise)  # f and sum_i <e_i, D_{e_i} f>
+        g = M.chart_velocity(p, v, f, basis, coef)
+        return g, div_f - sum_last(M.grad_logdetexp(p, v, coef) * g)
     f = M.proj_field(y, h)
     df = M.proj_field_jvp(y.unsqueeze(-2), h.unsqueeze(-2), dirs, dh)  # D_{e_i} f
     div_f = sum_last(M.inner(y.unsqueeze(-2), dirs, df))  # sum_i <e_i, D_{e_i} f>
     g = M.chart_velocity(p, v, f, basis, coef)
     div = div_f - sum_last(M.grad_logdetexp(p, v, coef) * g)
-    if not reg:
-        return g, div
     cov = M.proju(y.unsqueeze(-2), df)  # the covariant derivatives, tangent at y
     return g, div, M.inner(y, f, f), M.inner(y.unsqueeze(-2), cov, cov).sum(-1)
 

@@ -234,3 +234,17 @@ class Manifold(torch.nn.Module):
     def proj_field_jvp(self, y, h, dy, dh):
         """Directional derivative of ``proj_field(y, h)`` when ``(y, h)`` moves by ``(dy, dh)``."""
         raise NotImplementedError
+
+    def field_divergence(self, y, dirs, h, dh, noise=None):
+        """The field ``f = proj_field(y, h)`` and its Riemannian divergence ``sum_i <e_i, D_(e_i) f>``.
+
+        ``dirs`` are the directions whose ambient JVPs ``dh`` of the network are given: the orthonormal
+        frame ``tangent_basis(y)`` ``(..., n, n+1)``, or with ``noise`` ``(..., n)`` the one Hutchinson
+        direction ``w = sum_i noise_i e_i`` ``(..., 1, n+1)`` (then the divergence is estimated by
+        ``<w, D_w f>``). This generic form differentiates :meth:`proj_field` along each direction; the
+        sphere and the hyperboloid override it with closed forms (a few operations instead of dozens, in
+        the forward and the backward pass of every ODE evaluation).
+        """
+        f = self.proj_field(y, h)
+        df = self.proj_field_jvp(y.unsqueeze(-2), h.unsqueeze(-2), dirs, dh)  # D_(e_i) f
+        return f, self.inner(y.unsqueeze(-2), dirs, df).sum(-1)

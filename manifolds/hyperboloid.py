@@ -7,6 +7,7 @@ import torch
 from .base import Manifold
 from .special import (
     asinhc_sq,
+    chart_radial_sq,
     cosh_sq,
     log_sinhc_sq,
     one_minus_xcothx_over_x2_sq,
@@ -125,8 +126,8 @@ class Hyperboloid(Manifold):
     def chart_coefficients(self, x, v, basis):
         r2 = sum_last(v * v, keepdim=True)
         u = self.from_coords(x, v, basis)
-        c, s = cosh_sq(r2), sinhc_sq(r2)
-        return {"u": u, "y": c * x + s * u, "r2": r2, "C": c, "S": s, "q": one_minus_xcothx_over_x2_sq(r2)}
+        c, s, q = chart_radial_sq(r2, -1)
+        return {"u": u, "y": c * x + s * u, "r2": r2, "C": c, "S": s, "q": q}
 
     def chart_velocity(self, x, v, w, basis, coef=None):
         """Closed form of ``E (D exp_x(u))^(-1) w`` on the hyperboloid (``r = |v|``).
@@ -168,6 +169,26 @@ class Hyperboloid(Manifold):
         da = minkowski(dy, u, keepdim=True) + minkowski(y, du, keepdim=True)
         db = dy[..., :1]
         return du + (da * b - a * db) / (b * b) * (o + y) + a / b * dy
+
+    def field_divergence(self, y, dirs, h, dh, noise=None):
+        """Closed form for the transported field ``f = T_y (0, h')`` (:meth:`proj_field`, ``h' = h_(1:)``).
+
+        The frame is the transported standard basis, ``e_i = T_y (0, u_i)`` (:meth:`tangent_basis`), and
+        ``T_y`` is an isometry, so ``<e_i, T_y D_(e_i)(0, h')> = dh'_i[i]``: the Jacobian part is the trace
+        of the network's JVPs. Differentiating ``T_y w = w + <y, w> / (1 + y_0) (o + y)`` in ``y`` and
+        summing over the frame (with ``sum_i <e_i, a> e_i = a + <y, a> y``) leaves the connection part
+        ``(n - 1) <y, (0, h')> / (1 + y_0)``. Hutchinson's direction ``w = sum_i noise_i e_i`` gives
+        ``noise . dh'_w`` for the first part; the second stays exact (its expectation).
+        """
+        hs = h[..., 1:]
+        f = (hs.unsqueeze(-2) @ dirs).squeeze(-2) if noise is None else self.proj_field(y, h)
+        jac = (
+            torch.diagonal(dh[..., 1:], dim1=-2, dim2=-1).sum(-1)
+            if noise is None
+            else (noise * dh[..., 0, 1:]).sum(-1)
+        )
+        conn = (self.dim - 1) * (y[..., 1:] * hs).sum(-1) / (1 + y[..., 0])
+        return f, jac + conn
 
     def origin(self, *size, dtype=None, device=None):
         o = torch.zeros(*size, self.dim + 1, dtype=dtype, device=device)

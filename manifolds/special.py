@@ -29,6 +29,7 @@ __all__ = [
     "log_sinhc_sq",
     "one_minus_xcotx_over_x2_sq",
     "one_minus_xcothx_over_x2_sq",
+    "chart_radial_sq",
     "safe_sqrt",
     "safe_acos",
     "safe_acosh",
@@ -179,6 +180,54 @@ def one_minus_xcothx_over_x2_sq(r2: torch.Tensor) -> torch.Tensor:
         lambda s: (1 - s.sqrt() / torch.tanh(s.sqrt())) / s,
         lambda s: -1 / 3 + s / 45 - 2 * s**2 / 945 + s**3 / 4725,
     )
+
+
+_RADIAL_SERIES: dict = {}
+
+
+def chart_radial_sq(r2: torch.Tensor, curvature: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The exponential chart's radial coefficients of the sphere (``curvature = 1``) or the hyperboloid
+    (``-1``) at ``r2 = |v|^2`` ``(..., 1)``, in one pass: ``C = cos r``, ``S = sin r / r`` and
+    ``q = (1 - r cot r) / r^2`` (``cosh``, ``sinh`` and ``coth`` for ``-1``).
+
+    The same values as :func:`cos_sq`, :func:`sinc_sq` and :func:`one_minus_xcotx_over_x2_sq` (or their
+    hyperbolic counterparts), with the square root, the trigonometric functions and the branch mask
+    computed once (``r cot r = C / S``) and the three series evaluated together: a third of their
+    operations, in the ODE function's forward and backward passes alike.
+    """
+    if curvature not in (1, -1):
+        raise ValueError(f"curvature must be 1 or -1, got {curvature!r}")
+    key = (curvature, r2.dtype, r2.device)
+    coeffs = _RADIAL_SERIES.get(key)
+    if coeffs is None:
+        # rows: the coefficients of r2^0 ... r2^3 of (C, S, q)
+        rows = {
+            1: [
+                [1, 1, 1 / 3],
+                [-1 / 2, -1 / 6, 1 / 45],
+                [1 / 24, 1 / 120, 2 / 945],
+                [-1 / 720, -1 / 5040, 1 / 4725],
+            ],
+            -1: [
+                [1, 1, -1 / 3],
+                [1 / 2, 1 / 6, 1 / 45],
+                [1 / 24, 1 / 120, -2 / 945],
+                [1 / 720, 1 / 5040, 1 / 4725],
+            ],
+        }[curvature]
+        coeffs = _RADIAL_SERIES[key] = torch.tensor(rows, dtype=r2.dtype, device=r2.device)
+    small = r2 < _threshold(r2)
+    safe = torch.where(small, 1.0, r2)
+    r = safe.sqrt()
+    if curvature == 1:
+        C, S = torch.cos(r), torch.sin(r) / r
+    else:
+        C, S = torch.cosh(r), torch.sinh(r) / r
+    exact = torch.cat([C, S, (1 - C / S) / safe], -1)
+    c0, c1, c2, c3 = coeffs
+    series = c0 + r2 * (c1 + r2 * (c2 + r2 * c3))
+    out = torch.where(small, series, exact)
+    return out[..., :1], out[..., 1:2], out[..., 2:]
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,15 @@ import math
 import torch
 
 from .base import Manifold
-from .special import asinc_sq, cos_sq, log_sinc_sq, one_minus_xcotx_over_x2_sq, safe_sqrt, sinc_sq
+from .special import (
+    asinc_sq,
+    chart_radial_sq,
+    cos_sq,
+    log_sinc_sq,
+    one_minus_xcotx_over_x2_sq,
+    safe_sqrt,
+    sinc_sq,
+)
 
 
 class Sphere(Manifold):
@@ -121,8 +129,8 @@ class Sphere(Manifold):
     def chart_coefficients(self, x, v, basis):
         r2 = (v * v).sum(-1, keepdim=True)
         u = self.from_coords(x, v, basis)
-        c, s = cos_sq(r2), sinc_sq(r2)
-        return {"u": u, "y": c * x + s * u, "r2": r2, "C": c, "S": s, "q": one_minus_xcotx_over_x2_sq(r2)}
+        c, s, q = chart_radial_sq(r2, 1)
+        return {"u": u, "y": c * x + s * u, "r2": r2, "C": c, "S": s, "q": q}
 
     def chart_velocity(self, x, v, w, basis, coef=None):
         """Closed form of ``E (D exp_x(u))^(-1) w`` on the sphere (``u = E^T v``, ``r = |v|``).
@@ -147,6 +155,14 @@ class Sphere(Manifold):
         yh = (y * h).sum(-1, keepdim=True)
         d_yh = (dy * h).sum(-1, keepdim=True) + (y * dh).sum(-1, keepdim=True)
         return dh - d_yh * y - yh * dy
+
+    def field_divergence(self, y, dirs, h, dh, noise=None):
+        """Closed form for ``f = h - <y, h> y``: ``D_e f = dh_e - (<e, h> + <y, dh_e>) y - <y, h> e``,
+        so ``<e, D_e f> = <e, dh_e> - <y, h> |e|^2`` (``<e, y> = 0``), and over an orthonormal frame
+        ``div f = sum_i <e_i, dh_i> - n <y, h>``. With Hutchinson's direction ``w`` the curvature part
+        ``-<y, h> |w|^2`` is replaced by its expectation ``-n <y, h>`` (exact for Rademacher noise)."""
+        yh = (y * h).sum(-1, keepdim=True)
+        return h - yh * y, (dirs * dh).sum((-2, -1)) - self.dim * yh.squeeze(-1)
 
     def origin(self, *size, dtype=None, device=None):
         o = torch.zeros(*size, self.dim + 1, dtype=dtype, device=device)
