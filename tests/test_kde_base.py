@@ -88,14 +88,18 @@ def test_budget_sets_the_steps_of_earth_flow_matching():
 
     def resolved(**flags):
         base = dict(objective="fm", M="Sphere", dim=2, lr_schedule=None, epochs=10, eval_freq=1, conc=None,
-                    contsave=False, amp="off", budget="default")  # fmt: skip
-        a = types.SimpleNamespace(**{**base, **flags}, explicit=set(flags) - {"budget"})
+                    contsave=False, amp="off", budget="default", dataset="volcano")  # fmt: skip
+        a = types.SimpleNamespace(**{**base, **flags}, explicit=set(flags) - {"budget", "dataset"})
         fill_objective(a, earth=True)
         return a.epochs, a.eval_freq
 
     assert resolved() == (30_000, 3_000)
     assert resolved(budget="long") == (90_000, 9_000)
     assert resolved(budget="long", epochs=500) == (500, 9_000)
+    # fire, whose validation NLL still improved at 30,000 steps, gets 1.2 times either budget
+    assert resolved(dataset="fire") == (36_000, 3_600)
+    assert resolved(dataset="fire", budget="long") == (108_000, 10_800)
+    assert resolved(dataset="fire", epochs=500) == (500, 3_600)
 
 
 def test_given_kde_kappas_are_the_base_and_its_epoch_0_score(tmp_path):
