@@ -170,6 +170,14 @@ class Hyperboloid(Manifold):
         db = dy[..., :1]
         return du + (da * b - a * db) / (b * b) * (o + y) + a / b * dy
 
+    def tangent_basis(self, x):
+        """The standard basis at the origin transported to ``x`` (the generic definition), in closed
+        form: ``e_i = (x'_i, u_i + x'_i x' / (1 + x_0))`` with ``x' = x_(1:)``."""
+        xs = x[..., 1:]
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
+        block = eye + (xs / (1 + x[..., :1])).unsqueeze(-1) * xs.unsqueeze(-2)
+        return torch.cat([xs.unsqueeze(-1), block], -1)
+
     def field_divergence(self, y, dirs, h, dh, noise=None):
         """Closed form for the transported field ``f = T_y (0, h')`` (:meth:`proj_field`, ``h' = h_(1:)``).
 

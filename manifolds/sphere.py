@@ -170,12 +170,15 @@ class Sphere(Manifold):
         return o
 
     def tangent_basis(self, x):
-        # Transport from the origin is singular at its antipode e_0; use e_0's own frame there.
-        e = torch.eye(self.ambient_dim, dtype=x.dtype, device=x.device)[1:]
-        o = self.origin(dtype=x.dtype, device=x.device)
-        far = (x[..., :1] > 0).unsqueeze(-1)
-        src = torch.where(far, -o, o)
-        return self.transp(src, x.unsqueeze(-2), e)
+        """The standard basis ``(0, u_i)`` transported from ``s o`` to ``x``, where ``s = 1`` (the origin)
+        or, in the hemisphere ``x_0 > 0``, ``s = -1`` (its antipode ``e_0``, where transport from the
+        origin is singular). In closed form, with ``x' = x_(1:)``:
+        ``e_i = (s x'_i, u_i - x'_i x' / (1 + |x_0|))``."""
+        xs = x[..., 1:]
+        s = 1 - 2 * (x[..., :1] > 0).to(x.dtype)
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
+        block = eye - (xs / (1 + x[..., :1].abs())).unsqueeze(-1) * xs.unsqueeze(-2)
+        return torch.cat([(s * xs).unsqueeze(-1), block], -1)
 
     def random(self, *size, generator=None, dtype=None, device=None):
         """Uniform random points on the sphere."""
