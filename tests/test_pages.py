@@ -16,19 +16,34 @@ def _earth_page(path, objective, nll_by_dataset, train_s):
     earth.write(path, results, a)
 
 
-def test_side_by_side_block_is_built_from_both_pages_and_rewritten_in_place(tmp_path):
-    earth_md, fm = tmp_path / "earth.md", tmp_path / "earth_fm.md"
+def test_side_by_side_block_is_built_from_the_pages_and_rewritten_in_place(tmp_path):
+    earth_md, fm, fm_new = tmp_path / "earth.md", tmp_path / "earth_fm.md", tmp_path / "earth_fm_kde.md"
     _earth_page(earth_md, "mle", {"volcano": -1.5, "fire": -0.4}, 230)
     _earth_page(fm, "fm", {"volcano": -4.5, "flood": 0.6}, 500)
-    earth.side_by_side(earth_md, fm)
-    earth.side_by_side(earth_md, fm)  # idempotent: one block, replaced in place
+    _earth_page(fm_new, "fm", {"volcano": -6.0}, 520)
+    earth.side_by_side(earth_md, fm, fm_new)
+    earth.side_by_side(earth_md, fm, fm_new)  # idempotent: one block, replaced in place
     text = earth_md.read_text()
     assert text.count(earth.SIDE_BEGIN) == 1
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in text.split(earth.SIDE_BEGIN)[1].splitlines() if line.startswith("| ") and "dataset" not in line}  # fmt: skip
-    assert rows["volcano"][1:6] == ["-1.500 ± 0.141", "230", "-4.500 ± 0.141", "500", "501"]
-    assert rows["volcano"][7] == "-0.29"  # -4.50 - (-4.21)
-    assert rows["fire"][3] == "not run" and rows["flood"][1] == "not run"
+    # maximum likelihood, the current flow-matching default, the previous one (mean ± std (splits), train s)
+    assert rows["volcano"][1:7] == [
+        "-1.500 ± 0.141 (2)",
+        "230",
+        "-6.000 ± 0.141 (2)",
+        "520",
+        "-4.500 ± 0.141 (2)",
+        "500",
+    ]
+    assert rows["volcano"][8] == "-1.79"  # the current default's gap: -6.00 - (-4.21)
+    assert rows["volcano"][9] == earth.RIEMANNIAN_DIFFUSION[0]
+    assert (
+        rows["fire"][3] == "not run"
+        and rows["flood"][3] == "not run"
+        and rows["flood"][5] == "0.600 ± 0.141 (2)"
+    )
+    assert rows["flood"][8] == ""  # no gap without the current default's row
     assert "earthquake" not in rows
     assert "measured limits" in text.split(earth.SIDE_BEGIN)[1]
     assert text.index(earth.SIDE_BEGIN) < text.index("Published (")
