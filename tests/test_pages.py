@@ -74,3 +74,21 @@ def test_reproduction_side_by_side_block(tmp_path):
             or line.startswith("| Hyperboloid")]  # fmt: skip
     assert rows == ["| Hyperboloid | 1wrapped | 50 | 0.0001 +- 0.0100 | 400 | - | not run |  |",
                     "| Sphere | 4wrapped | 50 | 0.0230 +- 0.0100 | 400 | 50 | 0.0500 +- 0.0100 | 60 |"]  # fmt: skip
+
+
+def test_earth_page_tabulates_each_maps_step_grid_and_error(tmp_path):
+    page = tmp_path / "earth_fm.md"
+    a = Namespace(objective="fm", extra=[], dev="cpu", jobs=1, integral_samples=10, integral_centers=5, res=10,
+                  integral_seeds=None, figures=str(tmp_path), seeds=[0], epochs=None, steps=100, hidden=8, n_hidden=1,
+                  lr="1e-3", step_size="0.5", note="")  # fmt: skip
+    run = dict(test_nll=-5.0, epochs=7, args={"batch_size": 10}, n_train=70, train_seconds=5, wall_seconds=6,
+               cmd="python main_density.py", map_res=150, map_err_val=0.0024, map_err_test=0.0029, map_seconds=99)  # fmt: skip
+    results = {
+        "volcano": [dict(run, map_step=1 / 32, map_warp=2.0)],
+        "flood": [dict(run, map_step=1 / 8, map_warp=1.0)],
+    }
+    earth.write(page, results, a)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in page.read_text().splitlines() if line.startswith("| ") and "150 x 150" in line}  # fmt: skip
+    assert rows["volcano"][2:] == ["1/32 (t = s^2)", "0.0024", "0.0029", "99"]
+    assert rows["flood"][2] == "1/8"
