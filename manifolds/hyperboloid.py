@@ -173,9 +173,9 @@ class Hyperboloid(Manifold):
     def tangent_basis(self, x):
         """The standard basis at the origin transported to ``x`` (the generic definition), in closed
         form: ``e_i = (x'_i, u_i + x'_i x' / (1 + x_0))`` with ``x' = x_(1:)``."""
-        xs = x[..., 1:]
+        x0, xs = x.split([1, self.dim], dim=-1)
         eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
-        block = eye + (xs / (1 + x[..., :1])).unsqueeze(-1) * xs.unsqueeze(-2)
+        block = eye + (xs / (1 + x0)).unsqueeze(-1) * xs.unsqueeze(-2)
         return torch.cat([xs.unsqueeze(-1), block], -1)
 
     def field_divergence(self, y, dirs, h, dh, noise=None):
@@ -188,14 +188,17 @@ class Hyperboloid(Manifold):
         ``(n - 1) <y, (0, h')> / (1 + y_0)``. Hutchinson's direction ``w = sum_i noise_i e_i`` gives
         ``noise . dh'_w`` for the first part; the second stays exact (its expectation).
         """
-        hs = h[..., 1:]
+        n = self.dim
+        hs = h.split([1, n], dim=-1)[1]
+        y0, ys = y.split([1, n], dim=-1)
+        dhs = dh.split([1, n], dim=-1)[1]
         f = (hs.unsqueeze(-2) @ dirs).squeeze(-2) if noise is None else self.proj_field(y, h)
         jac = (
-            torch.diagonal(dh[..., 1:], dim1=-2, dim2=-1).sum(-1)
+            torch.diagonal(dhs, dim1=-2, dim2=-1).sum(-1)
             if noise is None
-            else (noise * dh[..., 0, 1:]).sum(-1)
+            else (noise * dhs.squeeze(-2)).sum(-1)
         )
-        conn = (self.dim - 1) * (y[..., 1:] * hs).sum(-1) / (1 + y[..., 0])
+        conn = (n - 1) * (ys * hs).sum(-1) / (1 + y0.squeeze(-1))
         return f, jac + conn
 
     def origin(self, *size, dtype=None, device=None):

@@ -226,8 +226,8 @@ def chart_radial_sq(r2: torch.Tensor, curvature: int) -> tuple[torch.Tensor, tor
     exact = torch.cat([C, S, (1 - C / S) / safe], -1)
     c0, c1, c2, c3 = coeffs
     series = c0 + r2 * (c1 + r2 * (c2 + r2 * c3))
-    out = torch.where(small, series, exact)
-    return out[..., :1], out[..., 1:2], out[..., 2:]
+    C, S, q = torch.where(small, series, exact).split(1, dim=-1)  # (one backward node, not three slices)
+    return C, S, q
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:

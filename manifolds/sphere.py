@@ -174,10 +174,10 @@ class Sphere(Manifold):
         or, in the hemisphere ``x_0 > 0``, ``s = -1`` (its antipode ``e_0``, where transport from the
         origin is singular). In closed form, with ``x' = x_(1:)``:
         ``e_i = (s x'_i, u_i - x'_i x' / (1 + |x_0|))``."""
-        xs = x[..., 1:]
-        s = 1 - 2 * (x[..., :1] > 0).to(x.dtype)
+        x0, xs = x.split([1, self.dim], dim=-1)
+        s = 1 - 2 * (x0 > 0).to(x.dtype)
         eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
-        block = eye - (xs / (1 + x[..., :1].abs())).unsqueeze(-1) * xs.unsqueeze(-2)
+        block = eye - (xs / (1 + x0.abs())).unsqueeze(-1) * xs.unsqueeze(-2)
         return torch.cat([(s * xs).unsqueeze(-1), block], -1)
 
     def random(self, *size, generator=None, dtype=None, device=None):
