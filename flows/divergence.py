@@ -49,8 +49,7 @@ def chart_divergence(manifold, field, t, p, v, basis, noise=None, reg: bool = Fa
         f, div_f = M.field_divergence(y, dirs, h, dh, noise)  # f and sum_i <e_i, D_{e_i} f>
         g = M.chart_velocity(p, v, f, basis, coef)
         return g, div_f - sum_last(M.grad_logdetexp(p, v, coef) * g)
-    f = M.proj_field(y, h)
-    df = M.proj_field_jvp(y.unsqueeze(-2), h.unsqueeze(-2), dirs, dh)  # D_{e_i} f
+    f, df = M.field_jvps(y, dirs, h, dh)  # f and D_{e_i} f
     div_f = sum_last(M.inner(y.unsqueeze(-2), dirs, df))  # sum_i <e_i, D_{e_i} f>
     g = M.chart_velocity(p, v, f, basis, coef)
     div = div_f - sum_last(M.grad_logdetexp(p, v, coef) * g)

@@ -245,6 +245,10 @@ class Manifold(torch.nn.Module):
         sphere and the hyperboloid override it with closed forms (a few operations instead of dozens, in
         the forward and the backward pass of every ODE evaluation).
         """
-        f = self.proj_field(y, h)
-        df = self.proj_field_jvp(y.unsqueeze(-2), h.unsqueeze(-2), dirs, dh)  # D_(e_i) f
+        f, df = self.field_jvps(y, dirs, h, dh)
         return f, self.inner(y.unsqueeze(-2), dirs, df).sum(-1)
+
+    def field_jvps(self, y, dirs, h, dh):
+        """``f = proj_field(y, h)`` and its derivatives ``D_(d_k) f`` along ``dirs`` (shapes as in
+        :meth:`field_divergence`), from the network's JVPs ``dh``."""
+        return self.proj_field(y, h), self.proj_field_jvp(y.unsqueeze(-2), h.unsqueeze(-2), dirs, dh)
