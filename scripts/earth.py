@@ -16,6 +16,12 @@ Each run is a ``main_density.py`` command (shown in docs/earth.md); runs that fi
 size), since the datasets differ 15-fold in size. Test NLL is reported with the checkpoint of the
 best validation NLL (80/10/10 split by seed); the integral of each model density is estimated by
 importance sampling (``flows.model_integral_is``), with its standard error.
+
+Run records: each page is written with a record of its runs beside it (``docs/records/PAGE.json``: per run
+its command, scores, seconds, and split 0's integral and map figures; numbers only, no code). A run whose
+folder is not on this machine (results/ is not committed) is taken from that record when its command is
+the same and resolves to the same settings today (a changed preset trains it again), so a page can grow by sessions (the long budget's 20 runs) without training again what an
+earlier session trained; the page says how many of its runs came from the record.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scripts.pages import is_number, replace_block, section, table_rows, write_page
-from scripts.runs import cached, rel, run_one
+from scripts.runs import cached, rel, resolved_settings, run_one, run_settings
 from train.objectives import accurate_figures, get_objective
 from utils import run_cli
 
@@ -49,6 +55,35 @@ DATASETS = ["volcano", "earthquake", "flood", "fire"]
 #: Huang et al. 2022 (Riemannian diffusion models), as quoted in issue #26: the long budget's target.
 RIEMANNIAN_DIFFUSION = ("-6.61 ± 0.97", "-0.40 ± 0.05", "0.43 ± 0.07", "-1.38 ± 0.05")
 LOG_RANGE = 8.0  # viz.figures.LOG_RANGE
+#: What a run record keeps (docs/records/PAGE.json): everything the page shows, nothing of the model.
+RECORD_KEYS = ("dataset", "seed", "cmd", "settings", "n_train", "epochs", "batch_size", "test_nll", "test_nll_stderr",
+               "val_nll", "best_epoch", "train_seconds", "wall_seconds", "integral", "integral_stderr",
+               "map_res", "map_step", "map_warp", "map_err_val", "map_err_test", "map_seconds")  # fmt: skip
+
+
+def records_path(md) -> Path:
+    """Where the run records of page ``md`` live: docs/records/<page name>.json beside docs/."""
+    md = Path(md)
+    return md.parent / "records" / f"{md.stem}.json"
+
+
+def read_records(path: Path) -> dict:
+    """The records of a page, by command (``{}`` when there are none). Plain JSON numbers and strings; a
+    file that is not a list of records with a command raises ValueError (exit status 2 from the CLI)."""
+    if not path.is_file():
+        return {}
+    try:
+        recs = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{rel(path)}: not a JSON file of run records ({e})") from None
+    if not isinstance(recs, list) or not all(isinstance(r, dict) and isinstance(r.get("cmd"), str) for r in recs):
+        raise ValueError(f"{rel(path)}: expected a list of run records, each with its command")
+    return {r["cmd"]: r for r in recs}
+
+
+def record(m: dict) -> dict:
+    """The record of one run's results (see :data:`RECORD_KEYS`)."""
+    return {k: m[k] for k in RECORD_KEYS if k in m}
 
 
 def main(argv=None):
@@ -118,22 +153,39 @@ def main(argv=None):
                        "--out", str(rel(out)), "--quiet", *a.extra]  # fmt: skip
             jobs.append((ds, seed, out, cmd, n_train))
 
+    recorded = read_records(records_path(ROOT / a.md))
+
+    def from_record(out, cmd) -> bool:
+        """Trained by an earlier session whose run folder is not here, with the command and the settings
+        (the presets of its time) that the command has today."""
+        rec = recorded.get("python " + shlex.join(cmd))
+        return (rec is not None and not (out / "checkpoint.pt").is_file()
+                and rec.get("settings") == resolved_settings(cmd[1:]))  # fmt: skip
+
     def train(job):
         ds, seed, out, cmd, _ = job
+        if from_record(out, cmd):
+            return None
         _, _, err = run_one(out, cmd[1:], train=not a.assemble, threads=1 if a.jobs > 1 else None)
         return None if err is None or a.assemble else f"{rel(out)}: {err}"
 
     with ThreadPoolExecutor(max(a.jobs, 1)) as pool:
         failed = [f for f in pool.map(train, jobs) if f]
 
-    results = {}
+    results, reused = {}, 0
     for ds, seed, out, cmd, n_train in jobs:
         mf = out / "metrics.json"
+        command = "python " + shlex.join(cmd)
+        if from_record(out, cmd):  # its record, under the same command
+            results.setdefault(ds, []).append({**recorded[command], "recorded": True})
+            reused += 1
+            continue
         if not mf.is_file():
             if not a.assemble and not any(f.startswith(f"{rel(out)}:") for f in failed):
                 failed.append(f"{rel(out)}: no metrics.json")
             continue
         m = json.loads(mf.read_text())
+        m.update(dataset=ds, seed=seed, batch_size=m["args"]["batch_size"], settings=run_settings(m["args"]))
         for extra_file in ("integral.json", "wall.json"):
             if (out / extra_file).is_file():
                 m.update(json.loads((out / extra_file).read_text()))
@@ -153,12 +205,15 @@ def main(argv=None):
                 (out / "map.json").unlink(missing_ok=True)
             draw = lambda out=out, ds=ds, fig=fig, seed=seed: draw_map(out, ds, fig, a.res, a.data_dir, seed)  # noqa: E731
             m.update(cached(out, "map.json", draw))
-        m["cmd"] = "python " + shlex.join(cmd)
+        m["cmd"] = command
         m["n_train"] = n_train
         results.setdefault(ds, []).append(m)
-    written = write(ROOT / a.md, results, a)
+    written = write(ROOT / a.md, results, a, reused=reused)
     if written:
-        print(f"wrote {a.md}")
+        rp = records_path(ROOT / a.md)
+        rp.parent.mkdir(parents=True, exist_ok=True)
+        rp.write_text(json.dumps([record(m) for ms in results.values() for m in ms], indent=1) + "\n")
+        print(f"wrote {a.md} and {rel(rp)}")
     if written and a.md in (
         "docs/earth.md",
         "docs/earth_fm.md",
@@ -271,7 +326,7 @@ def side_by_side(earth_md, fm_md, fm_default_md=None):
     replace_block(earth_md, SIDE_BEGIN, SIDE_END, [*lines, ""], before="Published (")
 
 
-def write(path, results, a):
+def write(path, results, a, reused: int = 0):
     fm = not get_objective(a.objective).solves_ode  # flow matching: its own pages, folders and budgets
     extra = f" -- {shlex.join(a.extra)}" if a.extra else ""
     data_flag = "--data_dir DIR " if getattr(a, "data_dir", None) else ""
@@ -311,7 +366,7 @@ def write(path, results, a):
         integ = ", ".join(f"{m['integral']:.3f} ± {m['integral_stderr']:.3f}" if "integral" in m else "-"
                           for m in ms)  # fmt: skip
         epochs = ms[0]["epochs"]
-        bs = ms[0]["args"]["batch_size"]
+        bs = ms[0]["batch_size"] if "batch_size" in ms[0] else ms[0]["args"]["batch_size"]
         steps = epochs if fm else epochs * math.ceil(ms[0]["n_train"] / bs)
         wall = [m["wall_seconds"] for m in ms if "wall_seconds" in m]
         wall_s = f"{statistics.mean(wall):.0f}" if wall else ""
@@ -321,6 +376,10 @@ def write(path, results, a):
     if fm:
         lines += ["", "Beside maximum likelihood, Moser Flow and Riemannian flow matching: "
                   "[earth.md](earth.md#both-objectives)."]  # fmt: skip
+    if reused:
+        lines += ["", f"{reused} of these runs were trained by an earlier session and are taken from the page's "
+                  f"record of its runs ([records/{Path(path).stem}.json](records/{Path(path).stem}.json)), "
+                  "their commands being the same; the others ran in this session."]
     if a.note:
         lines += ["", "## Notes", "", a.note]
     lines += [

@@ -77,6 +77,32 @@ def run_one(out: Path, args: list[str], epochs: int | None = None, log=None, tra
     return finished(out), cmd, None
 
 
+#: Entries of a run's saved arguments that say nothing about what it computes (where it writes, what the
+#: user typed, what the trainer fills in from the data).
+NOT_SETTINGS = ("explicit", "base_n", "out", "quiet", "resume", "overwrite", "stop_after", "save", "contsave",
+                "save_freq")  # fmt: skip
+
+
+def run_settings(saved_args: dict) -> dict:
+    """What a run computes with: its saved arguments (metrics.json's ``args``) as JSON values, less
+    :data:`NOT_SETTINGS`."""
+    return {k: v for k, v in json.loads(json.dumps(saved_args)).items() if k not in NOT_SETTINGS}
+
+
+def resolved_settings(args: list[str]) -> dict:
+    """The settings ``main_density.py ARGS`` would train with today (its presets applied, nothing run),
+    in the form of :func:`run_settings`; a command whose flags are refused raises ``UserError``."""
+    import main_density
+    from train.config import check_model, fill_objective, fill_settings
+    from train.tasks import is_earth
+
+    a = main_density.parse_args([str(x) for x in args])
+    check_model(a)
+    fill_objective(a, is_earth(a.dataset))
+    fill_settings(a)
+    return run_settings(main_density.json_safe({k: v for k, v in vars(a).items() if k != "explicit"}))
+
+
 def cached(out: Path, name: str, compute) -> dict:
     """``compute()`` (a dict of numbers measured on the run's final checkpoint), cached in ``out/name`` and
     recomputed when checkpoint.pt is newer than the cache."""

@@ -92,3 +92,46 @@ def test_earth_page_tabulates_each_maps_step_grid_and_error(tmp_path):
             for line in page.read_text().splitlines() if line.startswith("| ") and "150 x 150" in line}  # fmt: skip
     assert rows["volcano"][2:] == ["1/32 (t = s^2)", "0.0024", "0.0029", "99"]
     assert rows["flood"][2] == "1/8"
+
+
+def test_earth_page_takes_runs_of_an_earlier_session_from_its_record_only_under_the_same_settings(tmp_path):
+    """A page's run records let a later session (without the run folders; results/ is not committed)
+    rebuild the page, but never for a command whose presets have changed since."""
+    import json
+    import shutil
+
+    import pytest
+
+    from scripts.runs import resolved_settings
+
+    runs, md = tmp_path / "runs", tmp_path / "page.md"
+    out = runs / "volcano_split0"
+    cmd = ["--M", "Sphere", "--dataset", "volcano", "--split_seed", "0", "--objective", "fm", "--dev", "cpu",
+           "--out", str(out), "--quiet"]  # fmt: skip
+    args = {**resolved_settings(cmd), "out": str(out), "base_n": 662, "explicit": ["M", "dataset"]}
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps(dict(test_nll=-5.5, test_nll_stderr=0.5, val_nll=-6.0, epochs=30000,
+                                                      best_epoch=27000, train_seconds=499.0, args=args)))  # fmt: skip
+    argv = ["--objective", "fm", "--dev", "cpu", "--assemble", "--runs", str(runs), "--md", str(md),
+            "--datasets", "volcano", "--seeds", "0", "--integral_seeds", "--figures", ""]  # fmt: skip
+    assert earth.main(argv) == 0
+    first = md.read_text()
+    rec = json.loads(earth.records_path(md).read_text())
+    assert len(rec) == 1 and rec[0]["test_nll"] == -5.5 and "args" not in rec[0]
+    assert rec[0]["settings"]["fourier"] == 256  # the presets it ran with, not only the command
+    assert "| volcano | 662 | 1 | 30000 (30000) | -5.500 (one split) |" in first
+
+    shutil.rmtree(runs)  # a new checkout: the run folder is gone, the record is committed
+    assert earth.main(argv) == 0
+    again = md.read_text()
+    assert "| volcano | 662 | 1 | 30000 (30000) | -5.500 (one split) |" in again
+    assert "1 of these runs were trained by an earlier session" in again
+
+    rec[0]["settings"]["lr"] = 1e-3  # the preset changed since: the record no longer describes the command
+    earth.records_path(md).write_text(json.dumps(rec))
+    assert earth.main(argv) == 1  # nothing to tabulate; the page stays as it was
+    assert md.read_text() == again
+
+    earth.records_path(md).write_text('{"not": "a list"}')
+    with pytest.raises(ValueError, match="list of run records"):
+        earth.main(argv)
