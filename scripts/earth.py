@@ -76,7 +76,9 @@ def read_records(path: Path) -> dict:
         recs = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{rel(path)}: not a JSON file of run records ({e})") from None
-    if not isinstance(recs, list) or not all(isinstance(r, dict) and isinstance(r.get("cmd"), str) for r in recs):
+    if not isinstance(recs, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("cmd"), str) for r in recs
+    ):
         raise ValueError(f"{rel(path)}: expected a list of run records, each with its command")
     return {r["cmd"]: r for r in recs}
 
@@ -377,9 +379,12 @@ def write(path, results, a, reused: int = 0):
         lines += ["", "Beside maximum likelihood, Moser Flow and Riemannian flow matching: "
                   "[earth.md](earth.md#both-objectives)."]  # fmt: skip
     if reused:
-        lines += ["", f"{reused} of these runs were trained by an earlier session and are taken from the page's "
-                  f"record of its runs ([records/{Path(path).stem}.json](records/{Path(path).stem}.json)), "
-                  "their commands being the same; the others ran in this session."]
+        lines += [
+            "",
+            f"{reused} of these runs were trained by an earlier session and are taken from the page's "
+            f"record of its runs ([records/{Path(path).stem}.json](records/{Path(path).stem}.json)), "
+            "their commands being the same; the others ran in this session.",
+        ]
     if a.note:
         lines += ["", "## Notes", "", a.note]
     lines += [
