@@ -281,12 +281,18 @@ def render(res):
                   "batch 200 (milliseconds, median), against the bare network (the 32x3 tanh MLP of [x, t], "
                   "`VectorField.ambient`) forward and backward on the same points; `--compile` compiles the "
                   "first (`MCNF.compile_ode`):", "",
-                  "| manifold | bare network | eager | eager / network | compiled | compiled / network | "
-                  "compile s, cold cache | compile s, warm cache |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| manifold | bare network | network + n JVPs | eager | eager / network | compiled | "
+                  "compiled / network | compile s, cold cache | compile s, warm cache |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for M, c in res["eval_cost"].items():
-            lines.append(f"| {M} | {c['bare_ms']:.3f} | {c['eager_ms']:.3f} | {c['eager_ms'] / c['bare_ms']:.1f}x | "
+            jvp = f"{c['jvp_ms']:.3f} ({c['jvp_ms'] / c['bare_ms']:.1f}x)" if "jvp_ms" in c else ""
+            lines.append(f"| {M} | {c['bare_ms']:.3f} | {jvp} | {c['eager_ms']:.3f} | {c['eager_ms'] / c['bare_ms']:.1f}x | "
                          f"{c['compiled_ms']:.3f} | {c['compiled_ms'] / c['bare_ms']:.1f}x | "
                          f"{c['compile_seconds_cold']:.1f} | {c['compile_seconds_warm']:.1f} |")  # fmt: skip
+        lines += ["", "Network + n JVPs: the same network with its directional derivatives along the n tangent "
+                  "directions (`VectorField.ambient_jvp`, forward-mode written out), forward and backward: "
+                  "what any exact divergence through this network computes, the manifold's geometry excluded; "
+                  "eager minus it is the chart calculus and the projection."]  # fmt: skip
         lines += ["", "Compile s: what compiling costs a training run of the default configuration, the first "
                   "training step minus the second in a fresh process; cold: an empty inductor cache "
                   "(`TORCHINDUCTOR_CACHE_DIR`), the first run on a machine; warm: the cache the cold process "

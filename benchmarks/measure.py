@@ -169,7 +169,9 @@ def eval_cost(M, device, batch=200):
     """Milliseconds of one evaluation of the ODE function with its exact divergence, forward and
     backward, at ``batch`` points inside a chart (``|v| ~ 0.4``): eager, compiled, and the bare
     network (:meth:`flows.VectorField.ambient`, the 32x3 tanh MLP of ``[x, t]``) forward and backward
-    on the same points; and what compiling costs a training run (:func:`compile_cost`)."""
+    on the same points; the network with its ``n`` directional derivatives (:meth:`flows.VectorField.ambient_jvp`
+    along a tangent frame), forward and backward: the floor of any exact divergence through this network,
+    the geometry excluded; and what compiling costs a training run (:func:`compile_cost`)."""
     m = build(M, DEFAULT_SETTINGS[M], device)
     dyn, Mf = m.dynamics, m.manifold
     x = density(M).sample(batch, generator=torch.Generator().manual_seed(3)).to(device, torch.float32)
@@ -191,7 +193,14 @@ def eval_cost(M, device, batch=200):
     def bare():
         m.field.ambient(t.float(), x).sum().backward()
 
-    out = dict(eager_ms=_median_ms(ode, device), bare_ms=_median_ms(bare, device))
+    Ey = Mf.tangent_basis(p)
+
+    def network_jvps():  # the network and its n directional derivatives: what the exact divergence needs
+        h, dh = m.field.ambient_jvp(t, p, Ey)
+        (h.sum() + dh.sum()).backward()
+
+    out = dict(eager_ms=_median_ms(ode, device), bare_ms=_median_ms(bare, device),
+               jvp_ms=_median_ms(network_jvps, device))  # fmt: skip
     m.compile_ode()
     ode()  # (compiled here with whatever is cached; compile_cost measures the compilation itself)
     out["compiled_ms"] = _median_ms(ode, device)
