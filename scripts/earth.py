@@ -58,7 +58,8 @@ LOG_RANGE = 8.0  # viz.figures.LOG_RANGE
 #: What a run record keeps (docs/records/PAGE.json): everything the page shows, nothing of the model.
 RECORD_KEYS = ("dataset", "seed", "cmd", "settings", "n_train", "epochs", "batch_size", "test_nll", "test_nll_stderr",
                "val_nll", "best_epoch", "train_seconds", "wall_seconds", "integral", "integral_stderr",
-               "map_res", "map_step", "map_warp", "map_err_val", "map_err_test", "map_seconds")  # fmt: skip
+               "map_res", "map_step", "map_warp", "map_err_val", "map_err_test", "map_seconds", "score_tol",
+               "test_nll_score", "test_nll_tight")  # fmt: skip
 
 
 def records_path(md) -> Path:
@@ -200,6 +201,14 @@ def main(argv=None):
                 return {"integral": est, "integral_stderr": se}
 
             m.update(cached(out, "integral.json", importance))
+        if fm and seed == a.seeds[0] and wanted:  # the score at its tolerance and at a 100x tighter one
+            m.update(
+                cached(
+                    out,
+                    "tight.json",
+                    lambda out=out, ds=ds, seed=seed: tight_check(out, ds, a.data_dir, seed),
+                )
+            )
         name = f"earth_fm_{ds}.png" if fm else f"earth_{ds}.png"
         fig = ROOT / a.figures / name if a.figures else None
         if fig is not None and seed == a.seeds[0]:
@@ -235,6 +244,26 @@ def best_model(out):
     model = load_model(out / "checkpoint.pt")
     model.load_state_dict(read_checkpoint(out / "best.pt", required=("model",))["model"])
     return model
+
+
+def tight_check(out, ds, data_dir, seed) -> dict:
+    """Trust in a score: the best-validation model's test NLL with its evaluation solver (dopri5, float64,
+    atol = rtol = ``--eval_tol``) and with a 100x tighter one, on the same events (issue #26: they must
+    agree to 0.01 nats)."""
+    import dataclasses
+
+    import torch
+
+    from data.earth import EarthData
+    from flows import solver_gap
+
+    model = best_model(out).double()
+    tol = model.eval_solver.atol
+    tight = dataclasses.replace(model.eval_solver, atol=tol / 100, rtol=model.eval_solver.rtol / 100)
+    lp, lp_tight = solver_gap(
+        model, EarthData(ds, data_dir, seed).test.to(torch.float64), {}, dict(solver=tight)
+    )
+    return {"score_tol": tol, "test_nll_score": -float(lp.mean()), "test_nll_tight": -float(lp_tight.mean())}
 
 
 def draw_map(out, ds, path, res, data_dir, seed) -> dict:
@@ -421,6 +450,16 @@ def write(path, results, a, reused: int = 0):
                 grid = "" if m.get("map_warp", 1.0) == 1 else f" (t = s^{m['map_warp']:g})"
                 lines.append(f"| {ds} | {m['map_res']} x {m['map_res']} | 1/{round(1 / m['map_step'])}{grid} | {val} | "
                              f"{m['map_err_test']:.4f} | {m['map_seconds']:.0f} |")  # fmt: skip
+    tight = [(ds, ms[0]) for ds, ms in results.items() if "test_nll_tight" in ms[0]]
+    if tight:
+        lines += ["", f"Trust in the scores: the test NLL of the split-{a.seeds[0]} models with the evaluation solver "
+                  "that scores them (dopri5, float64, atol = rtol = the tolerance shown) and with a 100x tighter "
+                  "one, on the same events:", "",
+                  "| dataset | tolerance | test NLL | 100x tighter | difference |", "|---|---|---|---|---|"]  # fmt: skip
+        for ds, m in tight:
+            d = m["test_nll_tight"] - m["test_nll_score"]
+            lines.append(f"| {ds} | {m['score_tol']:g} | {m['test_nll_score']:.4f} | {m['test_nll_tight']:.4f} | "
+                         f"{d:+.4f} |")  # fmt: skip
     lines += ["", "Commands of the runs:", ""]
     lines += [f"- `{m['cmd']}`" for ms in results.values() for m in ms]
     return write_page(Path(path), "\n".join(lines) + "\n", count_results, force=getattr(a, "force", False))

@@ -102,6 +102,28 @@ def test_budget_sets_the_steps_of_earth_flow_matching():
     assert resolved(dataset="fire", epochs=500) == (500, 3_600)
 
 
+def test_a_catalogue_s_own_settings_replace_the_earth_preset_and_flags_win(monkeypatch):
+    import train.config as config
+
+    monkeypatch.setitem(config.EARTH_DATASETS, "flood", dict(steps=0.5, fourier_scale=15.0))
+
+    def resolved(**flags):
+        base = dict(objective="fm", M="Sphere", dim=2, lr_schedule=None, epochs=10, eval_freq=1, conc=None,
+                    contsave=False, amp="off", budget="default", dataset="flood", fourier_scale=1.0)  # fmt: skip
+        a = types.SimpleNamespace(
+            **{**base, **flags}, explicit=set(flags) - {"budget", "dataset", "objective"}
+        )
+        config.fill_objective(a, earth=True)
+        return a.epochs, a.eval_freq, a.fourier_scale, a.fourier
+
+    assert resolved() == (15_000, 1_500, 15.0, 256)
+    assert resolved(fourier_scale=30.0) == (15_000, 1_500, 30.0, 256)  # an explicit flag wins
+    assert resolved(budget="long") == (45_000, 4_500, 15.0, 256)
+    assert resolved(dataset="volcano") == (30_000, 3_000, 30.0, 256)  # the others keep the preset
+    assert resolved(objective="mle")[2] == 1.0  # maximum likelihood has no Earth preset
+    assert "flood 15" in config.effective_default("fourier_scale", 1.0)
+
+
 def test_given_kde_kappas_are_the_base_and_its_epoch_0_score(tmp_path):
     out = tmp_path / "k"
     r = run("--M", "Sphere", "--dataset", "volcano", "--objective", "fm", "--base", "kde", "--kde_kappas", 100, 400,

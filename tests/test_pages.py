@@ -132,6 +132,13 @@ def test_earth_page_takes_runs_of_an_earlier_session_from_its_record_only_under_
     assert earth.main(argv) == 1  # nothing to tabulate; the page stays as it was
     assert md.read_text() == again
 
+    # the trust check of the split-0 model, as the page shows it
+    a = Namespace(objective="fm", extra=[], dev="cpu", jobs=1, integral_samples=10, integral_centers=5, res=10,
+                  integral_seeds=[0], figures="", seeds=[0], note="")  # fmt: skip
+    tight = dict(rec[0], score_tol=1e-5, test_nll_score=-1.2559, test_nll_tight=-1.2561)
+    earth.write(tmp_path / "trust.md", {"volcano": [tight]}, a)
+    assert "| volcano | 1e-05 | -1.2559 | -1.2561 | -0.0002 |" in (tmp_path / "trust.md").read_text()
+
     earth.records_path(md).write_text('{"not": "a list"}')
     with pytest.raises(ValueError, match="list of run records"):
         earth.main(argv)

@@ -101,11 +101,12 @@ def _mle_presets(manifold: str) -> dict:
 #: ``--budget`` of flow matching on Earth data: the default (6-10 CPU-minutes per split on one thread,
 #: docs/earth_fm.md) and three times its steps (about 18 minutes, docs/earth_fm_long.md).
 BUDGETS = {"default": dict(epochs=30_000, eval_freq=3_000), "long": dict(epochs=90_000, eval_freq=9_000)}
-#: Where a dataset's validation NLL asked for more of either budget (its steps and evaluation cadence
-#: scaled): fire (12,810 events, the largest) still improved at 30,000 steps (validation NLL -1.298 on split
-#: 0) and reached -1.328 at 36,000; volcano flattened at 27,000, earthquake peaked at 21,000 and flood at
-#: 6,000 (docs/earth_ablation.md).
-EARTH_STEP_SCALE = {"fire": 1.2}
+#: Per catalogue, where its validation split (split 0) asked for something else than the Earth preset
+#: (docs/earth_ablation.md): ``steps`` scales either budget (its steps and its evaluation cadence), any other
+#: key replaces that entry of ``FM_SETTINGS["earth"]``; explicit flags win over both. Fire (12,810 events,
+#: the largest) still improved at 30,000 steps (validation NLL -1.298) and reached -1.328 at 36,000;
+#: volcano flattened at 27,000 and earthquake peaked at 21,000.
+EARTH_DATASETS = {"fire": dict(steps=1.2)}
 
 #: Per objective (:mod:`train.objectives`): its presets, from (Earth data?, manifold).
 OBJECTIVE_PRESETS = {
@@ -217,6 +218,8 @@ def fill_objective(args, earth: bool, resuming: bool = False):
         raise UserError(f"--amp {args.amp} covers flow matching's training step; --objective {args.objective} "
                         "differentiates an ODE solve whose log-determinant bfloat16 would swamp")  # fmt: skip
     table = OBJECTIVE_PRESETS[objective.name](earth, args.M)
+    own = EARTH_DATASETS.get(args.dataset, {}) if earth and not objective.solves_ode else {}
+    table = {**table, **{k: v for k, v in own.items() if k != "steps"}}
     for k, v in table.items():
         if k not in args.explicit and (not resuming or getattr(args, k, None) is None):
             setattr(args, k, v)
@@ -227,7 +230,7 @@ def fill_objective(args, earth: bool, resuming: bool = False):
         raise UserError(f"--budget {budget} sets the steps of flow matching on Earth data (--objective fm "
                         "--dataset volcano|earthquake|flood|fire); elsewhere give --epochs")  # fmt: skip
     if earth and not objective.solves_ode and not resuming:
-        scale = EARTH_STEP_SCALE.get(args.dataset, 1.0)
+        scale = own.get("steps", 1.0)
         for k, v in BUDGETS[budget].items():
             if k not in args.explicit:
                 setattr(args, k, round(v * scale))
@@ -387,4 +390,7 @@ def effective_default(dest: str, parser_default) -> str:
     fm_text = (
         next(iter(vals)) if len(vals) == 1 else ", ".join(f"{names[k]} {_fmt(v)}" for k, v in fm.items())
     )
+    own = [f"{ds} {_fmt(t[dest])}" for ds, t in EARTH_DATASETS.items() if dest in t]
+    if own:  # a catalogue's own value (chosen on its validation split)
+        fm_text += f" ({', '.join(own)})"
     return f"{_fmt(mle)}{new}; --objective fm: {fm_text}"
