@@ -207,9 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder with volerup.csv, quakes_all.csv, flood.csv, fire.csv")  # fmt: skip
     earth.add_argument("--split_seed", type=int, default=0, help="seed of the random 80/10/10 split")
     earth.add_argument("--budget", choices=["default", "long"], default="default",
-                       help="flow matching on Earth data: default 30,000 steps (6-10 CPU-minutes per split), "
-                            "long 90,000 (about 25); fire, the largest catalogue, 1.2 times either (chosen on "
-                            "its validation split); --epochs overrides")  # fmt: skip
+                       help="flow matching on Earth data: default 60,000 steps (at most 10 CPU-minutes per "
+                            "split on one thread), long 180,000; catalogues that overfit sooner take a fraction, "
+                            "chosen on their validation split (earthquake 0.5, flood 0.15; train/config.py "
+                            "EARTH_DATASETS); --epochs overrides")  # fmt: skip
     earth.add_argument("--base", choices=["default", "kde"], default="default",
                        help="the flow's base distribution: the manifold's own (--conc), or kde: a multiscale "
                             "von Mises-Fisher kernel density estimate of the training split with 1%% uniform, "

@@ -93,13 +93,14 @@ def test_budget_sets_the_steps_of_earth_flow_matching():
         fill_objective(a, earth=True)
         return a.epochs, a.eval_freq
 
-    assert resolved() == (30_000, 3_000)
-    assert resolved(budget="long") == (90_000, 9_000)
-    assert resolved(budget="long", epochs=500) == (500, 9_000)
-    # fire, whose validation NLL still improved at 30,000 steps, gets 1.2 times either budget
-    assert resolved(dataset="fire") == (36_000, 3_600)
-    assert resolved(dataset="fire", budget="long") == (108_000, 10_800)
-    assert resolved(dataset="fire", epochs=500) == (500, 3_600)
+    assert resolved() == (60_000, 6_000)
+    assert resolved(budget="long") == (180_000, 18_000)
+    assert resolved(budget="long", epochs=500) == (500, 18_000)
+    # the catalogues that overfit sooner take a fraction of either budget
+    assert resolved(dataset="fire") == (60_000, 6_000)
+    assert resolved(dataset="earthquake") == (30_000, 3_000)
+    assert resolved(dataset="flood") == (9_000, 900)
+    assert resolved(dataset="flood", epochs=500) == (500, 900)
 
 
 def test_a_catalogue_s_own_settings_replace_the_earth_preset_and_flags_win(monkeypatch):
@@ -116,10 +117,10 @@ def test_a_catalogue_s_own_settings_replace_the_earth_preset_and_flags_win(monke
         config.fill_objective(a, earth=True)
         return a.epochs, a.eval_freq, a.fourier_scale, a.fourier
 
-    assert resolved() == (15_000, 1_500, 15.0, 256)
-    assert resolved(fourier_scale=30.0) == (15_000, 1_500, 30.0, 256)  # an explicit flag wins
-    assert resolved(budget="long") == (45_000, 4_500, 15.0, 256)
-    assert resolved(dataset="volcano") == (30_000, 3_000, 30.0, 256)  # the others keep the preset
+    assert resolved() == (30_000, 3_000, 15.0, 256)
+    assert resolved(fourier_scale=30.0) == (30_000, 3_000, 30.0, 256)  # an explicit flag wins
+    assert resolved(budget="long") == (90_000, 9_000, 15.0, 256)
+    assert resolved(dataset="volcano") == (60_000, 6_000, 30.0, 256)  # the others keep the preset
     assert resolved(objective="mle")[2] == 1.0  # maximum likelihood has no Earth preset
     assert "flood 15" in config.effective_default("fourier_scale", 1.0)
 
