@@ -17,11 +17,12 @@ size), since the datasets differ 15-fold in size. Test NLL is reported with the 
 best validation NLL (80/10/10 split by seed); the integral of each model density is estimated by
 importance sampling (``flows.model_integral_is``), with its standard error.
 
-Run records: each page is written with a record of its runs beside it (``docs/records/PAGE.json``: per run
-its command, scores, seconds, and split 0's integral and map figures; numbers only, no code). A run whose
-folder is not on this machine (results/ is not committed) is taken from that record when its command is
-the same and resolves to the same settings today (a changed preset trains it again), so a page can grow by sessions (the long budget's 20 runs) without training again what an
-earlier session trained; the page says how many of its runs came from the record.
+Run records: each page is written with a record of its runs beside it (``docs/records/PAGE.json``: per
+run its command and resolved settings, scores, seconds, and split 0's integral, map and tolerance check;
+numbers and strings only, nothing that runs). A run whose folder is not on this machine (results/ is not
+committed) is taken from that record when its command is the same and resolves to the same settings
+today (a changed preset trains it again), so a page can grow over sessions (the long budget's 20 runs)
+without training again what an earlier session trained; the page says how many runs came from it.
 """
 
 from __future__ import annotations
