@@ -135,3 +135,19 @@ def test_given_kde_kappas_are_the_base_and_its_epoch_0_score(tmp_path):
     first = json.loads((out / "history.jsonl").read_text().splitlines()[0])
     _, _, val = EarthTask("volcano").kde_base([100.0, 400.0])
     assert first["epoch"] == 0 and first["val_nll"] == pytest.approx(val, abs=1e-6)
+
+
+def test_the_earth_pages_tolerance_check_scores_the_best_model_at_two_tolerances(tmp_path):
+    """scripts.earth's trust check (issue #26, item 6): the split-0 model's test NLL at its evaluation
+    tolerance and at a 100x tighter one, the first equal to what the run itself reported."""
+    from scripts import earth
+
+    out = tmp_path / "v"
+    r = run("--M", "Sphere", "--dataset", "volcano", "--objective", "fm", "--epochs", 2, "--eval_freq", 2,
+            "--dev", "cpu", "--quiet", "--out", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rec = earth.tight_check(out, "volcano", None, 0)
+    reported = json.loads((out / "metrics.json").read_text())["test_nll"]
+    assert rec["score_tol"] == 1e-5
+    assert rec["test_nll_score"] == pytest.approx(reported, abs=1e-9)
+    assert abs(rec["test_nll_tight"] - rec["test_nll_score"]) < 0.01
