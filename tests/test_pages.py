@@ -94,7 +94,9 @@ def test_earth_page_tabulates_each_maps_step_grid_and_error(tmp_path):
     assert rows["flood"][2] == "1/8"
 
 
-def test_earth_page_takes_runs_of_an_earlier_session_from_its_record_only_under_the_same_settings(tmp_path):
+def test_earth_page_takes_runs_of_an_earlier_session_from_its_record_only_under_the_same_settings(
+    tmp_path, monkeypatch
+):
     """A page's run records let a later session (without the run folders; results/ is not committed)
     rebuild the page, but never for a command whose presets have changed since."""
     import json
@@ -124,6 +126,10 @@ def test_earth_page_takes_runs_of_an_earlier_session_from_its_record_only_under_
     shutil.rmtree(runs)  # a new checkout: the run folder is gone, the record is committed
     assert earth.main(argv) == 0
     again = md.read_text()
+    trained = []  # without --assemble too: a recorded run is not trained again
+    monkeypatch.setattr(earth, "run_one", lambda *a, **k: trained.append(a) or (None, None, "not run"))
+    assert earth.main([x for x in argv if x != "--assemble"]) == 0 and not trained
+    assert md.read_text() == again
     assert "| volcano | 662 | 1 | 30000 (30000) | -5.500 (one split) |" in again
     assert "1 of these runs were trained by an earlier session" in again
 
