@@ -93,13 +93,10 @@ def resolved_settings(args: list[str]) -> dict:
     """The settings ``main_density.py ARGS`` would train with today (its presets applied, nothing run),
     in the form of :func:`run_settings`; a command whose flags are refused raises ``UserError``."""
     import main_density
-    from train.config import check_model, fill_objective, fill_settings
-    from train.tasks import is_earth
+    from train.loop import complete_args
 
     a = main_density.parse_args([str(x) for x in args])
-    check_model(a)
-    fill_objective(a, is_earth(a.dataset))
-    fill_settings(a)
+    complete_args(a)
     return run_settings(main_density.json_safe({k: v for k, v in vars(a).items() if k != "explicit"}))
 
 

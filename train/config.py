@@ -56,6 +56,10 @@ DEFAULT_SOLVER_GUARD = 0.005
 MLE_SETTINGS = dict(
     optimizer="adam", lr_schedule="drops", warmup=0, ema=0.0, conc=1.0, fourier=0, fourier_scale=1.0
 )
+#: ``--budget`` of flow matching on Earth data: the default, 60,000 steps (issue #26: at most 10 minutes of
+#: training per split on one thread; volcano and fire split 0 took 501 and 535 s with another training on
+#: the second core), and three times its steps (at most 45 minutes).
+BUDGETS = {"default": dict(epochs=60_000, eval_freq=6_000), "long": dict(epochs=180_000, eval_freq=18_000)}
 # fm: measured on the Earth data and the paper densities (docs/earth_fm.md, docs/reproduction_fm.md).
 # Earth: volcano split 0, 30,000 steps, one thread (test NLL, best validation): 256x4 silu MLP of raw
 # coordinates -2.20 (330 s); with 64 random Fourier features of scale 10: -3.49 (337 s); scale 30:
@@ -71,7 +75,7 @@ MLE_SETTINGS = dict(
 FM_SETTINGS = {
     "earth": dict(optimizer="adamw", lr_schedule="cosine", warmup=500, ema=0.999, conc=0.0, lr=2e-3,
                   weight_decay=0.0, batch_size=512, flow_hidden_size=256, n_hidden=4, activation="silu",
-                  fourier=256, fourier_scale=30.0, epochs=60_000, eval_freq=6_000,
+                  fourier=256, fourier_scale=30.0, **BUDGETS["default"],
                   base="kde", base_kappas=[10.0, 30.0, 100.0, 400.0]),
     "Sphere": dict(optimizer="adamw", lr_schedule="cosine", warmup=200, ema=0.999, conc=1.0, lr=2e-3,
                    weight_decay=0.0, batch_size=1024, flow_hidden_size=128, n_hidden=3, activation="silu",
@@ -98,10 +102,6 @@ def _mle_presets(manifold: str) -> dict:
     return {**MLE_SETTINGS, **extra}
 
 
-#: ``--budget`` of flow matching on Earth data: the default, 60,000 steps (issue #26: at most 10 minutes of
-#: training per split on one thread; volcano and fire split 0 took 501 and 535 s with another training on
-#: the second core), and three times its steps (at most 45 minutes).
-BUDGETS = {"default": dict(epochs=60_000, eval_freq=6_000), "long": dict(epochs=180_000, eval_freq=18_000)}
 #: Per catalogue, where its validation split (split 0) asked for something else than the Earth preset
 #: (docs/earth_ablation.md, "Each catalogue its own"): ``steps`` scales either budget (its steps and its
 #: evaluation cadence), any other key replaces that entry of ``FM_SETTINGS["earth"]``; explicit flags win.

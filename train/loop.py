@@ -38,6 +38,16 @@ from .settings import resolve as resolve_settings
 from .tasks import build_task, is_earth
 
 
+def complete_args(args, resuming: bool = False):
+    """Parsed flags -> the run's full settings: the model checks, the objective's presets (explicit flags
+    win; on resume the checkpoint's values stand), the size limits and the solver settings. The trainer
+    and :func:`scripts.runs.resolved_settings` (what a command would train with) both go through here."""
+    check_model(args)
+    fill_objective(args, is_earth(args.dataset), resuming=resuming)
+    check_limits(args)
+    fill_settings(args)
+
+
 class Trainer(Checkpointing, Evaluation, Outputs):
     def __init__(self, args, check_value=None):
         """``check_value(name, value)``: the command line's own validation of one flag's value (raises
@@ -73,10 +83,7 @@ class Trainer(Checkpointing, Evaluation, Outputs):
                         self.check_value(k, getattr(args, k), f"--resume: the checkpoint's --{k}")
             if "out" not in args.explicit:
                 args.out = None  # the checkpoint's own folder (choose_out)
-        check_model(args)
-        fill_objective(args, is_earth(args.dataset), resuming=ckpt is not None)
-        check_limits(args)
-        fill_settings(args)
+        complete_args(args, resuming=ckpt is not None)
         self.device = utils.resolve_device(args.dev)
         if args.batch_size < self.world:
             raise UserError(f"--batch_size {args.batch_size} is smaller than the {self.world} ranks: "
