@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import statistics
 import sys
@@ -101,7 +102,11 @@ def main(argv=None):
     p.add_argument("--objective", choices=["mle", "fm"], default="mle")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (one thread each when > 1)")
     p.add_argument("--assemble", action="store_true", help="train nothing; tabulate the finished runs")
-    p.add_argument("--note", default="", help="a paragraph for the page (conditions of the run, findings)")
+    p.add_argument(
+        "--note",
+        default=None,
+        help="a paragraph for the page (conditions of the run, findings; default: the page's own note is kept, --note '' removes it)",
+    )
     p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     budget = p.add_mutually_exclusive_group()
@@ -210,8 +215,7 @@ def main(argv=None):
                     lambda out=out, ds=ds, seed=seed: tight_check(out, ds, a.data_dir, seed),
                 )
             )
-        name = f"earth_fm_{ds}.png" if fm else f"earth_{ds}.png"
-        fig = ROOT / a.figures / name if a.figures else None
+        fig = ROOT / a.figures / figure_name(a, ds) if a.figures else None
         if fig is not None and seed == a.seeds[0]:
             if not fig.is_file():  # a map's record without its figure: draw it again
                 (out / "map.json").unlink(missing_ok=True)
@@ -358,6 +362,21 @@ def side_by_side(earth_md, fm_md, fm_default_md=None):
     replace_block(earth_md, SIDE_BEGIN, SIDE_END, [*lines, ""], before="Published (")
 
 
+def figure_name(a, ds: str) -> str:
+    """The map of a dataset's first split: earth_[fm_]DS[_BUDGET].png, one per objective and budget, so that
+    a long run's map never replaces the default's."""
+    fm = not get_objective(a.objective).solves_ode
+    extra = list(a.extra)
+    budget = "default"
+    for i, tok in enumerate(extra):
+        if tok == "--budget" and i + 1 < len(extra):
+            budget = extra[i + 1]
+        elif tok.startswith("--budget="):
+            budget = tok.split("=", 1)[1]
+    suffix = "" if budget == "default" else f"_{budget}"
+    return f"earth_{'fm_' if fm else ''}{ds}{suffix}.png"
+
+
 def write(path, results, a, reused: int = 0):
     fm = not get_objective(a.objective).solves_ode  # flow matching: its own pages, folders and budgets
     extra = f" -- {shlex.join(a.extra)}" if a.extra else ""
@@ -415,8 +434,9 @@ def write(path, results, a, reused: int = 0):
             f"record of its runs ([records/{Path(path).stem}.json](records/{Path(path).stem}.json)), "
             "their commands being the same; the others ran in this session.",
         ]
-    if a.note:
-        lines += ["", "## Notes", "", a.note]
+    note = a.note if a.note is not None else section(Path(path), "## Notes")  # kept when no --note is given
+    if note:
+        lines += ["", "## Notes", "", note]
     lines += [
         "",
         "Published (as tabulated by De Bortoli et al. 2022, Riemannian score-based generative models; the last "
@@ -426,15 +446,14 @@ def write(path, results, a, reused: int = 0):
         "|---|---|---|---|---|",
     ]
     lines += [f"| {' | '.join(row)} |" for row in PUBLISHED]
-    prefix = "earth_fm_" if fm else "earth_"
     if a.figures:
         lines += [
             "",
             f"Model densities of split {a.seeds[0]} (best validation checkpoint) with its test events:",
             "",
         ]
-        lines += [f"![{ds}](figures/{prefix}{ds}.png)" for ds in results
-                  if (ROOT / a.figures / f"{prefix}{ds}.png").is_file()]  # fmt: skip
+        figs = {ds: ROOT / a.figures / figure_name(a, ds) for ds in results}
+        lines += [f"![{ds}]({os.path.relpath(f, path.parent)})" for ds, f in figs.items() if f.is_file()]
         maps = [(ds, ms[0]) for ds, ms in results.items() if "map_seconds" in ms[0]]
         if maps:
             lines += ["", "What each map cost and how far it is from the scored density: the map's solve "
