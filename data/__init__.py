@@ -2,6 +2,7 @@
 
 from .densities import DATASETS, Density, get_density
 from .distributions import (
+    AdaptiveVonMisesFisherKDE,
     Mixture,
     StandardNormal,
     UniformSphere,
@@ -18,6 +19,7 @@ __all__ = [
     "WrappedNormal",
     "VonMisesFisher",
     "VonMisesFisherKDE",
+    "AdaptiveVonMisesFisherKDE",
     "UniformSphere",
     "Mixture",
     "StandardNormal",

@@ -6,6 +6,7 @@ keep working.
 """
 
 from manifolds.distributions import (  # noqa: F401
+    AdaptiveVonMisesFisherKDE,
     Mixture,
     StandardNormal,
     UniformSphere,

@@ -6,6 +6,7 @@ from .divergence import DIVERGENCES
 from .dynamics import ChartDynamics
 from .evaluation import (
     FIGURE_SOLVER,
+    ISEstimate,
     calibrated_map_model,
     defensive_proposal,
     evaluate,
@@ -53,6 +54,7 @@ __all__ = [
     "FIGURE_SOLVER",
     "model_integral",
     "importance_integral",
+    "ISEstimate",
     "defensive_proposal",
     "model_integral_is",
     "model_log_prob",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -153,8 +154,21 @@ def model_integral(model, chunk: int = 20000, **grid) -> float:
     return integrate(lambda x: model.log_prob(x.to(p)), model.manifold, chunk=chunk, **grid)
 
 
+class ISEstimate(NamedTuple):
+    """An importance-sampling integral: the estimate, its standard error, and the effective sample size
+    ``(sum w)^2 / sum w^2`` of its weights (Kish). A small ``ess`` (a few dozen of thousands) means a
+    few weights carry the mean: the standard error is then itself unreliable and the estimate is
+    usually low (heavy-tailed weights), whatever it says."""
+
+    estimate: float
+    stderr: float
+    ess: float
+
+
 @torch.no_grad()
-def importance_integral(log_prob, proposal, n: int = 100_000, chunk: int = 20000, generator=None):
+def importance_integral(
+    log_prob, proposal, n: int = 100_000, chunk: int = 20000, generator=None
+) -> ISEstimate:
     """Unbiased Monte Carlo estimate of ``integral_M exp(log_prob(x)) dvol(x)`` and its standard error.
 
     Draws ``x_i ~ proposal`` (an exactly normalized distribution with ``sample`` and ``log_prob``)
@@ -162,36 +176,54 @@ def importance_integral(log_prob, proposal, n: int = 100_000, chunk: int = 20000
     expectation for densities with peaks narrower than any grid cell, provided the proposal covers
     them: use a defensive mixture such as ``Mixture([UniformSphere(), VonMisesFisherKDE(data, k)])``,
     whose uniform half bounds the weights by ``2 area(M) max p``.
-    Returns ``(estimate, stderr)``.
+    Returns an :class:`ISEstimate` ``(estimate, stderr, ess)``.
     """
     ws = []
     for i in range(0, n, chunk):
         x = proposal.sample(min(chunk, n - i), generator=generator)
         ws.append((log_prob(x).double().cpu() - proposal.log_prob(x).double().cpu()).exp())
     w = torch.cat(ws)
-    return float(w.mean()), float(w.std() / math.sqrt(w.numel()))
+    ess = float(w.sum() ** 2 / (w * w).sum()) if bool((w > 0).any()) else 0.0
+    return ISEstimate(float(w.mean()), float(w.std() / math.sqrt(w.numel())), ess)
 
 
-def defensive_proposal(centers, concentrations=(30.0, 300.0, 3000.0, 30000.0)):
+def nearest_neighbour_concentrations(centers, scales=(0.1, 1.0, 10.0), max_kappa: float = 1e10):
+    """Per-centre vMF concentrations ``s / d_i^2`` for each scale ``s``, with ``d_i`` the chord to the
+    nearest other centre (an adaptive kernel width: narrow where the centres crowd into a sharp peak,
+    wide where they are sparse). Coincident centres take the ``max_kappa`` bound."""
+    c = centers.double()
+    d2 = torch.cdist(c, c).pow(2)
+    d2.fill_diagonal_(float("inf"))
+    nn2 = d2.min(-1).values.clamp(min=1 / max_kappa)
+    return [(s / nn2).clamp(max=max_kappa) for s in scales]
+
+
+def defensive_proposal(centers, concentrations=(30.0, 300.0, 3000.0, 30000.0), adaptive=(0.1, 1.0, 10.0)):
     """Importance proposal on ``S^n`` for densities concentrated near ``centers`` (``(K, n+1)``):
-    an equal-weight mixture of the uniform distribution and one vMF kernel density estimate at the
-    centres per concentration. Exactly normalized whatever the centres are; the uniform part bounds
-    the weights ``p / q`` by ``(1 + len(concentrations)) area(S^n) max p``."""
-    from manifolds.distributions import Mixture, UniformSphere, VonMisesFisherKDE
+    an equal-weight mixture of the uniform distribution, one vMF kernel density estimate at the
+    centres per fixed concentration and, on ``S^2``, one per scale of ``adaptive``
+    (:func:`nearest_neighbour_concentrations`: kernels as narrow as the centres' spacing, for models
+    whose peaks are sharper than any fixed kernel). Exactly normalized whatever the centres are; the
+    uniform part bounds the weights ``p / q`` by ``(1 + number of kernels) area(S^n) max p``."""
+    from manifolds.distributions import AdaptiveVonMisesFisherKDE, Mixture, UniformSphere, VonMisesFisherKDE
 
     centers = centers.double().cpu()
     kdes = [VonMisesFisherKDE(centers, k) for k in concentrations]
+    if adaptive and centers.shape[-1] == 3 and len(centers) > 1:
+        kdes += [
+            AdaptiveVonMisesFisherKDE(centers, k) for k in nearest_neighbour_concentrations(centers, adaptive)
+        ]
     return Mixture([UniformSphere(centers.shape[-1] - 1), *kdes])
 
 
 @torch.no_grad()
 def model_integral_is(model, n: int = 40_000, n_centers: int = 4000, generator=None, chunk: int = 10000):
-    """Importance-sampling integral of a sphere model's density, with its standard error.
+    """Importance-sampling integral of a sphere model's density (an :class:`ISEstimate`).
 
     The proposal is :func:`defensive_proposal` centred at ``n_centers`` samples of the model itself,
     so it follows the model's mass however sharp its peaks are (a fixed quadrature grid does not:
     a 200x400 grid has cells of 0.9 degrees). The samples only place the proposal; the estimate is
-    unbiased whatever they are. Returns ``(estimate, stderr)``.
+    unbiased whatever they are. Returns ``(estimate, stderr, ess)``.
     """
     if not model.manifold.compact:
         raise ValueError(
