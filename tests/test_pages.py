@@ -18,35 +18,69 @@ def _earth_page(path, objective, nll_by_dataset, train_s):
 
 def test_side_by_side_block_is_built_from_the_pages_and_rewritten_in_place(tmp_path):
     earth_md, fm, fm_new = tmp_path / "earth.md", tmp_path / "earth_fm.md", tmp_path / "earth_fm_kde.md"
+    fm_long = tmp_path / "earth_fm_kde_long.md"
     _earth_page(earth_md, "mle", {"volcano": -1.5, "fire": -0.4}, 230)
     _earth_page(fm, "fm", {"volcano": -4.5, "flood": 0.6}, 500)
     _earth_page(fm_new, "fm", {"volcano": -6.0}, 520)
-    earth.side_by_side(earth_md, fm, fm_new)
-    earth.side_by_side(earth_md, fm, fm_new)  # idempotent: one block, replaced in place
+    _earth_page(fm_long, "fm", {"volcano": -7.0}, 1600)
+    earth.side_by_side(earth_md, fm, fm_new, fm_long)
+    earth.side_by_side(earth_md, fm, fm_new, fm_long)  # idempotent: one block, replaced in place
     text = earth_md.read_text()
     assert text.count(earth.SIDE_BEGIN) == 1
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in text.split(earth.SIDE_BEGIN)[1].splitlines() if line.startswith("| ") and "dataset" not in line}  # fmt: skip
-    # maximum likelihood, the current flow-matching default, the previous one (mean ± std (splits), train s)
-    assert rows["volcano"][1:7] == [
+    # maximum likelihood, the current flow-matching default, its long budget, the previous default
+    # (mean ± std (splits), train s)
+    assert rows["volcano"][1:9] == [
         "-1.500 ± 0.141 (2)",
         "230",
         "-6.000 ± 0.141 (2)",
         "520",
+        "-7.000 ± 0.141 (2)",
+        "1600",
         "-4.500 ± 0.141 (2)",
         "500",
     ]
-    assert rows["volcano"][8] == "-1.79"  # the current default's gap: -6.00 - (-4.21)
-    assert rows["volcano"][9] == earth.RIEMANNIAN_DIFFUSION[0]
+    assert rows["volcano"][10] == "-1.79"  # the current default's gap: -6.00 - (-4.21)
+    assert rows["volcano"][11] == earth.RIEMANNIAN_DIFFUSION[0]
+    assert rows["volcano"][12] == "-0.39"  # the long budget's gap: -7.00 - (-6.61)
     assert (
         rows["fire"][3] == "not run"
         and rows["flood"][3] == "not run"
-        and rows["flood"][5] == "0.600 ± 0.141 (2)"
+        and rows["flood"][5] == "not run"
+        and rows["flood"][7] == "0.600 ± 0.141 (2)"
     )
-    assert rows["flood"][8] == ""  # no gap without the current default's row
+    assert rows["flood"][10] == "" and rows["flood"][12] == ""  # no gaps without those rows
     assert "earthquake" not in rows
     assert "measured limits" in text.split(earth.SIDE_BEGIN)[1]
     assert text.index(earth.SIDE_BEGIN) < text.index("Published (")
+
+
+def test_figure_names_keep_each_budget_its_own_map():
+    fm = Namespace(objective="fm", extra=[])
+    assert earth.figure_name(fm, "fire") == "earth_fm_fire.png"
+    assert (
+        earth.figure_name(Namespace(objective="fm", extra=["--budget", "long"]), "fire")
+        == "earth_fm_fire_long.png"
+    )
+    assert (
+        earth.figure_name(Namespace(objective="fm", extra=["--budget=long"]), "flood")
+        == "earth_fm_flood_long.png"
+    )
+    assert earth.figure_name(Namespace(objective="mle", extra=[]), "fire") == "earth_fire.png"
+
+
+def test_a_page_rebuilt_without_a_note_keeps_its_own(tmp_path):
+    page = tmp_path / "earth_fm.md"
+    _earth_page(page, "fm", {"volcano": -4.5}, 500)  # its note: "measured limits"
+    a = Namespace(objective="fm", extra=[], dev="cpu", jobs=1, integral_samples=10, integral_centers=5, res=10,
+                  integral_seeds=None, figures="", seeds=[0, 1], note=None)  # fmt: skip
+    results = {"volcano": [dict(test_nll=-4.5, epochs=7, args={"batch_size": 10}, n_train=70, train_seconds=500,
+                                wall_seconds=501, cmd="python main_density.py")] * 2}  # fmt: skip
+    earth.write(page, results, a)
+    assert "measured limits" in page.read_text()
+    earth.write(page, results, Namespace(**{**vars(a), "note": ""}))  # --note '' removes it
+    assert "measured limits" not in page.read_text()
 
 
 def _repro_page(path, objective, kl_by_key, train_s):
