@@ -91,6 +91,15 @@ class ChartDynamics(nn.Module):
             noise = ctx.noise if self.divergence == "hutchinson" else None
             out = None
             if self.compiled and self.training and torch.is_grad_enabled():
+                # One compiled graph for every evaluation: the graph depends on which inputs require
+                # gradients, and the first stage's v (zeros) and the first chart's centre (the data) do
+                # not. Fresh leaves that do (their gradients are not used) spare two more compilations.
+                if not v.requires_grad:
+                    v = v.detach().requires_grad_()
+                if not p.requires_grad:
+                    p = p.detach().requires_grad_()
+                if E is not None and not E.requires_grad:
+                    E = E.detach().requires_grad_()
                 try:
                     with deferred():  # an interrupt during compilation waits for it (flows/interrupts.py)
                         out = _compiled_chart_divergence()(M, self.field, t, p, v, E, noise=noise, reg=reg)

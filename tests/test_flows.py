@@ -281,7 +281,9 @@ def test_adaptive_kernels_resolve_peaks_sharper_than_any_fixed_kernel():
     assert (s.norm(dim=-1) - 1).abs().max() < 1e-12
     sharp = AdaptiveVonMisesFisherKDE(Sphere(2).random(20, generator=g).double(), torch.full((20,), 1e7))
     samples = sharp.sample(1000, generator=g)
-    fixed = importance_integral(sharp.log_prob, defensive_proposal(samples, adaptive=()), n=20000, generator=g)
+    fixed = importance_integral(
+        sharp.log_prob, defensive_proposal(samples, adaptive=()), n=20000, generator=g
+    )
     adaptive = importance_integral(sharp.log_prob, defensive_proposal(samples), n=20000, generator=g)
     assert fixed.ess < 200, fixed
     assert adaptive.ess > 2000 and adaptive.stderr < 0.03 and abs(adaptive.estimate - 1) < 4 * adaptive.stderr
