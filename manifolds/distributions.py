@@ -253,16 +253,19 @@ class AdaptiveVonMisesFisherKDE:
 
     def sample(self, n: int, generator=None):
         idx = torch.randint(0, len(self.kappas), (n,), generator=generator)
-        mu, k = self.centers[idx], self.kappas[idx]
-        xi = torch.rand(n, generator=generator, dtype=torch.float64)
-        # 1 - w = -log(xi + (1 - xi) e^(-2 k)) / k, in [0, 2], without cancellation for large k
-        one_minus_w = (-torch.log(xi + (1 - xi) * torch.exp(-2 * k)) / k).clamp(0.0, 2.0)
-        w = 1 - one_minus_w
-        v = torch.randn(n, 3, generator=generator, dtype=torch.float64)
-        v = v - (v * mu).sum(-1, keepdim=True) * mu
-        v = v / v.norm(dim=-1, keepdim=True)
-        sin = torch.sqrt(one_minus_w * (1 + w))
-        return w[:, None] * mu + sin[:, None] * v
+        return vmf_s2_around(self.centers[idx], self.kappas[idx], generator)
+
+
+def vmf_s2_around(mu, kappa, generator=None):
+    """One vMF draw on ``S^2`` per row of ``mu`` ``(B, 3)``, of concentration ``kappa`` ``(B,)`` (float64):
+    the inverse CDF of ``w = <mu, x>``, then a uniform direction orthogonal to ``mu``."""
+    n = len(mu)
+    xi = torch.rand(n, generator=generator, dtype=torch.float64)
+    w = (1 + torch.log(xi + (1 - xi) * torch.exp(-2 * kappa)) / kappa).clamp(-1, 1)
+    v = torch.randn(n, 3, generator=generator, dtype=torch.float64)
+    v = v - (v * mu).sum(-1, keepdim=True) * mu
+    v = v / v.norm(dim=-1, keepdim=True)
+    return w[:, None] * mu + torch.sqrt((1 - w) * (1 + w))[:, None] * v
 
 
 class MultiscaleKDE:
@@ -313,12 +316,7 @@ class MultiscaleKDE:
         k = torch.tensor(self.kappas, dtype=torch.float64)[
             torch.randint(0, len(self.kappas), (n,), generator=generator)
         ]
-        xi = torch.rand(n, generator=generator, dtype=torch.float64)
-        w = (1 + torch.log(xi + (1 - xi) * torch.exp(-2 * k)) / k).clamp(-1, 1)
-        v = torch.randn(n, 3, generator=generator, dtype=torch.float64)
-        v = v - (v * mu).sum(-1, keepdim=True) * mu
-        v = v / v.norm(dim=-1, keepdim=True)
-        y = w[:, None] * mu + torch.sqrt((1 - w) * (1 + w))[:, None] * v
+        y = vmf_s2_around(mu, k, generator)
         unif = torch.rand(n, generator=generator, dtype=torch.float64) < self.eps
         return torch.where(
             unif[:, None], self.manifold.random(n, generator=generator, dtype=torch.float64), y

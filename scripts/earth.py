@@ -386,14 +386,10 @@ def side_by_side(earth_md, fm_md, fm_default_md=None, fm_long_md=None):
 def figure_name(a, ds: str) -> str:
     """The map of a dataset's first split: earth_[fm_]DS[_BUDGET].png, one per objective and budget, so that
     a long run's map never replaces the default's."""
+    import main_density
+
     fm = not get_objective(a.objective).solves_ode
-    extra = list(a.extra)
-    budget = "default"
-    for i, tok in enumerate(extra):
-        if tok == "--budget" and i + 1 < len(extra):
-            budget = extra[i + 1]
-        elif tok.startswith("--budget="):
-            budget = tok.split("=", 1)[1]
+    budget = main_density.parse_args([str(x) for x in a.extra]).budget  # as the runs read their flags
     suffix = "" if budget == "default" else f"_{budget}"
     return f"earth_{'fm_' if fm else ''}{ds}{suffix}.png"
 
