@@ -259,10 +259,15 @@ class MCNF(Flow):
                 return torch.minimum(radius - state[0].norm(dim=-1).max(), remaining)
 
         t_end, (v1, integral, _, *R) = self._solve(state0, t0, t1, s, ctx, event_fn)
-        y = M.projx(M.chart(p, v1, E))
+        y, logdet = M.chart_with_logdet(p, v1, E)
+        y = M.projx(y)
         D = integral
         if ctx.with_div:
-            D = D + M.logdetexp(p, M.from_coords(p, v1, E)) - M.logdetexp(p, M.from_coords(p, v0, E))
+            D = D + logdet
+            if (
+                self.chart_center != "point"
+            ):  # (the chart at the point itself starts at v0 = 0, where log J = 0)
+                D = D - M.logdetexp(p, M.from_coords(p, v0, E))
         return y, D, (R[0] if R else None), t_end
 
     def _flow(self, x, t0: float, t1: float, with_div: bool = True, regularize: bool = False):

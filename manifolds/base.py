@@ -193,6 +193,13 @@ class Manifold(torch.nn.Module):
         """The exponential-map chart ``phi_x(v) = expmap(x, sum_i v_i e_i)``."""
         return self.expmap(x, self.from_coords(x, v, basis))
 
+    def chart_with_logdet(self, x, v, basis=None):
+        """``(phi_x(v), log J(v))``: the chart point and the log volume change of ``expmap`` there, the two
+        things a chart segment's end needs (the curved manifolds share one pass of the radial
+        coefficients, :meth:`chart_coefficients`)."""
+        u = self.from_coords(x, v, basis)
+        return self.expmap(x, u), self.logdetexp(x, u)
+
     def chart_inverse(self, x, y, basis=None) -> torch.Tensor:
         """Chart coordinates of ``y`` in the chart at ``x``: ``coords(x, logmap(x, y))``."""
         return self.coords(x, self.logmap(x, y), basis)

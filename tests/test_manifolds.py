@@ -282,6 +282,16 @@ def test_chart_calculus_matches_autodiff(cls, dim):
     if logdet.requires_grad:
         (grad,) = torch.autograd.grad(logdet, vv)
         torch.testing.assert_close(M.grad_logdetexp(x, v), grad)
+    # a segment's end: the chart point and log J from one pass, as the generic composition gives them
+    # (values and gradients; v[0] = 0 and v[1] ~ 1e-6 take the series branch)
+    yy, lj = M.chart_with_logdet(x, vv, E)
+    ref_y, ref_lj = Manifold.chart_with_logdet(M, x, vv, E)
+    torch.testing.assert_close((yy, lj), (ref_y, ref_lj))
+    if lj.requires_grad:
+        torch.testing.assert_close(
+            torch.autograd.grad((yy.sum() + lj.sum()), vv)[0],
+            torch.autograd.grad(ref_y.sum() + ref_lj.sum(), vv)[0],
+        )
     h, dh = torch.randn(y.shape, generator=g), torch.randn(y.shape, generator=g)
     dy = M.proju(y, torch.randn(y.shape, generator=g))
     _, ref = jvp(M.proj_field, (y, h), (dy, dh))
