@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .mlp import MLP
 
@@ -124,7 +125,7 @@ class VectorField(MLP):
         first = self.layers[0]
         d = x.shape[-1]
         dirs = dirs.to(a.dtype)
-        da = dirs @ first.weight[:, :d].T  # time is not perturbed
+        da = nn.functional.linear(dirs, first.weight[:, :d])  # time is not perturbed
         if self.fourier:  # d sin(Bx) = cos(Bx) B dx, d cos(Bx) = -sin(Bx) B dx
             K = self.fourier
             bd = dirs @ self.freqs.T  # (..., k, K)
@@ -135,7 +136,7 @@ class VectorField(MLP):
         for i, layer in enumerate(self.layers):
             z = layer(a) if i else first(a)
             if i:
-                da = da @ layer.weight.T
+                da = nn.functional.linear(da, layer.weight)
             if i == len(self.layers) - 1:
                 z, da = self._limit(z, da)
                 return z.to(x.dtype), da.to(x.dtype)
