@@ -296,8 +296,8 @@ def render(res):
         lines += ["", "Compile s: what compiling costs a training run of the default configuration, the first "
                   "training step minus the second in a fresh process; cold: an empty inductor cache "
                   "(`TORCHINDUCTOR_CACHE_DIR`), the first run on a machine; warm: the cache the cold process "
-                  "filled, as for every later run. (The sphere's 4 charts compile two graphs, for a chart "
-                  "centred at data and at points that depend on the weights, with their backward passes.)"]  # fmt: skip
+                  "filled, as for every later run. (One graph with its backward pass serves every chart and "
+                  "rk4 stage, flows/dynamics.py.)"]  # fmt: skip
     if "published" in res:
         lines += published_lines(res["published"], res.get("time_to_kl_0.1", {}), res.get("eval_cost", {}))
     lines += ["", "500x500 density grid (`flows.FIGURE_SOLVER`, float32, random-init model):", ""]
