@@ -77,3 +77,32 @@ def test_short_volcano_run_finite_and_normalized(tmp_path):
     assert abs(model_integral(model, n_radial=60, n_angular=120) - 1) < 5e-3
     d = EarthData("volcano", DATA, split_seed=0)
     assert m["n_test"] == len(d.test)
+
+
+def test_map_peaks_are_the_scoring_solves_values():
+    """A map's scale hangs on its highest cells: scripts.earth.rescore_peaks replaces them by the scoring
+    solve's density until the highest cells are all scored, so a fixed step's blow-up at one grid point
+    (fire's long model: log p 14.8 by the map's step, -29.3 scored) cannot blank the rest of the map."""
+    import numpy as np
+
+    from manifolds import Sphere
+    from scripts.earth import rescore_peaks
+
+    class Scored:  # the "scoring solve": a smooth density with its mode at the north pole
+        def double(self):
+            return self
+
+        def log_prob(self, x):
+            return 3.0 * x[:, 2] - 3.0
+
+    res = 20
+    x = Sphere(2).plot_grid(res)[0]
+    truth = np.exp((3.0 * x[:, 2] - 3.0).numpy())
+    values = truth.copy().reshape(res, res)
+    spike = 7  # a cell near the south pole, blown up by the "map's step"
+    values.reshape(-1)[spike] = math.exp(14.8)
+    n, err = rescore_peaks(values, res, Scored(), k=4)
+    assert np.allclose(values.reshape(-1), truth)  # the spike is gone, every other cell kept
+    # the spike and at least four true peaks (cells of one latitude tie) were scored; the spike was off
+    assert n >= 5 and err > 14.8 - (3.0 * x[spike, 2].item() - 3.0) - 1e-9
+    assert values.max() == truth.max()
