@@ -64,7 +64,8 @@ LOG_RANGE = 8.0  # viz.figures.LOG_RANGE
 #: What a run record keeps (docs/records/PAGE.json): everything the page shows, nothing of the model.
 RECORD_KEYS = ("dataset", "seed", "cmd", "settings", "n_train", "epochs", "batch_size", "test_nll", "test_nll_stderr",
                "val_nll", "best_epoch", "train_seconds", "wall_seconds", "integral", "integral_stderr",
-               "integral_ess", "integral_proposal", "map_res", "map_step", "map_warp", "map_err_val", "map_err_test", "map_seconds", "score_tol",
+               "integral_ess", "integral_proposal", "map_res", "map_step", "map_warp", "map_err_val", "map_err_test", "map_seconds",
+               "map_peaks_rescored", "map_peak_err", "score_tol",
                "test_nll_score", "test_nll_tight")  # fmt: skip
 
 
@@ -514,15 +515,22 @@ def write(path, results, a, reused: int = 0):
                       "0.02 nats on average of the scoring solve on the validation events, on a time grid uniform "
                       "in t or, marked t = s^2, uniform in s = sqrt(t): dense where the flow meets the data, "
                       "`flows.calibrated_map_model`) against the scoring solve (dopri5, float64) on the test events, "
-                      "mean absolute log-density difference in nats. Seconds: the grid's log-densities and the "
-                      "drawing, on one thread.", "",
-                      "| dataset | grid (lon x lat) | rk4 step | mean abs difference, validation | test | map s |",
-                      "|---|---|---|---|---|---|"]  # fmt: skip
+                      "mean absolute log-density difference in nats. Peak cells: the map's highest cells, computed "
+                      "with the scoring solve (`rescore_peaks`), and the largest difference the map's step had "
+                      "there (- for maps drawn before this check). Seconds: the grid's log-densities, the peak "
+                      "cells and the drawing, on one thread.", "",
+                      "| dataset | grid (lon x lat) | rk4 step | mean abs difference, validation | test | peak cells (largest difference) | map s |",
+                      "|---|---|---|---|---|---|---|"]  # fmt: skip
             for ds, m in maps:
                 val = f"{m['map_err_val']:.4f}" if "map_err_val" in m else "(training step)"
                 grid = "" if m.get("map_warp", 1.0) == 1 else f" (t = s^{m['map_warp']:g})"
+                peaks = (
+                    f"{m['map_peaks_rescored']} ({m['map_peak_err']:.3g})"
+                    if "map_peaks_rescored" in m
+                    else "-"
+                )
                 lines.append(f"| {ds} | {m['map_res']} x {m['map_res']} | 1/{round(1 / m['map_step'])}{grid} | {val} | "
-                             f"{m['map_err_test']:.4f} | {m['map_seconds']:.0f} |")  # fmt: skip
+                             f"{m['map_err_test']:.4f} | {peaks} | {m['map_seconds']:.0f} |")  # fmt: skip
     tight = [(ds, ms[0]) for ds, ms in results.items() if "test_nll_tight" in ms[0]]
     if tight:
         lines += ["", f"Trust in the scores: the test NLL of the split-{a.seeds[0]} models with the evaluation solver "
