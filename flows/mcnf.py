@@ -264,9 +264,8 @@ class MCNF(Flow):
         D = integral
         if ctx.with_div:
             D = D + logdet
-            if (
-                self.chart_center != "point"
-            ):  # (the chart at the point itself starts at v0 = 0, where log J = 0)
+            # a chart centred at the point itself starts at v0 = 0, where log J = 0
+            if self.chart_center != "point":
                 D = D - M.logdetexp(p, M.from_coords(p, v0, E))
         return y, D, (R[0] if R else None), t_end
 

@@ -195,10 +195,13 @@ class Manifold(torch.nn.Module):
 
     def chart_with_logdet(self, x, v, basis=None):
         """``(phi_x(v), log J(v))``: the chart point and the log volume change of ``expmap`` there, the two
-        things a chart segment's end needs (the curved manifolds share one pass of the radial
-        coefficients, :meth:`chart_coefficients`)."""
-        u = self.from_coords(x, v, basis)
-        return self.expmap(x, u), self.logdetexp(x, u)
+        things a chart segment's end needs, from one :meth:`chart_coefficients`. Where those carry the radial
+        coefficient ``S`` (``sin(r)/r`` or ``sinh(r)/r``: the sphere, the hyperboloid), ``log J = (n - 1) log|S|``
+        without a second pass; otherwise :meth:`logdetexp` of ``u``."""
+        coef = self.chart_coefficients(x, v, self.tangent_basis(x) if basis is None else basis)
+        if "S" in coef:
+            return coef["y"], (self.dim - 1) * torch.log(coef["S"].abs()).squeeze(-1)
+        return coef["y"], self.logdetexp(x, coef["u"])
 
     def chart_inverse(self, x, y, basis=None) -> torch.Tensor:
         """Chart coordinates of ``y`` in the chart at ``x``: ``coords(x, logmap(x, y))``."""

@@ -129,11 +129,6 @@ class Hyperboloid(Manifold):
         c, s, q = chart_radial_sq(r2, -1)
         return {"u": u, "y": c * x + s * u, "r2": r2, "C": c, "S": s, "q": q}
 
-    def chart_with_logdet(self, x, v, basis=None):
-        """``(phi_x(v), (n - 1) log|sinh(r) / r|)`` from one :meth:`chart_coefficients` (``S = sinh(r) / r``)."""
-        coef = self.chart_coefficients(x, v, self.tangent_basis(x) if basis is None else basis)
-        return coef["y"], (self.dim - 1) * torch.log(coef["S"].abs()).squeeze(-1)
-
     def chart_velocity(self, x, v, w, basis, coef=None):
         """Closed form of ``E (D exp_x(u))^(-1) w`` on the hyperboloid (``r = |v|``).
 
