@@ -106,3 +106,27 @@ def test_map_peaks_are_the_scoring_solves_values():
     # the spike and at least four true peaks (cells of one latitude tie) were scored; the spike was off
     assert n >= 5 and err > 14.8 - (3.0 * x[spike, 2].item() - 3.0) - 1e-9
     assert values.max() == truth.max()
+
+
+def test_map_check_scores_random_grid_cells_both_ways(tmp_path):
+    """python -m scripts.map_check: random cells of a map's grid, the map's fixed step against the scoring
+    solve. A barely trained small model's flow is gentle: its fixed step agrees everywhere; a folder
+    without a map is one line and exit status 2."""
+    import re
+
+    out = tmp_path / "volcano_split0"
+    r = _run("--M", "Sphere", "--dataset", "volcano", "--objective", "fm", "--epochs", 4, "--eval_freq", 2,
+             "--flow_hidden_size", "8", "--n_hidden", "2", "--fourier", "4", "--test_size", "100", "--dev", "cpu",
+             "--out", out, "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    check = [sys.executable, "-m", "scripts.map_check", str(out), "--cells", "30"]
+    r = subprocess.run(check, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 2 and "no map.json" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    (out / "map.json").write_text(json.dumps({"map_res": 20, "map_step": 0.25, "map_warp": 2.0}))
+    r = subprocess.run(check, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "30 random cells of 20 x 20" in r.stdout
+    median, mean, off = re.search(r"all: median ([\d.]+), 90% [\d.]+, mean ([\d.]+), off by > 1 nat (\d+)/30",
+                                  r.stdout).groups()  # fmt: skip
+    assert float(median) < 0.01 and float(mean) < 0.05 and off == "0", r.stdout
