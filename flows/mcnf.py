@@ -301,11 +301,7 @@ class MCNF(Flow):
             dyn.nfe = 0
             parts.append(self._flow_segments(x[i : i + block], t0, t1, s, ctx, reg))
             # a point's evaluations and charts are its block's; the segments redone add up
-            stats = [
-                max(stats[0], self.nfe_forward),
-                max(stats[1], self.n_charts_used),
-                stats[2] + self.n_recentred,
-            ]
+            stats = [max(stats[0], self.nfe_forward), max(stats[1], self.n_charts_used), stats[2] + self.n_recentred]
         self.nfe_forward, self.n_charts_used, self.n_recentred = stats
         return torch.cat([y for y, _, _ in parts]), torch.cat([d for _, d, _ in parts]), None
 
