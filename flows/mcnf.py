@@ -290,35 +290,7 @@ class MCNF(Flow):
             )
         reg = regularize and with_div and self.training and torch.is_grad_enabled() and any(dyn.reg_weights)
         ctx = SolveContext(with_div=with_div, noise=noise, max_nfe=s.max_nfe)
-        block = self.cpu_block(x) if s.method in FIXED_STEP and not torch.is_grad_enabled() else len(x)
-        if len(x) <= block:
-            return self._flow_segments(x, t0, t1, s, ctx, reg)
-        # A no-grad fixed-step solve on the CPU (figures, maps, samples) in cache-sized blocks: each point's
-        # steps are its own, so only the speed changes (a 150 x 150 map of a 256-wide Earth model: 4x).
-        # (An adaptive solve's steps depend on its batch, and a graph's memory on its size: left whole.)
-        parts, stats = [], [0, 0, 0]
-        for i in range(0, len(x), block):
-            dyn.nfe = 0
-            parts.append(self._flow_segments(x[i : i + block], t0, t1, s, ctx, reg))
-            # a point's evaluations and charts are its block's; the segments redone add up
-            stats = [max(stats[0], self.nfe_forward), max(stats[1], self.n_charts_used), stats[2] + self.n_recentred]
-        self.nfe_forward, self.n_charts_used, self.n_recentred = stats
-        return torch.cat([y for y, _, _ in parts]), torch.cat([d for _, d, _ in parts]), None
-
-    #: Bytes of one block's widest activations (the field's values and their ``n`` directional derivatives)
-    #: in a blocked solve (:meth:`cpu_block`): about a core's L2 cache. Measured on a 256-wide, 4-layer Earth
-    #: field in float32 (one thread): 64-256 points per block alike, 5000 points 4x slower; on the 32-wide
-    #: default field 2700-5000 points alike, 300 points 3x slower (per-block overhead).
-    CPU_BLOCK_BYTES = 1 << 20
-
-    def cpu_block(self, x) -> int:
-        """Points per block of a no-grad fixed-step solve of ``x`` (:meth:`_flow`): all of them on a GPU;
-        on the CPU as many as keep the field's widest activations in :attr:`CPU_BLOCK_BYTES`."""
-        if x.device.type != "cpu":
-            return len(x)
-        width = max(max(layer.in_features, layer.out_features) for layer in self.field.layers)
-        per_point = width * (self.manifold.dim + 1) * next(self.field.parameters()).element_size()
-        return max(64, self.CPU_BLOCK_BYTES // per_point)
+        return self._flow_segments(x, t0, t1, s, ctx, reg)
 
     def _adaptive_segments(self, x, t0, t1, s, ctx, reg):
         """Charts re-centred whenever ``|v|`` reaches ``chart_radius``; returns ``(y, D, R, n charts)``."""

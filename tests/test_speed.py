@@ -16,7 +16,7 @@ import torch
 from test_cli import FAST, run
 
 import flows.dynamics as dynamics_mod
-from flows import MCNF, SolverSettings
+from flows import MCNF
 from train.config import COMPILE_MIN_EPOCHS, DEFAULT_SOLVER_GUARD, resolve_compile
 from utils import UserError
 
@@ -314,35 +314,3 @@ def test_cpu_training_flushes_subnormal_floats(tmp_path):
     if float(line[1]) == 0.0:
         pytest.skip("this CPU flushes subnormal floats already")
     assert float(line[1]) > 0 and float(line[2]) == 0.0, line
-
-
-def test_no_grad_fixed_step_solves_run_in_cpu_blocks_with_the_same_numbers(monkeypatch):
-    """Maps and samples solve in cache-sized blocks (``MCNF.cpu_block``): each point's rk4 steps are its
-    own, so the blocked log-densities, samples and counters are those of one solve of the whole batch."""
-    torch.manual_seed(0)
-    m = MCNF("Sphere", hidden=64, charts=4, fourier=16).eval()
-    m.eval_solver = SolverSettings(method="rk4", step_size=1 / 8)
-    x = m.manifold.random(300, generator=torch.Generator().manual_seed(1))
-    size = m.field.layers[0].weight.element_size()
-    assert m.cpu_block(x) == MCNF.CPU_BLOCK_BYTES // (64 * 3 * size)  # the hidden width, 3 streams
-    with torch.no_grad():
-        whole, z_whole = m.log_prob(x), m.inverse(x[:5])
-        nfe_whole = m.nfe_forward
-    calls = []
-    segments = m._flow_segments
-    monkeypatch.setattr(m, "_flow_segments", lambda y, *a: calls.append(len(y)) or segments(y, *a))
-    monkeypatch.setattr(MCNF, "CPU_BLOCK_BYTES", 1)  # the floor: 64 points per block
-    with torch.no_grad():
-        blocked = m.log_prob(x)
-    assert calls == [64, 64, 64, 64, 44]
-    torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-6)
-    assert m.nfe_forward == nfe_whole and m.n_charts_used == 4
-    with torch.no_grad():
-        torch.testing.assert_close(m.inverse(x[:5]), z_whole, rtol=0, atol=0)
-    # with gradients, and with an adaptive solver (whose steps depend on the batch), one solve
-    calls.clear()
-    m.log_prob(x).sum().backward()
-    m.eval_solver = SolverSettings(method="dopri5", atol=1e-4, rtol=1e-4)
-    with torch.no_grad():
-        m.log_prob(x)
-    assert calls == [300, 300]
