@@ -127,6 +127,12 @@ def test_map_check_scores_random_grid_cells_both_ways(tmp_path):
     r = subprocess.run(check, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "30 random cells of 20 x 20" in r.stdout
+    out_default = r.stdout
     median, mean, off = re.search(r"all: median ([\d.]+), 90% [\d.]+, mean ([\d.]+), off by > 1 nat (\d+)/30",
                                   r.stdout).groups()  # fmt: skip
     assert float(median) < 0.01 and float(mean) < 0.05 and off == "0", r.stdout
+    # the drawn cells (the whole grid solved as the map solves it): no chart was re-centred, the same numbers
+    r = subprocess.run([*check, "--full"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0 and "the whole grid solved as the map does" in r.stdout, r.stderr
+    numbers = [[float(v) for v in re.findall(r"[\d.]+", o.splitlines()[1])] for o in (r.stdout, out_default)]
+    assert numbers[0] == pytest.approx(numbers[1], abs=2e-3), (r.stdout, out_default)
