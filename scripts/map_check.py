@@ -8,8 +8,9 @@ resolution, fixed step and time grid). The map's accuracy on the test events (``
 nothing about cells far from the data, where a sharp model's flow can outrun a fixed step. This draws
 ``--cells`` cells of the map's grid at random (seeded), solves them with the map's fixed step (float32, as
 the map does) and with the scoring solve (dopri5, float64), and prints the median, 90% quantile and mean of
-``|log p_map - log p_score|``, the share of cells off by more than 1 nat, and the same over the cells near
-the map's scale (scored or mapped within ``LOG_RANGE`` nats of the best-scored test event).
+``|log p_map - log p_score|``, the share of cells off by more than 1 nat, and the same over the cells scored
+or mapped within ``LOG_RANGE`` nats of the best-scored test event (the map's scale is at most that high: its
+top is the grid's highest cell, and the highest cells are the scoring solve's, ``scripts.earth.rescore_peaks``).
 
 By default the cells are solved together, in one batch. The map solves its whole grid in chunks, and a chunk
 in which any point passes the chart guard is redone with re-centred charts (``flows.MCNF``), which changes
@@ -84,9 +85,7 @@ def main(argv=None):
           f"of {rec['map_res']} x {rec['map_res']} (seed {a.seed}), "
           f"{'the whole grid solved as the map does' if a.full else 'solved together'}")  # fmt: skip
     print(f"all: {summary(err)}")
-    print(
-        f"near the map's scale (log p >= {top - LOG_RANGE:.2f}, 8 nats below the best test event): {summary(err[near])}"
-    )
+    print(f"near the best test event (log p >= {top - LOG_RANGE:.2f}, 8 nats below it): {summary(err[near])}")
     return 0
 
 
