@@ -16,7 +16,8 @@ By default the cells are solved together, in one batch. The map solves its whole
 in which any point passes the chart guard is redone with re-centred charts (``flows.MCNF``), which changes
 the other points' values too: so the default measures the map's fixed step, not each drawn cell. ``--full``
 solves the whole grid as the map does (``viz.figures.density_values``; minutes for a sharp model) and
-compares the drawn cells (before the map's peak cells are rescored).
+compares the drawn cells (before the map's peak cells are rescored); it then also rescores the peak cells as
+the map does and checks ``--cells`` random cells among those the map shows (its top ``LOG_RANGE`` nats).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main(argv=None):
     from data.earth import EarthData
     from flows import SolverSettings, model_log_prob, solve_copy, solver_gap
     from manifolds import Sphere
-    from scripts.earth import LOG_RANGE, best_model
+    from scripts.earth import LOG_RANGE, best_model, rescore_peaks
 
     rec = json.loads((run / "map.json").read_text())
     args = json.loads((run / "metrics.json").read_text())["args"]
@@ -86,6 +87,17 @@ def main(argv=None):
           f"{'the whole grid solved as the map does' if a.full else 'solved together'}")  # fmt: skip
     print(f"all: {summary(err)}")
     print(f"near the best test event (log p >= {top - LOG_RANGE:.2f}, 8 nats below it): {summary(err[near])}")
+    if (
+        a.full
+    ):  # the cells the map shows: its peak cells rescored as the map does, then its top LOG_RANGE nats
+        shown = grid.copy()
+        rescore_peaks(shown, rec["map_res"], solve_copy(model))
+        logs = np.log(np.maximum(shown.reshape(-1), 1e-300))
+        view = np.flatnonzero(logs >= logs.max() - LOG_RANGE)
+        vidx = np.random.default_rng(a.seed).choice(view, min(a.cells, len(view)), replace=False)
+        lp_view = model_log_prob(solve_copy(model), x[torch.as_tensor(vidx)].double()).numpy()
+        print(f"shown ({len(view)} cells within {LOG_RANGE:g} nats of the map's top, {len(vidx)} at random): "
+              f"{summary(np.abs(logs[vidx] - lp_view))}")  # fmt: skip
     return 0
 
 

@@ -136,3 +136,6 @@ def test_map_check_scores_random_grid_cells_both_ways(tmp_path):
     assert r.returncode == 0 and "the whole grid solved as the map does" in r.stdout, r.stderr
     numbers = [[float(v) for v in re.findall(r"[\d.]+", o.splitlines()[1])] for o in (r.stdout, out_default)]
     assert numbers[0] == pytest.approx(numbers[1], abs=2e-3), (r.stdout, out_default)
+    shown = re.search(r"shown \((\d+) cells within 8 nats of the map's top, (\d+) at random\): median ([\d.]+)",
+                      r.stdout)  # fmt: skip
+    assert shown and 0 < int(shown[2]) <= min(30, int(shown[1])) and float(shown[3]) < 0.01, r.stdout
