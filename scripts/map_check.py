@@ -9,8 +9,8 @@ nothing about cells far from the data, where a sharp model's flow can outrun a f
 ``--cells`` cells of the map's grid at random (seeded), solves them with the map's fixed step (float32, as
 the map does) and with the scoring solve (dopri5, float64), and prints the median, 90% quantile and mean of
 ``|log p_map - log p_score|``, the share of cells off by more than 1 nat, and the same over the cells scored
-or mapped within ``LOG_RANGE`` nats of the best-scored test event (the map's scale is at most that high: its
-top is the grid's highest cell, and the highest cells are the scoring solve's, ``scripts.earth.rescore_peaks``).
+or mapped within ``LOG_RANGE`` nats of the best-scored test event (a stand-in for the map's scale, whose top
+is the grid's highest cell once the highest are the scoring solve's, ``scripts.earth.rescore_peaks``).
 
 By default the cells are solved together, in one batch. The map solves its whole grid in chunks, and a chunk
 in which any point passes the chart guard is redone with re-centred charts (``flows.MCNF``), which changes
