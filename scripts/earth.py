@@ -314,8 +314,8 @@ def draw_map(out, ds, path, res, data_dir, seed) -> dict:
     lp_map, lp_score = solver_gap(model, data.test.double(), dict(solver=fm.eval_solver, dtype=torch.float32))
     rec["map_err_test"] = float((lp_map - lp_score).abs().mean())
     t0 = time.perf_counter()
+    values = map_grid(fm, res)
     with torch.no_grad():
-        values = figures.density_values(lambda x: fm.log_prob(x.to(torch.float32)), "Sphere", res)
         # the map's scale hangs on its highest cells: those are the scoring solve's values, not the fixed step's
         # (a fixed step can blow up at a grid point no event is near: fire's long model, one cell at the
         # south pole, log p 14.8 by the map's step against -29.3 scored, left the rest of the map blank)
@@ -329,6 +329,17 @@ def draw_map(out, ds, path, res, data_dir, seed) -> dict:
     rec["map_seconds"] = time.perf_counter() - t0
     print(f"wrote {path}", flush=True)
     return rec
+
+
+def map_grid(fm, res: int):
+    """A sphere map's densities ``(res, res)``, as the map solves them: ``fm`` (the map's float32 copy of a
+    model) over the whole grid (:func:`viz.figures.density_values`), before :func:`rescore_peaks`."""
+    import torch
+
+    from viz import figures
+
+    with torch.no_grad():
+        return figures.density_values(lambda x: fm.log_prob(x.to(torch.float32)), "Sphere", res)
 
 
 def rescore_peaks(values, res: int, model, k: int = PEAK_CELLS, rounds: int = 10):

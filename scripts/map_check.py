@@ -50,7 +50,7 @@ def main(argv=None):
     from data.earth import EarthData
     from flows import SolverSettings, model_log_prob, solve_copy, solver_gap
     from manifolds import Sphere
-    from scripts.earth import LOG_RANGE, best_model, rescore_peaks
+    from scripts.earth import LOG_RANGE, best_model, map_grid, rescore_peaks
 
     rec = json.loads((run / "map.json").read_text())
     args = json.loads((run / "metrics.json").read_text())["args"]
@@ -63,16 +63,11 @@ def main(argv=None):
     )
     lp_map, lp_score = solver_gap(model, x[torch.as_tensor(idx)].double(), how)
     if a.full:  # the drawn cells: the whole grid solved in the map's chunks
-        from viz import figures
-
-        fm = solve_copy(model, **how)
-        with torch.no_grad():
-            grid = figures.density_values(
-                lambda y: fm.log_prob(y.to(torch.float32)), "Sphere", rec["map_res"]
-            )
+        grid = map_grid(solve_copy(model, **how), rec["map_res"])
         lp_map = torch.as_tensor(np.log(np.maximum(grid.reshape(-1)[idx], 1e-300)))
     test = EarthData(args["dataset"], args.get("data_dir"), args["split_seed"]).test.double()
-    top = float(model_log_prob(solve_copy(model), test).max())
+    scoring = solve_copy(model)  # float64, the evaluation solver
+    top = float(model_log_prob(scoring, test).max())
     err = (lp_map - lp_score).abs().numpy()
     near = ((lp_score >= top - LOG_RANGE) | (lp_map >= top - LOG_RANGE)).numpy()
 
@@ -91,11 +86,11 @@ def main(argv=None):
         a.full
     ):  # the cells the map shows: its peak cells rescored as the map does, then its top LOG_RANGE nats
         shown = grid.copy()
-        rescore_peaks(shown, rec["map_res"], solve_copy(model))
+        rescore_peaks(shown, rec["map_res"], scoring)
         logs = np.log(np.maximum(shown.reshape(-1), 1e-300))
         view = np.flatnonzero(logs >= logs.max() - LOG_RANGE)
         vidx = np.random.default_rng(a.seed).choice(view, min(a.cells, len(view)), replace=False)
-        lp_view = model_log_prob(solve_copy(model), x[torch.as_tensor(vidx)].double()).numpy()
+        lp_view = model_log_prob(scoring, x[torch.as_tensor(vidx)].double()).numpy()
         print(f"shown ({len(view)} cells within {LOG_RANGE:g} nats of the map's top, {len(vidx)} at random): "
               f"{summary(np.abs(logs[vidx] - lp_view))}")  # fmt: skip
     return 0
