@@ -23,6 +23,7 @@ from .flow import Flow
 from .loading import load_model, model_from_checkpoint
 from .matching import conditional_path, flow_matching_loss
 from .mcnf import MCNF
+from .pointwise import pointwise_log_prob
 from .solver import SolverError, SolverSettings
 from .vector_field import VectorField
 
@@ -58,6 +59,7 @@ __all__ = [
     "defensive_proposal",
     "model_integral_is",
     "model_log_prob",
+    "pointwise_log_prob",
     "solve_copy",
     "calibrated_map_model",
     "solver_gap",

@@ -10,14 +10,16 @@ nothing about cells far from the data, where a sharp model's flow can outrun a f
 the map does) and with the scoring solve (dopri5, float64), and prints the median, 90% quantile and mean of
 ``|log p_map - log p_score|``, the share of cells off by more than 1 nat, and the same over the cells scored
 or mapped within ``LOG_RANGE`` nats of the best-scored test event (a stand-in for the map's scale, whose top
-is the grid's highest cell once the highest are the scoring solve's, ``scripts.earth.rescore_peaks``).
+is the grid's highest cell once the cells in view are the scoring solve's, ``scripts.earth.rescore_view``).
 
 By default the cells are solved together, in one batch. The map solves its whole grid in chunks, and a chunk
 in which any point passes the chart guard is redone with re-centred charts (``flows.MCNF``), which changes
 the other points' values too: so the default measures the map's fixed step, not each drawn cell. ``--full``
 solves the whole grid as the map does (``viz.figures.density_values``; minutes for a sharp model) and
-compares the drawn cells (before the map's peak cells are rescored); it then also rescores the peak cells as
-the map does and checks ``--cells`` random cells among those the map shows (its top ``LOG_RANGE`` nats).
+compares the grid's cells (before the map computes the cells in view again); it then computes them as the map
+does (``rescore_view``: each cell on its own, :func:`flows.pointwise_log_prob`), checks ``--cells`` random cells
+among those the map shows (its top ``LOG_RANGE`` nats) against the scoring solve, and counts the random cells
+of the first check that the scoring solve puts in view and the map does not show (missed).
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ def main(argv=None):
     import torch
 
     from data.earth import EarthData
-    from flows import SolverSettings, model_log_prob, solve_copy, solver_gap
+    from flows import SolverSettings, model_log_prob, pointwise_log_prob, solve_copy, solver_gap
     from manifolds import Sphere
-    from scripts.earth import LOG_RANGE, best_model, map_grid, rescore_peaks
+    from scripts.earth import LOG_RANGE, best_model, map_grid, rescore_view
 
     rec = json.loads((run / "map.json").read_text())
     args = json.loads((run / "metrics.json").read_text())["args"]
@@ -82,17 +84,21 @@ def main(argv=None):
           f"{'the whole grid solved as the map does' if a.full else 'solved together'}")  # fmt: skip
     print(f"all: {summary(err)}")
     print(f"near the best test event (log p >= {top - LOG_RANGE:.2f}, 8 nats below it): {summary(err[near])}")
-    if (
-        a.full
-    ):  # the cells the map shows: its peak cells rescored as the map does, then its top LOG_RANGE nats
+    if a.full:  # the cells the map shows: computed again as the map does, then its top LOG_RANGE nats
         shown = grid.copy()
-        rescore_peaks(shown, rec["map_res"], scoring)
+        rescore_view(shown, rec["map_res"], lambda y: pointwise_log_prob(scoring, y))
         logs = np.log(np.maximum(shown.reshape(-1), 1e-300))
-        view = np.flatnonzero(logs >= logs.max() - LOG_RANGE)
+        floor = logs.max() - LOG_RANGE
+        view = np.flatnonzero(logs >= floor)
         vidx = np.random.default_rng(a.seed).choice(view, min(a.cells, len(view)), replace=False)
         lp_view = model_log_prob(scoring, x[torch.as_tensor(vidx)].double()).numpy()
         print(f"shown ({len(view)} cells within {LOG_RANGE:g} nats of the map's top, {len(vidx)} at random): "
               f"{summary(np.abs(logs[vidx] - lp_view))}")  # fmt: skip
+        truly = lp_score.numpy() >= floor
+        missed = int((truly & (logs[idx] < floor)).sum())
+        print(
+            f"missed: {missed} of the {int(truly.sum())} random cells in view by the scoring solve are not shown"
+        )
     return 0
 
 

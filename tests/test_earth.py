@@ -79,32 +79,36 @@ def test_short_volcano_run_finite_and_normalized(tmp_path):
     assert m["n_test"] == len(d.test)
 
 
-def test_map_peaks_are_the_scoring_solves_values():
-    """A map's scale hangs on its highest cells: scripts.earth.rescore_peaks replaces them by the scoring
-    solve's density until the highest cells are all scored, so a fixed step's blow-up at one grid point
-    (fire's long model: log p 14.8 by the map's step, -29.3 scored) cannot blank the rest of the map."""
+def test_map_view_is_the_scoring_solves_values():
+    """Every cell a map shows is the scoring solve's: scripts.earth.rescore_view computes the cells within
+    the view (8 nats) and a margin below it again, until the top stops moving, so a fixed step's blow-up at
+    one grid point (fire's long model: log p 14.8 by the map's step, -29.3 scored) can neither set the scale
+    nor leave artefacts in view; the cells far below the view keep the map's values."""
     import numpy as np
 
     from manifolds import Sphere
-    from scripts.earth import rescore_peaks
+    from scripts.earth import LOG_RANGE, VIEW_MARGIN, rescore_view
 
-    class Scored:  # the "scoring solve": a smooth density with its mode at the north pole
-        def double(self):
-            return self
-
-        def log_prob(self, x):
-            return 3.0 * x[:, 2] - 3.0
+    def scored(x):  # the "scoring solve": a smooth density with its mode at the north pole
+        return 6.0 * x[:, 2] - 6.0
 
     res = 20
     x = Sphere(2).plot_grid(res)[0]
-    truth = np.exp((3.0 * x[:, 2] - 3.0).numpy())
+    truth = np.exp(scored(x).numpy())
     values = truth.copy().reshape(res, res)
-    spike = 7  # a cell near the south pole, blown up by the "map's step"
-    values.reshape(-1)[spike] = math.exp(14.8)
-    n, err = rescore_peaks(values, res, Scored(), k=4)
-    assert np.allclose(values.reshape(-1), truth)  # the spike is gone, every other cell kept
-    # the spike and at least four true peaks (cells of one latitude tie) were scored; the spike was off
-    assert n >= 5 and err > 14.8 - (3.0 * x[spike, 2].item() - 3.0) - 1e-9
+    flat = values.reshape(-1)
+    south = np.flatnonzero(x[:, 2].numpy() < -0.9)  # true log p below -11: out of view
+    spike, artefact, low = south[0], south[1], south[2]
+    flat[spike] = math.exp(14.8)  # a blow-up far above the true top
+    flat[artefact] = math.exp(-1.0)  # wrongly in view
+    flat[low] = truth[low] * math.exp(0.5)  # wrong, but far below the view: not computed again
+    n, err = rescore_view(values, res, scored)
+    top = np.log(truth.max())
+    in_view = np.log(truth) >= top - LOG_RANGE - VIEW_MARGIN
+    assert n == int(in_view.sum()) + 2  # the view, the spike and the artefact
+    assert np.allclose(flat[[spike, artefact]], truth[[spike, artefact]])
+    assert np.allclose(flat[in_view], truth[in_view]) and flat[low] == truth[low] * math.exp(0.5)
+    assert err > 14.8 - np.log(truth[spike]) - 1e-9
     assert values.max() == truth.max()
 
 

@@ -118,13 +118,17 @@ def test_earth_page_tabulates_each_maps_step_grid_and_error(tmp_path):
     run = dict(test_nll=-5.0, epochs=7, args={"batch_size": 10}, n_train=70, train_seconds=5, wall_seconds=6,
                cmd="python main_density.py", map_res=150, map_err_val=0.0024, map_err_test=0.0029, map_seconds=99)  # fmt: skip
     results = {
-        "volcano": [dict(run, map_step=1 / 32, map_warp=2.0, map_peaks_rescored=40, map_peak_err=44.1)],
+        "volcano": [dict(run, map_step=1 / 32, map_warp=2.0, map_cells_rescored=412, map_rescore_err=44.1)],
+        "fire": [
+            dict(run, map_step=1 / 16, map_warp=2.0, map_peaks_rescored=36, map_peak_err=3.5)
+        ],  # only its peaks
         "flood": [dict(run, map_step=1 / 8, map_warp=1.0)],  # a map drawn before its peak cells were scored
     }
     earth.write(page, results, a)
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in page.read_text().splitlines() if line.startswith("| ") and "150 x 150" in line}  # fmt: skip
-    assert rows["volcano"][2:] == ["1/32 (t = s^2)", "0.0024", "0.0029", "40 (44.1)", "99"]
+    assert rows["volcano"][2:] == ["1/32 (t = s^2)", "0.0024", "0.0029", "412 (44.1)", "99"]
+    assert rows["fire"][5] == "36 peaks (3.5)"
     assert rows["flood"][2] == "1/8" and rows["flood"][5] == "-"
 
 
