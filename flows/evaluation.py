@@ -97,16 +97,19 @@ def calibrated_map_model(model, x, tol: float = 0.02, chunk: int = 5000, steps=M
     ``warps``' time grids that qualifies) whose log-density on the points ``x`` (e.g. a validation split)
     is within ``tol`` nats on average of the solve that scores the model. A map of a sharp flow-matching
     model with the scoring solve (dopri5 in float64) takes minutes per thousand grid points; a calibrated
-    fixed step takes seconds, and its error is measured, not assumed. Returns ``(copy, step, mean
-    |difference| on x)`` (the grid is ``copy.eval_solver.time_warp``); the finest step on the last grid
-    when none meets ``tol``.
+    fixed step takes seconds, and its error is measured, not assumed. An MCNF's copy solves point by point
+    (``SolverSettings(pointwise=True)``: each point's charts its own, so a grid cell's value does not depend on
+    the other cells of its chunk). Returns ``(copy, step, mean |difference| on x)`` (the grid is
+    ``copy.eval_solver.time_warp``); the finest step on the last grid when none meets ``tol``.
     """
     from .solver import SolverSettings
 
+    pointwise = hasattr(model, "dynamics")
     ref = None
     for h in steps:
         for w in warps:
-            how = dict(solver=SolverSettings(method="rk4", step_size=h, time_warp=w), dtype=torch.float32)
+            s = SolverSettings(method="rk4", step_size=h, time_warp=w, pointwise=pointwise)
+            how = dict(solver=s, dtype=torch.float32)
             lp, ref = solver_gap(model, x, how, chunk=chunk, lp_reference=ref)
             err = float((lp - ref).abs().mean())
             if err <= tol or (h == steps[-1] and w == warps[-1]):

@@ -39,7 +39,7 @@ network keeps its own dtype (its inputs are cast); results are returned in the i
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import torch
 from torchdiffeq import odeint, odeint_adjoint
@@ -50,7 +50,8 @@ from manifolds.distributions import MultiscaleKDE, base_distribution
 from . import divergence as div_mod
 from .dynamics import ChartDynamics, SolveContext, _ChartExit
 from .flow import Flow
-from .solver import FIXED_STEP, SOLVER_METHODS, SolverError, SolverSettings, rk4_solve, time_grid
+from .pointwise import pointwise_flow
+from .solver import FIXED_STEP, SOLVER_METHODS, SolverError, SolverSettings, as_config, rk4_solve, time_grid
 from .solver import settings as _settings
 from .vector_field import VectorField
 
@@ -148,8 +149,8 @@ class MCNF(Flow):
         self.config = dict(
             manifold=M.name, dim=M.dim, hidden=hidden, n_hidden=n_hidden, activation=activation,
             charts=charts, chart_radius=chart_radius, chart_center=chart_center, conc=self.conc,
-            divergence=divergence, noise=noise, train_solver=asdict(self.train_solver),
-            eval_solver=asdict(self.eval_solver), max_speed=max_speed,
+            divergence=divergence, noise=noise, train_solver=as_config(self.train_solver),
+            eval_solver=as_config(self.eval_solver), max_speed=max_speed,
         )  # fmt: skip
         if fourier:  # only when used: older checkpoints and readers see the same config as before
             self.config.update(fourier=int(fourier), fourier_scale=float(fourier_scale))
@@ -289,6 +290,14 @@ class MCNF(Flow):
                 x[..., : self.manifold.dim].shape, self.noise_kind, dtype=x.dtype, device=x.device
             )
         reg = regularize and with_div and self.training and torch.is_grad_enabled() and any(dyn.reg_weights)
+        if s.pointwise:  # every point on its own (flows/pointwise.py): evaluation only, no gradients
+            if self.training:
+                raise ValueError(
+                    "pointwise solves are an evaluation solver (model.eval()), not a training one"
+                )
+            y, D, stats = pointwise_flow(self, x, t0, t1, with_div, s)
+            self.nfe_forward = int(stats["nfe"].max()) if len(x) else 0
+            return y, D, None
         ctx = SolveContext(with_div=with_div, noise=noise, max_nfe=s.max_nfe)
         return self._flow_segments(x, t0, t1, s, ctx, reg)
 
@@ -375,4 +384,4 @@ class MCNF(Flow):
     def set_train_step(self, step_size: float):
         """Change the training solver's fixed step (the solver guard's refinement), config included."""
         self.train_solver.step_size = float(step_size)
-        self.config["train_solver"] = asdict(self.train_solver)
+        self.config["train_solver"] = as_config(self.train_solver)

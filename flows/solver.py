@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -25,6 +25,10 @@ class SolverSettings:
     ``time_warp`` ``p >= 1`` (fixed steps only): the grid is uniform with step ``step_size`` in
     ``s = t^(1/p)``, i.e. the times ``t = s^p`` of the flow's interval [0, 1], dense at ``t = 0`` where
     the flow meets the data (see :func:`time_grid`). 1: torchdiffeq's uniform grid.
+
+    ``pointwise`` (evaluation only, no gradients; ``dopri5`` or ``rk4``): every point is solved on its own,
+    with its own charts and, for dopri5, its own steps and error control (:mod:`flows.pointwise`), instead
+    of one solve of the batch.
     """
 
     method: str = "dopri5"
@@ -34,6 +38,7 @@ class SolverSettings:
     adjoint: bool = False
     max_nfe: int = 20_000
     time_warp: float = 1.0
+    pointwise: bool = False
 
     def __post_init__(self):
         if self.method not in SOLVER_METHODS:
@@ -44,6 +49,10 @@ class SolverSettings:
             raise ValueError("atol and rtol must be positive")
         if not (1 <= self.time_warp < float("inf")):
             raise ValueError(f"time_warp must be a finite number >= 1, got {self.time_warp!r}")
+        if self.pointwise and self.method not in ("dopri5", "rk4"):
+            raise ValueError(f"pointwise solves are dopri5 or rk4, not {self.method!r}")
+        if self.pointwise and self.adjoint:
+            raise ValueError("pointwise solves are for evaluation: no adjoint")
         if self.time_warp != 1 and self.method not in FIXED_STEP:
             raise ValueError(
                 f"time_warp is for the fixed-step solvers ({', '.join(FIXED_STEP)}), not {self.method!r}"
@@ -57,6 +66,14 @@ class SolverSettings:
             h, p = self.step_size, self.time_warp
             kw["options"] = dict(grid_constructor=lambda f, y0, t: time_grid(t[0], t[-1], h, y0, p))
         return kw
+
+
+def as_config(s: SolverSettings) -> dict:
+    """``s`` as plain data for a model's config (``pointwise`` only when set: configs as before otherwise)."""
+    d = asdict(s)
+    if not d["pointwise"]:
+        del d["pointwise"]
+    return d
 
 
 def settings(s, defaults) -> SolverSettings:

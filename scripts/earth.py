@@ -64,7 +64,7 @@ LOG_RANGE = 8.0  # viz.figures.LOG_RANGE
 #: What a run record keeps (docs/records/PAGE.json): everything the page shows, nothing of the model.
 RECORD_KEYS = ("dataset", "seed", "cmd", "settings", "n_train", "epochs", "batch_size", "test_nll", "test_nll_stderr",
                "val_nll", "best_epoch", "train_seconds", "wall_seconds", "integral", "integral_stderr",
-               "integral_ess", "integral_proposal", "map_res", "map_step", "map_warp", "map_err_val", "map_err_test", "map_seconds",
+               "integral_ess", "integral_proposal", "map_res", "map_step", "map_warp", "map_err_val", "map_err_test", "map_seconds", "map_pointwise",
                "map_peaks_rescored", "map_peak_err", "map_cells_rescored", "map_rescore_err", "score_tol",
                "test_nll_score", "test_nll_tight")  # fmt: skip
 
@@ -226,8 +226,9 @@ def main(argv=None):
         fig = ROOT / a.figures / figure_name(a, ds) if a.figures else None
         if fig is not None and seed == a.seeds[0]:
             drawn = json.loads((out / "map.json").read_text()) if (out / "map.json").is_file() else {}
-            # a map's record without its figure, or of a map whose view was not all scored: draw it again
-            if not fig.is_file() or "map_cells_rescored" not in drawn:
+            # a map's record without its figure, or of a map drawn before each cell was solved on its own
+            # and every cell in view was the scoring solve's: draw it again
+            if not fig.is_file() or "map_pointwise" not in drawn:
                 (out / "map.json").unlink(missing_ok=True)
             draw = lambda out=out, ds=ds, fig=fig, seed=seed: draw_map(out, ds, fig, a.res, a.data_dir, seed)  # noqa: E731
             m.update(cached(out, "map.json", draw))
@@ -313,7 +314,7 @@ def draw_map(out, ds, path, res, data_dir, seed) -> dict:
     else:
         fm = figure_model(model)
         rec["map_step"] = fm.eval_solver.step_size
-    rec["map_warp"] = fm.eval_solver.time_warp
+    rec["map_warp"], rec["map_pointwise"] = fm.eval_solver.time_warp, fm.eval_solver.pointwise
     # the map's solve against the scoring solve, on the test events (the same weights, two solves)
     lp_map, lp_score = solver_gap(model, data.test.double(), dict(solver=fm.eval_solver, dtype=torch.float32))
     rec["map_err_test"] = float((lp_map - lp_score).abs().mean())

@@ -12,10 +12,12 @@ the map does) and with the scoring solve (dopri5, float64), and prints the media
 or mapped within ``LOG_RANGE`` nats of the best-scored test event (a stand-in for the map's scale, whose top
 is the grid's highest cell once the cells in view are the scoring solve's, ``scripts.earth.rescore_view``).
 
-By default the cells are solved together, in one batch. The map solves its whole grid in chunks, and a chunk
-in which any point passes the chart guard is redone with re-centred charts (``flows.MCNF``), which changes
-the other points' values too: so the default measures the map's fixed step, not each drawn cell. ``--full``
-solves the whole grid as the map does (``viz.figures.density_values``; minutes for a sharp model) and
+By default the cells are solved together, in one batch. A map drawn point by point (``map_pointwise`` in its
+record, every map since 2026-12-03: ``SolverSettings(pointwise=True)``, each cell its own charts) gives every
+cell the value it has on the map. Older maps solved the grid in chunks, and a chunk in which any point passed
+the chart guard was redone with re-centred charts (``flows.MCNF``), which changed the other points' values
+too: for those the default measures the map's fixed step, not each drawn cell. ``--full`` solves the whole
+grid as the map does (``viz.figures.density_values``; minutes for a sharp model) and
 compares the grid's cells (before the map computes the cells in view again); it then computes them as the map
 does (``rescore_view``: each cell on its own, :func:`flows.pointwise_log_prob`), checks ``--cells`` random cells
 among those the map shows (its top ``LOG_RANGE`` nats) against the scoring solve, and counts the random cells
@@ -60,7 +62,12 @@ def main(argv=None):
     x = Sphere(2).plot_grid(rec["map_res"])[0]
     idx = np.random.default_rng(a.seed).choice(len(x), min(a.cells, len(x)), replace=False)
     how = dict(
-        solver=SolverSettings(method="rk4", step_size=rec["map_step"], time_warp=rec["map_warp"]),
+        solver=SolverSettings(
+            method="rk4",
+            step_size=rec["map_step"],
+            time_warp=rec["map_warp"],
+            pointwise=rec.get("map_pointwise", False),
+        ),  # fmt: skip
         dtype=torch.float32,
     )
     lp_map, lp_score = solver_gap(model, x[torch.as_tensor(idx)].double(), how)

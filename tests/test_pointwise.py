@@ -4,7 +4,7 @@ function as the MCNF's batch solve, independent of its batch, and correct where 
 import pytest
 import torch
 
-from flows import MCNF, WHC, SolverError, pointwise_log_prob, solve_copy
+from flows import MCNF, WHC, SolverError, SolverSettings, pointwise_log_prob, solve_copy
 
 TIGHT = dict(atol=1e-9, rtol=1e-9)
 
@@ -67,4 +67,36 @@ def test_pointwise_defaults_and_errors():
     with pytest.raises(ValueError):  # a point off the manifold cannot be scored
         pointwise_log_prob(m, torch.ones(2, 3, dtype=torch.float64))
     with pytest.raises(SolverError):
-        pointwise_log_prob(_model("Sphere", 6.0), x, max_steps=2)
+        pointwise_log_prob(_model("Sphere", 6.0), x, max_nfe=20)
+
+
+def test_pointwise_is_a_solver_setting_both_ways_and_for_fixed_steps():
+    """``SolverSettings(pointwise=True)``: the model's own log_prob, inverse and samples solved point by point;
+    with rk4, the fixed grid with per-point charts, which converges to the same function."""
+    m = _model("Sphere", 6.0, charts=4)
+    x = m.manifold.random(24, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        ref = m.log_prob(x)
+        z_ref = m(x)[0]
+    pw = solve_copy(m, SolverSettings(method="dopri5", atol=1e-8, rtol=1e-8, pointwise=True))
+    with torch.no_grad():
+        torch.testing.assert_close(pw.log_prob(x), pointwise_log_prob(m, x, atol=1e-8, rtol=1e-8))
+        assert float((pw.log_prob(x) - ref).abs().max()) < 1e-5
+        z = pw(x)[0]
+        assert float(m.manifold.dist(z, z_ref).max()) < 1e-6
+        back = pw.inverse(z)  # from the base to the data: time runs backwards
+        assert float(m.manifold.dist(back, x).max()) < 1e-5
+    errs = []
+    for h in (1 / 8, 1 / 32):
+        fixed = solve_copy(m, SolverSettings(method="rk4", step_size=h, pointwise=True))
+        with torch.no_grad():
+            lp = fixed.log_prob(x)
+            torch.testing.assert_close(fixed.log_prob(x[:3]), lp[:3], atol=1e-10, rtol=0)  # not the batch's
+        errs.append(float((lp - ref).abs().max()))
+    assert errs[1] < errs[0] / 20 and errs[1] < 1e-3  # fourth order
+    assert "pointwise" not in m.config["eval_solver"]  # configs as before unless it is used
+    pw.train_solver = pw.eval_solver
+    with pytest.raises(ValueError):  # no gradients through it: not a training solver
+        pw.train().log_prob(x)
+    with pytest.raises(ValueError):
+        SolverSettings(method="bosh3", pointwise=True)
