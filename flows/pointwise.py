@@ -95,7 +95,6 @@ class _Points:
         self.v = x.new_zeros(len(x), M.dim)
         self.I, self.D = x.new_zeros(len(x)), x.new_zeros(len(x))
         self.nfe = torch.zeros(len(x), dtype=torch.long)
-        self.recentred = 0
 
     def f(self, t, v, idx, with_div, scale):
         """``(g, div)`` of the points ``idx`` at coordinates ``v`` and times ``t``, times ``scale`` (the
@@ -132,9 +131,8 @@ def pointwise_flow(model, x, t0: float, t1: float, with_div: bool, s: SolverSett
     guard = M.chart_guard_radius if M.chart_guard_radius is not None else float("inf")
     scale = t1 - t0
     stats = {"recentred": 0, "rejected": 0}
-    if n == 0:
-        pass
-    elif s.method == "rk4":  # the fixed grid, in t; every step taken, charts re-centred per point after each
+    if n and s.method == "rk4":
+        # the fixed grid, in t: every step taken, and the charts re-centred per point after each
         grid = time_grid(t0, t1, s.step_size, x, s.time_warp).tolist()
         every = torch.arange(n)
         for a, b in zip(grid[:-1], grid[1:], strict=True):
@@ -151,7 +149,7 @@ def pointwise_flow(model, x, t0: float, t1: float, with_div: bool, s: SolverSett
             far = torch.nonzero(P.v.norm(dim=-1) > radius).flatten()
             P.recentre(far)
             stats["recentred"] += len(far)
-    else:
+    elif n:
         _dopri5(P, n, with_div, s, t0, scale, radius, guard, stats)
     P.recentre(torch.arange(n))  # the last chart's contribution
     stats["nfe"] = P.nfe
