@@ -282,14 +282,6 @@ class MCNF(Flow):
         dyn = self.dynamics
         dyn.nfe = 0
         x = self._cast(x)  # a no-op from the public methods, which cast already
-        # Hutchinson's estimator is a training device: in eval mode (scores, figures, samples' log p) the
-        # divergence is exact, so a Hutchinson-trained model is scored like any other, deterministically
-        noise = None
-        if dyn.divergence == "hutchinson" and with_div and self.training:
-            noise = div_mod.sample_noise(
-                x[..., : self.manifold.dim].shape, self.noise_kind, dtype=x.dtype, device=x.device
-            )
-        reg = regularize and with_div and self.training and torch.is_grad_enabled() and any(dyn.reg_weights)
         if s.pointwise:  # every point on its own (flows/pointwise.py): evaluation only, no gradients
             if self.training:
                 raise ValueError(
@@ -298,6 +290,14 @@ class MCNF(Flow):
             y, D, stats = pointwise_flow(self, x, t0, t1, with_div, s)
             self.nfe_forward = int(stats["nfe"].max()) if len(x) else 0
             return y, D, None
+        # Hutchinson's estimator is a training device: in eval mode (scores, figures, samples' log p) the
+        # divergence is exact, so a Hutchinson-trained model is scored like any other, deterministically
+        noise = None
+        if dyn.divergence == "hutchinson" and with_div and self.training:
+            noise = div_mod.sample_noise(
+                x[..., : self.manifold.dim].shape, self.noise_kind, dtype=x.dtype, device=x.device
+            )
+        reg = regularize and with_div and self.training and torch.is_grad_enabled() and any(dyn.reg_weights)
         ctx = SolveContext(with_div=with_div, noise=noise, max_nfe=s.max_nfe)
         return self._flow_segments(x, t0, t1, s, ctx, reg)
 

@@ -97,10 +97,15 @@ class _Points:
         self.nfe = torch.zeros(len(x), dtype=torch.long)
 
     def f(self, t, v, idx, with_div, scale):
-        """``(g, div)`` of the points ``idx`` at coordinates ``v`` and times ``t``, times ``scale`` (the
-        direction of time: the solve runs in ``tau = (t - t0) / (t1 - t0)``)."""
-        self.nfe[idx] += 1
-        M, field, p, Eb = self.M, self.model.field, self.p[idx], self.Eb[idx]
+        """``(g, div)`` of the points ``idx`` (``None``: all) at coordinates ``v`` and times ``t``, times
+        ``scale`` (the direction of time: the solve runs in ``tau = (t - t0) / (t1 - t0)``)."""
+        if idx is None:
+            self.nfe += 1
+            p, Eb = self.p, self.Eb
+        else:
+            self.nfe[idx] += 1
+            p, Eb = self.p[idx], self.Eb[idx]
+        M, field = self.M, self.model.field
         if with_div:
             g, div = chart_divergence(M, field, t, p, v, Eb)
         else:
@@ -134,7 +139,7 @@ def pointwise_flow(model, x, t0: float, t1: float, with_div: bool, s: SolverSett
     if n and s.method == "rk4":
         # the fixed grid, in t: every step taken, and the charts re-centred per point after each
         grid = time_grid(t0, t1, s.step_size, x, s.time_warp).tolist()
-        every = torch.arange(n)
+        every = None  # all points, without gathering their charts
         for a, b in zip(grid[:-1], grid[1:], strict=True):
             h, third = b - a, 1 / 3
             v0, I0 = P.v, P.I
