@@ -22,11 +22,21 @@ compares the grid's cells (before the map computes the cells in view again); it 
 does (``rescore_view``: each cell on its own, :func:`flows.pointwise_log_prob`), checks ``--cells`` random cells
 among those the map shows (its top ``LOG_RANGE`` nats) against the scoring solve, and counts the random cells
 of the first check that the scoring solve puts in view and the map does not show (missed).
+
+``--finders H [H ...]`` (with ``--full``) asks what a coarser or finer fixed step would cost the map. The map's
+fixed step only has to find the cells in view: those within ``LOG_RANGE`` nats of the top and a margin below
+it are computed again with the scoring solve. For each step ``H`` (rk4, the map's time grid, point by point)
+this times the whole grid and counts, against the drawn map's cells in view (the reference: the map's own
+step, then ``rescore_view``), the largest amount by which ``H`` puts such a cell too low, and for margins of
+1, 2 and 3 nats the cells the map would compute again (with the reference's top) and the cells in view it
+would miss. The seconds those cells would cost are estimated from the reference's own recomputation
+(seconds per cell; far from the events a sharp model's cells are stiff and cost more than the average).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -40,6 +50,9 @@ def main(argv=None):
     p.add_argument("--cells", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--full", action="store_true", help="solve the whole grid as the map does")
+    p.add_argument("--finders", nargs="+", type=float, default=[], metavar="H",
+                   help="with --full: time the grid at these fixed steps and count the cells each would compute "
+                        "again and miss (docstring)")  # fmt: skip
     a = p.parse_args(argv)
     run = Path(a.run)
     if not (run / "map.json").is_file() or not (run / "metrics.json").is_file():
@@ -48,6 +61,12 @@ def main(argv=None):
         )
     if a.cells < 1:
         raise UserError("--cells must be at least 1")
+    if a.finders and not a.full:
+        raise UserError("--finders needs --full (the drawn map is the reference)")
+    if any(not 0 < h <= 1 for h in a.finders):
+        raise UserError("--finders: steps in (0, 1], e.g. 0.125")
+    import time
+
     import numpy as np
     import torch
 
@@ -93,7 +112,9 @@ def main(argv=None):
     print(f"near the best test event (log p >= {top - LOG_RANGE:.2f}, 8 nats below it): {summary(err[near])}")
     if a.full:  # the cells the map shows: computed again as the map does, then its top LOG_RANGE nats
         shown = grid.copy()
-        rescore_view(shown, rec["map_res"], lambda y: pointwise_log_prob(scoring, y))
+        t0 = time.perf_counter()
+        n_again, _ = rescore_view(shown, rec["map_res"], lambda y: pointwise_log_prob(scoring, y))
+        per_cell = (time.perf_counter() - t0) / max(n_again, 1)
         logs = np.log(np.maximum(shown.reshape(-1), 1e-300))
         floor = logs.max() - LOG_RANGE
         view = np.flatnonzero(logs >= floor)
@@ -106,6 +127,22 @@ def main(argv=None):
         print(
             f"missed: {missed} of the {int(truly.sum())} random cells in view by the scoring solve are not shown"
         )
+        if a.finders:
+            print(f"reference: the map's {len(view)} cells in view; it computed {n_again} cells again, "
+                  f"{per_cell:.3f} s each")  # fmt: skip
+        for h in a.finders:
+            finder = dict(how, solver=dataclasses.replace(how["solver"], step_size=h, pointwise=True))
+            t0 = time.perf_counter()
+            found = np.log(np.maximum(map_grid(solve_copy(model, **finder), rec["map_res"]).reshape(-1), 1e-300))
+            seconds = time.perf_counter() - t0
+            low = float((logs[view] - found[view]).max())
+            parts = []
+            for m in (1, 2, 3):
+                again = found >= floor - m
+                parts.append(f"margin {m}: {int(again.sum())} cells again (about {again.sum() * per_cell:.0f} s), "
+                             f"{int((~again[view]).sum())} in view missed")  # fmt: skip
+            print(f"finder rk4 1/{1 / h:g}: grid {seconds:.1f} s; largest underestimate in view {low:.2f} nats; "
+                  + "; ".join(parts))  # fmt: skip
     return 0
 
 
