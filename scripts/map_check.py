@@ -133,7 +133,9 @@ def main(argv=None):
         for h in a.finders:
             finder = dict(how, solver=dataclasses.replace(how["solver"], step_size=h, pointwise=True))
             t0 = time.perf_counter()
-            found = np.log(np.maximum(map_grid(solve_copy(model, **finder), rec["map_res"]).reshape(-1), 1e-300))
+            found = np.log(
+                np.maximum(map_grid(solve_copy(model, **finder), rec["map_res"]).reshape(-1), 1e-300)
+            )
             seconds = time.perf_counter() - t0
             low = float((logs[view] - found[view]).max())
             parts = []

@@ -147,11 +147,17 @@ def test_map_check_scores_random_grid_cells_both_ways(tmp_path):
     r = subprocess.run([*check, "--full", "--finders", "0.25", "0.5"], capture_output=True, text=True, cwd=ROOT,
                        env=env, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    view, again = map(int, re.search(r"reference: the map's (\d+) cells in view; it computed (\d+)", r.stdout).groups())
+    view, again = map(
+        int, re.search(r"reference: the map's (\d+) cells in view; it computed (\d+)", r.stdout).groups()
+    )
     own = re.search(r"finder rk4 1/4: grid [\d.]+ s; largest underestimate in view (-?[\d.]+) nats; "
                     r"margin 1: (\d+) cells again \(about \d+ s\), (\d+) in view missed", r.stdout)  # fmt: skip
     assert own and float(own[1]) < 1 and int(own[2]) >= view and abs(int(own[2]) - again) <= 2, r.stdout
     assert own[3] == "0", r.stdout
     assert "finder rk4 1/2: grid" in r.stdout, r.stdout
-    r = subprocess.run([*check, "--finders", "0.25"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert r.returncode == 2 and "--finders needs --full" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = subprocess.run(
+        [*check, "--finders", "0.25"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
+    assert r.returncode == 2 and "--finders needs --full" in r.stderr and "Traceback" not in r.stderr, (
+        r.stderr
+    )
