@@ -39,6 +39,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 from utils import UserError, run_cli
@@ -65,8 +66,6 @@ def main(argv=None):
         raise UserError("--finders needs --full (the drawn map is the reference)")
     if any(not 0 < h <= 1 for h in a.finders):
         raise UserError("--finders: steps in (0, 1], e.g. 0.125")
-    import time
-
     import numpy as np
     import torch
 
