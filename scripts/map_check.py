@@ -91,7 +91,7 @@ def main(argv=None):
     lp_map, lp_score = solver_gap(model, x[torch.as_tensor(idx)].double(), how)
     if a.full:  # the drawn cells: the whole grid solved in the map's chunks
         grid = map_grid(solve_copy(model, **how), rec["map_res"])
-        lp_map = torch.as_tensor(np.log(np.maximum(grid.reshape(-1)[idx], 1e-300)))
+        lp_map = torch.as_tensor(log_cells(grid)[idx])
     test = EarthData(args["dataset"], args.get("data_dir"), args["split_seed"]).test.double()
     scoring = solve_copy(model)  # float64, the evaluation solver
     top = float(model_log_prob(scoring, test).max())
@@ -114,7 +114,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         n_again, _ = rescore_view(shown, rec["map_res"], lambda y: pointwise_log_prob(scoring, y))
         per_cell = (time.perf_counter() - t0) / max(n_again, 1)
-        logs = np.log(np.maximum(shown.reshape(-1), 1e-300))
+        logs = log_cells(shown)
         floor = logs.max() - LOG_RANGE
         view = np.flatnonzero(logs >= floor)
         vidx = np.random.default_rng(a.seed).choice(view, min(a.cells, len(view)), replace=False)
@@ -132,9 +132,7 @@ def main(argv=None):
         for h in a.finders:
             finder = dict(how, solver=dataclasses.replace(how["solver"], step_size=h, pointwise=True))
             t0 = time.perf_counter()
-            found = np.log(
-                np.maximum(map_grid(solve_copy(model, **finder), rec["map_res"]).reshape(-1), 1e-300)
-            )
+            found = log_cells(map_grid(solve_copy(model, **finder), rec["map_res"]))
             seconds = time.perf_counter() - t0
             low = float((logs[view] - found[view]).max())
             parts = []
@@ -145,6 +143,13 @@ def main(argv=None):
             print(f"finder rk4 1/{1 / h:g}: grid {seconds:.1f} s; largest underestimate in view {low:.2f} nats; "
                   + "; ".join(parts))  # fmt: skip
     return 0
+
+
+def log_cells(values):
+    """A map's densities ``(res, res)`` as flat log-densities (0 as a very low finite value)."""
+    import numpy as np
+
+    return np.log(np.maximum(values.reshape(-1), 1e-300))
 
 
 if __name__ == "__main__":
