@@ -1,7 +1,7 @@
 """How faithful is an Earth map away from the events? Random cells of its grid, solved the map's way and the
 scoring way.
 
-    python -m scripts.map_check RUN_DIR [--cells 100] [--seed 0] [--full]
+    python -m scripts.map_check RUN_DIR [--cells 100] [--seed 0] [--full [--refine 4] [--finders H ...]]
 
 RUN_DIR is a flow-matching run of ``scripts.earth`` with its map drawn (``map.json`` there holds the map's
 resolution, fixed step and time grid). The map's accuracy on the test events (``map_err_test``) says
@@ -31,6 +31,12 @@ step, then ``rescore_view``), the largest amount by which ``H`` puts such a cell
 1, 2 and 3 nats the cells the map would compute again (with the reference's top) and the cells in view it
 would miss. The seconds those cells would cost are estimated from the reference's own recomputation
 (seconds per cell; far from the events a sharp model's cells are stiff and cost more than the average).
+
+``--refine K`` (with ``--full``) measures what the maps do since 2026-12-03 (``scripts.earth.view_cascade``):
+a cell within reach of the view is first solved with the map's step divided by ``K``, and only the cells that
+step leaves within reach go to the scoring solve. It prints the cells refined and scored and the seconds,
+against scoring every cell within reach (the reference), and whether the two show the same cells in view
+with the same values.
 """
 
 from __future__ import annotations
@@ -51,6 +57,13 @@ def main(argv=None):
     p.add_argument("--cells", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--full", action="store_true", help="solve the whole grid as the map does")
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --full: the map's cells again with a step K times finer tried first (docstring)",
+    )
     p.add_argument("--finders", nargs="+", type=float, default=[], metavar="H",
                    help="with --full: time the grid at these fixed steps and count the cells each would compute "
                         "again and miss (docstring)")  # fmt: skip
@@ -62,8 +75,10 @@ def main(argv=None):
         )
     if a.cells < 1:
         raise UserError("--cells must be at least 1")
-    if a.finders and not a.full:
-        raise UserError("--finders needs --full (the drawn map is the reference)")
+    if (a.finders or a.refine) and not a.full:
+        raise UserError("--finders and --refine need --full (the drawn map is the reference)")
+    if a.refine < 0:
+        raise UserError("--refine: a whole number of times finer, e.g. 4 (0: not measured)")
     if any(not 0 < h <= 1 for h in a.finders):
         raise UserError("--finders: steps in (0, 1], e.g. 0.125")
     import numpy as np
@@ -112,8 +127,9 @@ def main(argv=None):
     if a.full:  # the cells the map shows: computed again as the map does, then its top LOG_RANGE nats
         shown = grid.copy()
         t0 = time.perf_counter()
-        n_again, _ = rescore_view(shown, rec["map_res"], lambda y: pointwise_log_prob(scoring, y))
-        per_cell = (time.perf_counter() - t0) / max(n_again, 1)
+        n_again = rescore_view(shown, rec["map_res"], lambda y: pointwise_log_prob(scoring, y)).scored
+        plain_seconds = time.perf_counter() - t0
+        per_cell = plain_seconds / max(n_again, 1)
         logs = log_cells(shown)
         floor = logs.max() - LOG_RANGE
         view = np.flatnonzero(logs >= floor)
@@ -126,6 +142,22 @@ def main(argv=None):
         print(
             f"missed: {missed} of the {int(truly.sum())} random cells in view by the scoring solve are not shown"
         )
+        if a.refine:  # the same grid's cells in view again, a finer fixed step first
+            fine = solve_copy(model, **dict(how, solver=dataclasses.replace(
+                how["solver"], step_size=rec["map_step"] / a.refine, pointwise=True)))  # fmt: skip
+            cascade = grid.copy()
+            t0 = time.perf_counter()
+            done = rescore_view(cascade, rec["map_res"], lambda y: pointwise_log_prob(scoring, y),
+                                lambda y: fine.log_prob(y.to(torch.float32)))  # fmt: skip
+            seconds = time.perf_counter() - t0
+            both = log_cells(cascade)
+            view_c = both >= both.max() - LOG_RANGE
+            same = bool((view_c == (logs >= floor)).all())
+            diff = float(np.abs(both[view_c | (logs >= floor)] - logs[view_c | (logs >= floor)]).max())
+            print(f"refine 1/{round(a.refine / rec['map_step'])} first: {done.refined} cells refined, {done.scored} "
+                  f"scored, {seconds:.1f} s (scoring every cell in reach: {n_again} cells, {plain_seconds:.1f} s); "
+                  f"cells in view {int(view_c.sum())} against {len(view)}, the same cells: {same}, "
+                  f"largest difference in view {diff:.2g} nats")  # fmt: skip
         if a.finders:
             print(f"reference: the map's {len(view)} cells in view; it computed {n_again} cells again, "
                   f"{per_cell:.3f} s each")  # fmt: skip

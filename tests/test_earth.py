@@ -102,14 +102,55 @@ def test_map_view_is_the_scoring_solves_values():
     flat[spike] = math.exp(14.8)  # a blow-up far above the true top
     flat[artefact] = math.exp(-1.0)  # wrongly in view
     flat[low] = truth[low] * math.exp(0.5)  # wrong, but far below the view: not computed again
-    n, err = rescore_view(values, res, scored)
+    before = values.copy()
+    n, err, refined = rescore_view(values, res, scored)
     top = np.log(truth.max())
     in_view = np.log(truth) >= top - LOG_RANGE - VIEW_MARGIN
-    assert n == int(in_view.sum()) + 2  # the view, the spike and the artefact
+    assert n == int(in_view.sum()) + 2 and refined == n  # the view, the spike and the artefact
     assert np.allclose(flat[[spike, artefact]], truth[[spike, artefact]])
     assert np.allclose(flat[in_view], truth[in_view]) and flat[low] == truth[low] * math.exp(0.5)
     assert err > 14.8 - np.log(truth[spike]) - 1e-9
     assert values.max() == truth.max()
+
+    # a finer step tried first: it still blows up at the spike (scored), finds the artefact's true value far
+    # below the view (not scored: it keeps the finer step's value) and is off by 0.01 nats elsewhere; every
+    # cell in view is still the scoring solve's, and only the cells the finer step leaves within reach are scored
+    calls = []
+
+    def finer(x):
+        calls.append(len(x))
+        lp = scored(x) + 0.01
+        lp[(x - xs[spike]).norm(dim=-1) < 1e-12] = 14.0
+        return lp
+
+    xs = x.double()
+    values2 = before.copy()
+    n2, err2, refined2 = rescore_view(values2, res, scored, finer)
+    flat2 = values2.reshape(-1)
+    assert np.allclose(flat2[in_view], truth[in_view]) and np.isclose(flat2[spike], truth[spike])
+    assert np.isclose(np.log(flat2[artefact]), np.log(truth[artefact]) + 0.01)  # the finer step's value
+    assert refined2 == n + 0 and n2 == int(in_view.sum()) + 1  # the artefact refined, not scored
+    assert err2 == pytest.approx(err) and flat2[low] == truth[low] * math.exp(0.5)
+    assert sum(calls) == refined2
+
+
+def test_view_cascade_with_a_fixed_top_scores_only_the_points_in_view():
+    """The map as drawn at points off its grid (the test events): with the map's top given, the points the
+    fixed step puts within reach of the view get the scoring solve's value, the others keep their own."""
+    import numpy as np
+    import torch
+
+    from scripts.earth import LOG_RANGE, VIEW_MARGIN, view_cascade
+
+    x = torch.linspace(-1, 1, 7).unsqueeze(-1).expand(7, 3).double()
+    exact = lambda y: y[:, 0] * 6.0  # noqa: E731
+    logs = exact(x).numpy() - 0.1  # the fixed step, 0.1 nats low everywhere
+    top = 6.0
+    out, done = view_cascade(logs, x, exact, top=top)
+    near = logs >= top - LOG_RANGE - VIEW_MARGIN
+    assert 0 < near.sum() < len(x)
+    assert np.allclose(out[near], exact(x).numpy()[near]) and np.array_equal(out[~near], logs[~near])
+    assert done.scored == int(near.sum()) and done.err == pytest.approx(0.1)
 
 
 def test_map_check_scores_random_grid_cells_both_ways(tmp_path):
@@ -155,9 +196,37 @@ def test_map_check_scores_random_grid_cells_both_ways(tmp_path):
     assert own and float(own[1]) < 1 and int(own[2]) >= view and abs(int(own[2]) - again) <= 2, r.stdout
     assert own[3] == "0", r.stdout
     assert "finder rk4 1/2: grid" in r.stdout, r.stdout
+    # a finer step tried first: the same cells in view, with the same values
+    r = subprocess.run([*check, "--full", "--refine", "4"], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=300)  # fmt: skip
+    ref = re.search(r"refine 1/16 first: (\d+) cells refined, (\d+) scored, [\d.]+ s \(scoring every cell in reach: "
+                    r"(\d+) cells, [\d.]+ s\); cells in view (\d+) against (\d+), the same cells: True, largest "
+                    r"difference in view ([\d.e+-]+) nats", r.stdout)  # fmt: skip
+    assert ref and int(ref[2]) <= int(ref[1]) <= int(ref[3]) and ref[4] == ref[5], r.stdout
+    assert float(ref[6]) < 1e-9, r.stdout
     r = subprocess.run(
         [*check, "--finders", "0.25"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
     )
-    assert r.returncode == 2 and "--finders needs --full" in r.stderr and "Traceback" not in r.stderr, (
-        r.stderr
-    )
+    assert (
+        r.returncode == 2 and "--finders and --refine need --full" in r.stderr and "Traceback" not in r.stderr
+    ), r.stderr
+
+
+def test_an_earth_map_is_drawn_with_its_cells_in_view_scored_and_measured_as_drawn(tmp_path):
+    """scripts.earth.draw_map on a small flow-matching model: the calibrated fixed step, the cells in view
+    refined and scored (every scored cell was refined first), and the map's own values at the test events
+    (the cascade with the map's top) within the scoring tolerance's reach of the scoring solve, while the
+    fixed step alone is measured beside them."""
+    from scripts import earth
+
+    out = tmp_path / "volcano_split0"
+    r = _run("--M", "Sphere", "--dataset", "volcano", "--objective", "fm", "--epochs", 4, "--eval_freq", 2,
+             "--flow_hidden_size", "8", "--n_hidden", "2", "--fourier", "4", "--test_size", "100", "--dev", "cpu",
+             "--out", out, "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    fig = tmp_path / "map.png"
+    rec = earth.draw_map(out, "volcano", fig, 16, None, 0)
+    assert fig.is_file() and rec["map_res"] == 16 and rec["map_pointwise"]
+    assert 0 < rec["map_cells_rescored"] <= rec["map_cells_refined"] <= 16 * 16
+    assert rec["map_err_test"] < 0.05 and rec["map_err_test_drawn"] < 1e-3
+    assert rec["map_seconds"] > 0

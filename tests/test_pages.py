@@ -119,6 +119,17 @@ def test_earth_page_tabulates_each_maps_step_grid_and_error(tmp_path):
                cmd="python main_density.py", map_res=150, map_err_val=0.0024, map_err_test=0.0029, map_seconds=99)  # fmt: skip
     results = {
         "volcano": [dict(run, map_step=1 / 32, map_warp=2.0, map_cells_rescored=412, map_rescore_err=44.1)],
+        "earthquake": [
+            dict(
+                run,
+                map_step=1 / 8,
+                map_warp=2.0,
+                map_cells_rescored=56,
+                map_rescore_err=251.0,
+                map_cells_refined=549,
+                map_err_test_drawn=0.00012,
+            )
+        ],  # fmt: skip
         "fire": [
             dict(run, map_step=1 / 16, map_warp=2.0, map_peaks_rescored=36, map_peak_err=3.5)
         ],  # only its peaks
@@ -127,9 +138,10 @@ def test_earth_page_tabulates_each_maps_step_grid_and_error(tmp_path):
     earth.write(page, results, a)
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in page.read_text().splitlines() if line.startswith("| ") and "150 x 150" in line}  # fmt: skip
-    assert rows["volcano"][2:] == ["1/32 (t = s^2)", "0.0024", "0.0029", "412 (44.1)", "99"]
-    assert rows["fire"][5] == "36 peaks (3.5)"
-    assert rows["flood"][2] == "1/8" and rows["flood"][5] == "-"
+    assert rows["volcano"][2:] == ["1/32 (t = s^2)", "0.0024", "0.0029", "-", "-", "412 (44.1)", "99"]
+    assert rows["earthquake"][2:] == ["1/8 (t = s^2)", "0.0024", "0.0029", "0.0001", "549", "56 (251)", "99"]
+    assert rows["fire"][7] == "36 peaks (3.5)"
+    assert rows["flood"][2] == "1/8" and rows["flood"][7] == "-"
 
 
 def test_earth_page_takes_runs_of_an_earlier_session_from_its_record_only_under_the_same_settings(
