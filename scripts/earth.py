@@ -297,6 +297,9 @@ VIEW_MARGIN = 1.0
 #: went from 549 (131 s) to 56, after 549 cells at the finer step (39 s in all), the same 35 cells in view
 #: and the same values (python -m scripts.map_check RUN --full --refine 4; docs/earth_ablation.md).
 REFINE = 4
+#: ... and tried on this many of a larger set first (:func:`view_cascade`): the fire long map's cells within
+#: reach are truly near the view, and refining all of them first cost more than it saved.
+REFINE_PROBE = 64
 
 
 def draw_map(out, ds, path, res, data_dir, seed) -> dict:
@@ -385,32 +388,51 @@ class Rescore(NamedTuple):
 
 
 def view_cascade(logs, x, log_prob, refine=None, top=None, log_range: float = LOG_RANGE,
-                 margin: float = VIEW_MARGIN):  # fmt: skip
+                 margin: float = VIEW_MARGIN, probe: int = REFINE_PROBE):  # fmt: skip
     """The log-densities a map shows at points ``x`` ``(N, 3)`` whose fixed-step values are ``logs`` ``(N,)``:
     every point within ``log_range + margin`` nats of the top is computed with ``log_prob`` (the scoring
     solve), again as the top moves (``top=None``: the highest of ``logs``, which falls as blown-up points are
-    corrected; a number: that fixed top, for points off the grid). With ``refine`` (a finer fixed step), such a
-    point is first computed with it, and only the points it leaves within reach of the view go to
-    ``log_prob``: far from the events a sharp model's points are stiff, a coarse step can put them wrongly
-    high, and the scoring solve is slowest there. Returns (the new log-densities, :class:`Rescore`)."""
+    corrected; a number: that fixed top, for points off the grid).
+
+    With ``refine`` (a finer fixed step), such a point is first computed with it, and only the points it
+    leaves within reach of the view go to ``log_prob``: far from the events a sharp model's points are stiff,
+    a coarse step can put them wrongly high, and the scoring solve is slowest there. Where the fixed step is
+    right (the points within reach truly are), that is work for nothing; so a set of more than ``probe``
+    points is first refined on ``probe`` of them (seeded), and if fewer than a quarter of those leave reach,
+    the finer step is not used again. Returns (the new log-densities, :class:`Rescore`)."""
     import numpy as np
     import torch
 
     logs = np.array(logs, dtype=np.float64)
     first, state = logs.copy(), np.zeros(len(logs), dtype=np.int8)  # 0: fixed step, 1: refined, 2: scored
+    fine = np.zeros(len(logs), dtype=bool)  # computed with the finer step (then perhaps scored too)
+    rng = np.random.default_rng(0)
+
+    def reach():
+        return (logs.max() if top is None else top) - log_range - margin
+
+    decided = False  # whether a probe has shown that the finer step pays (else: refine is None)
     while True:
-        floor = (logs.max() if top is None else top) - log_range - margin
-        todo = np.flatnonzero((state < 2) & (logs >= floor))
+        todo = np.flatnonzero((state < 2) & (logs >= reach()))
         if not len(todo):
             break
-        stage = 2 if refine is None or (state[todo] == 1).all() else 1
-        todo = todo if stage == 2 else todo[state[todo] == 0]
+        raw = todo[state[todo] == 0]
+        stage = 1 if refine is not None and len(raw) else 2
+        trial = stage == 1 and not decided and len(raw) > probe
+        if trial:  # does the finer step pay here? try it on a sample first
+            raw = np.sort(rng.choice(raw, probe, replace=False))
+        todo = raw if stage == 1 else todo
         with torch.no_grad():
             logs[todo] = (log_prob if stage == 2 else refine)(x[torch.as_tensor(todo)]).double().cpu().numpy()
         state[todo] = stage
+        fine[todo] |= stage == 1
+        if trial:
+            decided = True
+            if (logs[todo] < reach()).mean() < 0.25:
+                refine = None  # the fixed step is right where it matters: score what is within reach
     scored = state == 2
     err = float(np.abs(first[scored] - logs[scored]).max()) if scored.any() else 0.0
-    return logs, Rescore(int(scored.sum()), err, int((state >= 1).sum()))
+    return logs, Rescore(int(scored.sum()), err, int(fine.sum()))
 
 
 def rescore_view(

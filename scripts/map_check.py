@@ -34,7 +34,8 @@ would miss. The seconds those cells would cost are estimated from the reference'
 
 ``--refine K`` (with ``--full``) measures what the maps do since 2026-12-03 (``scripts.earth.view_cascade``):
 a cell within reach of the view is first solved with the map's step divided by ``K``, and only the cells that
-step leaves within reach go to the scoring solve. It prints the cells refined and scored and the seconds,
+step leaves within reach go to the scoring solve (tried first on 64 cells of a larger set, and dropped when
+fewer than a quarter of them leave reach). It prints the cells refined and scored and the seconds,
 against scoring every cell within reach (the reference), and whether the two show the same cells in view
 with the same values.
 """
