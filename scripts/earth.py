@@ -293,9 +293,9 @@ def tight_check(out, ds, data_dir, seed) -> dict:
 #: step's error on cells truly in view was at most 0.8 nats on 300 random cells of the fire long map).
 VIEW_MARGIN = 1.0
 #: Cells near the view are first solved with the map's fixed step divided by this (:func:`view_cascade`).
-#: Volcano's long split-0 map, one thread beside two trainings: the cells the scoring solve computed again
-#: went from 549 (131 s) to 56, after 549 cells at the finer step (39 s in all), the same 35 cells in view
-#: and the same values (python -m scripts.map_check RUN --full --refine 4; docs/earth_ablation.md).
+#: Volcano's long split-0 map, one thread beside one or two trainings: the cells the scoring solve computed
+#: again went from 549 (192 s) to 56, after 549 cells at the finer step (40 s in all), the same 35 cells in
+#: view and the same values (python -m scripts.map_check RUN --full --refine 4; docs/earth_ablation.md).
 REFINE = 4
 #: ... and tried on this many of a larger set first (:func:`view_cascade`): the fire long map's cells within
 #: reach are truly near the view, and refining all of them first cost more than it saved.
