@@ -308,8 +308,9 @@ def draw_map(out, ds, path, res, data_dir, seed) -> dict:
     Flow-matching models are drawn with the calibrated fixed step (:func:`flows.calibrated_map_model`,
     chosen on the validation events); maximum-likelihood models with their training step
     (:func:`flows.figure_model`). Either way the map's log-density is compared with the scoring solve on
-    the test events. Returns the map's record: seconds (the grid's log-densities and the drawing), step,
-    mean |log-density difference| on the validation and test events.
+    the test events, by the fixed step alone and as drawn (:func:`view_cascade`). Returns the map's record:
+    seconds (the grid's log-densities, the cells refined and scored, and the drawing), step, mean |log-density
+    difference| on the validation and test events, cells refined and scored.
     """
     import numpy as np
     import torch
