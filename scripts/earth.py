@@ -316,7 +316,7 @@ def draw_map(out, ds, path, res, data_dir, seed) -> dict:
     import torch
 
     from data.earth import EarthData
-    from flows import calibrated_map_model, figure_model, pointwise_log_prob, solve_copy, solver_gap
+    from flows import calibrated_map_model, figure_model, pointwise_log_prob, solver_gap
     from viz import figures
 
     data = EarthData(ds, data_dir, seed)
@@ -343,15 +343,10 @@ def draw_map(out, ds, path, res, data_dir, seed) -> dict:
     # events (volcano's long model) most such cells are stiff ones the map's step put wrongly high, and the
     # finer step, not the scoring solve, tells them apart (docs/earth_ablation.md, "A finer step before the
     # scoring solve")
-    fine = solve_copy(model, dtype=torch.float32,
-                      solver=dataclasses.replace(fm.eval_solver, step_size=fm.eval_solver.step_size / REFINE))  # fmt: skip
-
-    def refine(x):
-        return fine.log_prob(x.to(torch.float32))
-
+    refine = finer_step(model, fm.eval_solver, REFINE)
     done = rescore_view(values, res, score, refine)
     rec["map_cells_rescored"], rec["map_rescore_err"], rec["map_cells_refined"] = done
-    top = float(np.log(np.maximum(values, 1e-300)).max())
+    top = float(log_cells(values).max())
     # log scale over the top 8 nats, transparent below, so that the continents stay visible
     values = figures.top_log_density(values, LOG_RANGE)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -377,6 +372,26 @@ def map_grid(fm, res: int):
 
     with torch.no_grad():
         return figures.density_values(lambda x: fm.log_prob(x.to(torch.float32)), "Sphere", res)
+
+
+def log_cells(values):
+    """A map's densities ``(res, res)`` as flat log-densities (0 as a very low finite value)."""
+    import numpy as np
+
+    return np.log(np.maximum(values.reshape(-1), 1e-300))
+
+
+def finer_step(model, solver, k: int):
+    """The map's fixed step ``solver`` (rk4) divided by ``k``, as a log-density of points ``(N, 3)`` in float32:
+    :func:`view_cascade`'s ``refine``."""
+    import torch
+
+    from flows import solve_copy
+
+    fine = solve_copy(
+        model, solver=dataclasses.replace(solver, step_size=solver.step_size / k), dtype=torch.float32
+    )
+    return lambda x: fine.log_prob(x.to(torch.float32))
 
 
 class Rescore(NamedTuple):
@@ -451,8 +466,9 @@ def rescore_view(
 
     x = Sphere(2).plot_grid(res)[0].to(torch.float64)
     flat = values.reshape(-1)
-    logs, done = view_cascade(np.log(np.maximum(flat, 1e-300)), x, log_prob, refine, None, log_range, margin)
-    changed = logs != np.log(np.maximum(flat, 1e-300))
+    before = log_cells(values)
+    logs, done = view_cascade(before, x, log_prob, refine, None, log_range, margin)
+    changed = logs != before
     flat[changed] = np.exp(logs[changed])
     return done
 

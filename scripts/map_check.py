@@ -88,7 +88,7 @@ def main(argv=None):
     from data.earth import EarthData
     from flows import SolverSettings, model_log_prob, pointwise_log_prob, solve_copy, solver_gap
     from manifolds import Sphere
-    from scripts.earth import LOG_RANGE, best_model, map_grid, rescore_view
+    from scripts.earth import LOG_RANGE, best_model, finer_step, log_cells, map_grid, rescore_view
 
     rec = json.loads((run / "map.json").read_text())
     args = json.loads((run / "metrics.json").read_text())["args"]
@@ -144,12 +144,10 @@ def main(argv=None):
             f"missed: {missed} of the {int(truly.sum())} random cells in view by the scoring solve are not shown"
         )
         if a.refine:  # the same grid's cells in view again, a finer fixed step first
-            fine = solve_copy(model, **dict(how, solver=dataclasses.replace(
-                how["solver"], step_size=rec["map_step"] / a.refine, pointwise=True)))  # fmt: skip
+            refine = finer_step(model, dataclasses.replace(how["solver"], pointwise=True), a.refine)
             cascade = grid.copy()
             t0 = time.perf_counter()
-            done = rescore_view(cascade, rec["map_res"], lambda y: pointwise_log_prob(scoring, y),
-                                lambda y: fine.log_prob(y.to(torch.float32)))  # fmt: skip
+            done = rescore_view(cascade, rec["map_res"], lambda y: pointwise_log_prob(scoring, y), refine)
             seconds = time.perf_counter() - t0
             both = log_cells(cascade)
             view_c = both >= both.max() - LOG_RANGE
@@ -176,13 +174,6 @@ def main(argv=None):
             print(f"finder rk4 1/{1 / h:g}: grid {seconds:.1f} s; largest underestimate in view {low:.2f} nats; "
                   + "; ".join(parts))  # fmt: skip
     return 0
-
-
-def log_cells(values):
-    """A map's densities ``(res, res)`` as flat log-densities (0 as a very low finite value)."""
-    import numpy as np
-
-    return np.log(np.maximum(values.reshape(-1), 1e-300))
 
 
 if __name__ == "__main__":
