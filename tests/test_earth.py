@@ -103,7 +103,7 @@ def test_map_view_is_the_scoring_solves_values():
     flat[artefact] = math.exp(-1.0)  # wrongly in view
     flat[low] = truth[low] * math.exp(0.5)  # wrong, but far below the view: not computed again
     before = values.copy()
-    n, err, refined = rescore_view(values, res, scored)
+    n, err, refined, _ = rescore_view(values, res, scored)
     top = np.log(truth.max())
     in_view = np.log(truth) >= top - LOG_RANGE - VIEW_MARGIN
     assert n == int(in_view.sum()) + 2 and refined == 0  # the view, the spike and the artefact
@@ -126,9 +126,9 @@ def test_map_view_is_the_scoring_solves_values():
     # pay: the spike (refined alone, then scored) and the probe are all it computes; every cell in view is
     # still the scoring solve's
     values2 = before.copy()
-    n2, err2, refined2 = rescore_view(values2, res, scored, finer)
+    n2, err2, refined2, refining2 = rescore_view(values2, res, scored, finer)
     flat2 = values2.reshape(-1)
-    assert calls == [1, 64] and refined2 == 65
+    assert calls == [1, 64] and refined2 == 65 and not refining2  # no band below the reach either
     assert np.allclose(flat2[in_view], truth[in_view]) and np.isclose(flat2[spike], truth[spike])
     assert n2 <= n and err2 == pytest.approx(err) and flat2[low] == truth[low] * math.exp(0.5)
 
@@ -140,13 +140,42 @@ def test_map_view_is_the_scoring_solves_values():
     wrong = np.setdiff1d(np.flatnonzero(x[:, 2].numpy() < -0.3), [spike, artefact, low])
     assert len(wrong) > 64
     values3.reshape(-1)[wrong] = math.exp(-2.0)
-    n3, _, refined3 = rescore_view(values3, res, scored, finer)
+    n3, _, refined3, refining3 = rescore_view(values3, res, scored, finer)
     flat3 = values3.reshape(-1)
     assert np.allclose(flat3[in_view], truth[in_view]) and np.isclose(flat3[spike], truth[spike])
     far = wrong[np.log(truth[wrong]) + 0.01 < top - LOG_RANGE - VIEW_MARGIN]
     assert np.allclose(np.log(flat3[far]), np.log(truth[far]) + 0.01)  # the finer step's values, not scored
-    assert sum(calls) == refined3 > len(far) and n3 <= n
+    assert sum(calls) == refined3 > len(far) and n3 <= n and refining3
     assert n3 <= int((np.log(truth) >= top - LOG_RANGE - VIEW_MARGIN - 0.01).sum()) + 1
+
+
+def test_view_cascade_refines_a_band_below_the_reach():
+    """While the finer step is in use, the points the fixed step leaves up to REFINE_BAND nats below the reach
+    are computed with it too: one truly in view (put 1.5 nats below the reach) is then scored and shown, one
+    truly far below (put just under the reach: volcano's default map, a test event at -2.37 by the fixed
+    step, -5.89 scored) takes the finer step's value; points below the band keep the fixed step's. Without
+    the finer step (or once a probe has stopped it) nothing below the reach is computed again."""
+    import numpy as np
+    import torch
+
+    from scripts.earth import LOG_RANGE, REFINE_BAND, VIEW_MARGIN, view_cascade
+
+    exact = lambda y: y[:, 0].clone()  # noqa: E731 (the point's first coordinate is its log-density)
+    finer = lambda y: y[:, 0] + 0.01  # noqa: E731
+    top = 0.0
+    reach = top - LOG_RANGE - VIEW_MARGIN
+    truth = np.array([top, -3.0, reach - 0.5 * REFINE_BAND, reach - 3.0, reach - REFINE_BAND - 2.0])
+    logs = truth.copy()
+    logs[1] = reach - 1.5  # truly in view, put below the reach
+    logs[2] = reach - 0.3  # truly far below, put just under the reach
+    logs[3] = reach - REFINE_BAND - 0.5  # below the band: not computed again
+    x = torch.tensor(truth).unsqueeze(-1).expand(5, 3).contiguous()
+    out, done = view_cascade(logs, x, exact, finer, top, probe=None)
+    assert np.allclose(out[[0, 1]], truth[[0, 1]])  # scored
+    assert np.isclose(out[2], truth[2] + 0.01) and out[3] == logs[3] and out[4] == logs[4]
+    assert done.scored == 2 and done.refined == 3 and done.refining
+    out, done = view_cascade(logs, x, exact, None, top)
+    assert np.allclose(out[0], truth[0]) and np.array_equal(out[1:], logs[1:]) and not done.refining
 
 
 def test_view_cascade_with_a_fixed_top_scores_only_the_points_in_view():
