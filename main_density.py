@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="random Fourier features sin/cos(Bx) of the field's input (0: none, the reference)")  # fmt: skip
     mod.add_argument("--fourier_scale", type=positive_float, default=None,
                      help="standard deviation of the Fourier frequencies B")  # fmt: skip
+    mod.add_argument("--ensemble", type=positive_int, default=1,
+                     help="K fields trained side by side (flow matching: each on its own batch of --batch_size); "
+                          "the model's field is their average (docs/earth_ablation.md)")  # fmt: skip
     mod.add_argument("--charts", type=charts_arg, default=None, help="time segments (charts), or 'adaptive'")
     mod.add_argument(
         "--chart_center",

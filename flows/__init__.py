@@ -25,7 +25,7 @@ from .matching import conditional_path, flow_matching_loss
 from .mcnf import MCNF
 from .pointwise import pointwise_log_prob
 from .solver import SolverError, SolverSettings
-from .vector_field import VectorField
+from .vector_field import FieldAverage, VectorField
 
 #: ``main_density.py --model`` names: the MCNF and the paper's baselines (:mod:`flows.baselines`).
 MODELS = ("mcnf", *BASELINES)
@@ -43,6 +43,7 @@ __all__ = [
     "ChartDynamics",
     "SolverError",
     "SolverSettings",
+    "FieldAverage",
     "VectorField",
     "load_model",
     "model_from_checkpoint",

@@ -43,11 +43,13 @@ def conditional_path(manifold, x, z, t):
 def flow_matching_loss(model, x, z, t):
     """Mean Riemannian squared error ``|f(t, x_t) - u_t|^2`` of ``model.field`` over the batch.
 
-    ``x``: data ``(B, n+1)``; ``z``: base samples ``(B, n+1)``; ``t``: times ``(B,)`` in ``[0, 1]``.
+    ``x``: data ``(B, n+1)``; ``z``: base samples ``(B, n+1)``; ``t``: times ``(B,)`` in ``[0, 1]``. A field
+    average (:class:`flows.FieldAverage`) regresses each member on its own share of the batch.
     """
     M = model.manifold
     xt, ut, keep = conditional_path(M, x, z, t)
-    f = model.field(t.to(xt.dtype), xt)
+    field = getattr(model.field, "split", model.field)
+    f = field(t.to(xt.dtype), xt)
     d = f - ut
     sq = M.inner(xt, d, d)
     w = keep.to(sq.dtype)

@@ -53,7 +53,7 @@ from .flow import Flow
 from .pointwise import pointwise_flow
 from .solver import FIXED_STEP, SOLVER_METHODS, SolverError, SolverSettings, as_config, rk4_solve, time_grid
 from .solver import settings as _settings
-from .vector_field import VectorField
+from .vector_field import FieldAverage, VectorField
 
 __all__ = ["MCNF", "ChartDynamics", "SolverError", "SolverSettings", "FIXED_STEP", "SOLVER_METHODS"]
 
@@ -81,6 +81,8 @@ class MCNF(Flow):
             10 for unbounded activations on the hyperboloid, no limiter otherwise).
         fourier, fourier_scale: random Fourier features of the field's input (see
             :class:`flows.VectorField`; default none).
+        ensemble: ``K > 1`` fields of this shape, trained side by side; the model's field is their
+            average (:class:`flows.FieldAverage`; default 1, one field).
 
     ``forward(x) -> (z, delta_logp)`` with ``log p(x) = base.log_prob(z) + delta_logp``.
     """
@@ -109,6 +111,7 @@ class MCNF(Flow):
         base_n: int = 0,
         base_kappas=(),
         base_eps: float = 0.01,
+        ensemble: int = 1,
     ):
         super().__init__()
         M = get_manifold(manifold, dim) if isinstance(manifold, str) else manifold
@@ -143,8 +146,11 @@ class MCNF(Flow):
         # (r / sin r = 3.3 on the sphere) ends the fixed segment, which is redone with re-centring.
         self.chart_guard = M.chart_guard_radius
         self.n_recentred = 0
-        self.field = VectorField(M, hidden, n_hidden, activation, max_speed=max_speed, fourier=fourier,
-                                 fourier_scale=fourier_scale)  # fmt: skip
+        if int(ensemble) != ensemble or ensemble < 1:
+            raise ValueError(f"ensemble must be a positive integer, got {ensemble!r}")
+        fields = [VectorField(M, hidden, n_hidden, activation, max_speed=max_speed, fourier=fourier,
+                              fourier_scale=fourier_scale) for _ in range(int(ensemble))]  # fmt: skip
+        self.field = fields[0] if ensemble == 1 else FieldAverage(fields)
         self.dynamics = ChartDynamics(M, self.field, divergence)
         self.config = dict(
             manifold=M.name, dim=M.dim, hidden=hidden, n_hidden=n_hidden, activation=activation,
@@ -154,6 +160,8 @@ class MCNF(Flow):
         )  # fmt: skip
         if fourier:  # only when used: older checkpoints and readers see the same config as before
             self.config.update(fourier=int(fourier), fourier_scale=float(fourier_scale))
+        if ensemble > 1:
+            self.config.update(ensemble=int(ensemble))
         if not (kinetic >= 0 and jacobian >= 0):
             raise ValueError(f"kinetic and jacobian weights must be >= 0, got {kinetic}, {jacobian}")
         if (kinetic or jacobian) and divergence == "exact_autograd":
@@ -198,9 +206,9 @@ class MCNF(Flow):
             )
         with torch.no_grad():
             self.base_centers.copy_(centers.to(torch.float64))
-            last = self.field.layers[-1]
-            last.weight.zero_()
-            last.bias.zero_()
+            for f in getattr(self.field, "members", [self.field]):
+                f.layers[-1].weight.zero_()
+                f.layers[-1].bias.zero_()
         return self
 
     @property

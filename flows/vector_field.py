@@ -148,3 +148,44 @@ class VectorField(MLP):
         """Tangent vectors ``(..., n+1)`` at points ``x`` of shape ``(..., n+1)``; ``t`` a scalar or
         one time per point (see :meth:`_input`)."""
         return self.manifold.proj_field(x, self.ambient(t, x))
+
+
+class FieldAverage(nn.Module):
+    """The average ``f = (1/K) sum_k f_k`` of ``K`` vector fields trained side by side (``MCNF(ensemble=K)``).
+
+    Flow matching regresses a field onto the marginal velocity of one probability path; ``K`` fields
+    trained from different initializations (and Fourier frequencies) on independent batches of the same
+    path are ``K`` estimates of that one velocity, and their average is a better one where the estimates
+    err independently (bagging; docs/earth_ablation.md, "Fields trained side by side"). The average is an
+    ordinary vector field: its flow is one ODE, and the exact divergence is the average of the members'
+    (the projection and the divergence's closed form are linear in the network's output and its JVPs).
+    The cost of an evaluation is ``K`` members'.
+
+    Members are ``members.{k}`` (each a :class:`VectorField`). :meth:`split` evaluates member ``k`` on the
+    rows ``k, k + K, ...`` of a batch only: flow matching's loss, each member on its own share.
+    """
+
+    def __init__(self, members):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("a field average needs at least 2 members")
+        self.members = nn.ModuleList(members)
+        self.manifold = members[0].manifold
+
+    def ambient(self, t, x):
+        return sum(f.ambient(t, x) for f in self.members) / len(self.members)
+
+    def ambient_jvp(self, t, x, dirs):
+        out = [f.ambient_jvp(t, x, dirs) for f in self.members]
+        return sum(h for h, _ in out) / len(out), sum(dh for _, dh in out) / len(out)
+
+    def forward(self, t, x):
+        return self.manifold.proj_field(x, self.ambient(t, x))
+
+    def split(self, t, x):
+        """Member ``k`` at the rows ``k::K`` of ``x`` (``t``: one time per row), in the rows' order."""
+        K = len(self.members)
+        out = torch.empty_like(x)
+        for k, f in enumerate(self.members):
+            out[k::K] = f(t[k::K], x[k::K])
+        return out

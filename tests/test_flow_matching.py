@@ -254,3 +254,68 @@ def test_amp_bf16_trains_flow_matching_and_is_refused_for_mle(tmp_path):
     code = main_density.main(["--M", "Sphere", "--dataset", "1wrapped", "--amp", "bf16", "--epochs", "2", "--dev", "cpu",
                               "--quiet", "--out", str(tmp_path / "mle")])  # fmt: skip
     assert code == 2 and not (tmp_path / "mle").exists()
+
+
+@pytest.mark.parametrize("manifold", ["Sphere", "Hyperboloid"])
+def test_field_average_is_one_field_with_an_exact_divergence(manifold):
+    """MCNF(ensemble=K): the field is the mean of K members, its JVPs the mean of theirs, so the closed-form
+    divergence (and the log-density) equals autograd's; flow matching regresses member k on rows k::K."""
+    from flows import FieldAverage
+
+    torch.manual_seed(0)
+    model = MCNF(manifold, hidden=12, activation="tanh", fourier=4, fourier_scale=3.0, ensemble=3).double()
+    assert isinstance(model.field, FieldAverage) and model.config["ensemble"] == 3
+    x = model.manifold.random(6, dtype=torch.float64, scale=0.5) if manifold == "Hyperboloid" else (
+        model.manifold.random(6, dtype=torch.float64))  # fmt: skip
+    members = model.field.members
+    mean = sum(f(0.3, x) for f in members) / 3
+    torch.testing.assert_close(model.field(0.3, x), mean, atol=1e-14, rtol=0)
+    assert not torch.allclose(members[0](0.3, x), members[1](0.3, x))  # members start apart
+    dirs = torch.randn(6, 2, 3, dtype=torch.float64)
+    _, dh = model.field.ambient_jvp(0.3, x, dirs)
+    J = torch.autograd.functional.jacobian(lambda xx: model.field.ambient(0.3, xx).sum(0), x)
+    torch.testing.assert_close(dh, torch.einsum("obi,bki->bko", J, dirs), atol=1e-12, rtol=1e-10)
+    other = MCNF(manifold, hidden=12, activation="tanh", fourier=4, fourier_scale=3.0, ensemble=3,
+                 divergence="exact_autograd").double()  # fmt: skip
+    other.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model.eval().log_prob(x), other.eval().log_prob(x), atol=1e-9, rtol=1e-9)
+    t = torch.rand(6, dtype=torch.float64)
+    split = model.field.split(t, x)
+    for k in range(3):
+        torch.testing.assert_close(split[k::3], members[k](t[k::3], x[k::3]), atol=0, rtol=0)
+    # one field is the model as before: no members, no config key, the same seeded weights
+    torch.manual_seed(0)
+    one = MCNF(manifold, hidden=12, fourier=4, fourier_scale=3.0)
+    torch.manual_seed(0)
+    again = MCNF(manifold, hidden=12, fourier=4, fourier_scale=3.0, ensemble=1)
+    assert "ensemble" not in one.config and "field.layers.0.weight" in one.state_dict()
+    sd1, sd2 = one.state_dict(), again.state_dict()
+    assert list(sd1) == list(sd2) and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    with pytest.raises(ValueError, match="ensemble"):
+        MCNF(manifold, ensemble=0)
+
+
+def test_ensemble_command_line(tmp_path):
+    """--ensemble K trains K fields side by side, each on its own batch of --batch_size (the loss's batch is
+    K times as large), saves and loads as one model; a baseline refuses the flag in one line."""
+    from train.objectives import get_objective
+
+    out = tmp_path / "e2"
+    r = run("--M", "Sphere", "--dataset", "1wrapped", "--objective", "fm", "--epochs", 6, "--eval_freq", 3,
+            "--batch_size", 64, "--ensemble", 2, "--flow_hidden_size", 16, "--dev", "cpu", "--out", out, "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    model = load_model(out / "checkpoint.pt")
+    assert model.config["ensemble"] == 2 and len(model.field.members) == 2
+    assert json.loads((out / "metrics.json").read_text())["args"]["ensemble"] == 2
+    m0, m1 = (dict(f.named_parameters()) for f in model.field.members)
+    assert not torch.equal(m0["layers.0.weight"], m1["layers.0.weight"])
+
+    class Task:
+        def random_batch(self, n, generator, dtype):
+            return model.manifold.random(n, generator=generator, dtype=dtype)
+
+    (x, z, t), = get_objective("fm").epoch_batches(Task(), model, 64, torch.Generator().manual_seed(0),
+                                                   torch.float32)  # fmt: skip
+    assert len(x) == len(z) == len(t) == 128
+    one_line_error(run("--M", "Sphere", "--dataset", "1wrapped", "--model", "ncp", "--ensemble", 2, "--epochs", 2,
+                       "--dev", "cpu", "--out", tmp_path / "ncp"), "--ensemble")  # fmt: skip

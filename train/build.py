@@ -28,7 +28,7 @@ def build_model(m: ModelSettings, s: SolverSettings):
         return MCNF(
             m.manifold, dim=m.dim, hidden=m.hidden, n_hidden=m.n_hidden, charts=m.charts,
             activation=m.activation, max_speed=m.max_speed, fourier=m.fourier,
-            fourier_scale=m.fourier_scale, kinetic=m.kinetic, jacobian=m.jacobian,
+            fourier_scale=m.fourier_scale, ensemble=m.ensemble, kinetic=m.kinetic, jacobian=m.jacobian,
             chart_center=m.chart_center, conc=m.conc, divergence=m.divergence,
             train_solver=dict(method=s.method, atol=s.atol, rtol=s.rtol, step_size=s.step_size, adjoint=s.adjoint),
             eval_solver=dict(method="dopri5", atol=s.eval_tol, rtol=s.eval_tol),

@@ -138,7 +138,7 @@ MLE_ONLY = (
 #: Flags that only mean something for the MCNF (its ODE, charts, field and base); a baseline
 #: (``--model whc|prnvp|ncp``) refuses them when given explicitly.
 MCNF_ONLY = (*MLE_ONLY, "charts", "chart_center", "divergence", "eval_tol", "max_speed", "fourier",
-             "fourier_scale", "conc")  # fmt: skip
+             "fourier_scale", "ensemble", "conc")  # fmt: skip
 #: Flags of the baselines only.
 BASELINE_ONLY = ("blocks", "components")
 

@@ -59,8 +59,9 @@ class RiemannianFlowMatching(Objective):
 
         ``paired`` (``--coupling paired``, with the KDE base): each base point is a kernel draw at its own
         data point, so the conditional paths are short; the base marginal is still the KDE exactly,
-        because the data are drawn uniformly from the KDE's centres (the training split)."""
-        x = task.random_batch(batch_size, generator, dtype)
+        because the data are drawn uniformly from the KDE's centres (the training split). A field average
+        (``--ensemble K``) draws ``K`` batches at once, one per member (:func:`flows.flow_matching_loss`)."""
+        x = task.random_batch(batch_size * model.config.get("ensemble", 1), generator, dtype)
         if paired:
             z = model.base().sample_around(x.double(), generator)
         else:

@@ -90,7 +90,12 @@ def parameters(args) -> int:
         return int(args.blocks) * (
             (n + 1) * H + (L - 1) * (H * H + H) + H * 3 * (n + 1) * int(args.components or 1)
         )
-    return mlp
+    return mlp * _members(args)
+
+
+def _members(args) -> int:
+    """Fields of the MCNF (``--ensemble``): parameters and per-point work grow with them."""
+    return int(getattr(args, "ensemble", 1) or 1)
 
 
 def per_point_eval_bytes(args, training: bool) -> int:
@@ -98,10 +103,11 @@ def per_point_eval_bytes(args, training: bool) -> int:
     n, H, L, F, pbytes, gbytes = _sizes(args)
     if getattr(args, "model", "mcnf") != "mcnf":
         return 8 * int(args.blocks) * (H * L + 4 * (n + 1)) * pbytes
+    E = _members(args)
     if training and not get_objective(args.objective).solves_ode:
-        return 8 * (H * L + 2 * F + n + 1) * pbytes
+        return 8 * (H * L + 2 * F + n + 1) * pbytes * E
     k = 2 if (training and args.divergence == "hutchinson") else n + 1
-    return 8 * n * (n + 1) * gbytes + 4 * k * (H * L + 2 * F) * pbytes
+    return 8 * n * (n + 1) * gbytes + 4 * k * (H * L + 2 * F) * pbytes * E
 
 
 def retained_evaluations(args) -> int:
@@ -137,6 +143,7 @@ _KNOBS = (
     "flow_hidden_size",
     "n_hidden",
     "fourier",
+    "ensemble",
     "blocks",
     "components",
     "charts",
@@ -157,7 +164,7 @@ def check_memory(args, device, world: int = 1):
     # the flag whose default would save the most
     from argparse import Namespace
 
-    defaults = dict(dim=2, batch_size=200, flow_hidden_size=32, n_hidden=3, fourier=0, blocks=8, components=8,
+    defaults = dict(dim=2, batch_size=200, flow_hidden_size=32, n_hidden=3, fourier=0, ensemble=1, blocks=8, components=8,
                     charts=4, step_size=0.25)  # fmt: skip
     best, saved = None, 0
     for k in _KNOBS:

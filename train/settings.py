@@ -30,6 +30,7 @@ class ModelSettings:
     max_speed: float | None
     fourier: int
     fourier_scale: float
+    ensemble: int
     kinetic: float
     jacobian: float
     blocks: int
@@ -103,7 +104,7 @@ _RENAMED = {
     ModelSettings: dict(kind="model", manifold="M", hidden="flow_hidden_size"),
     SolverSettings: dict(method="solver", guard_tol="solver_guard"),
 }
-_DEFAULTS = dict(kind="mcnf", blocks=8, components=8, base="default", base_n=None, base_kappas=None,
+_DEFAULTS = dict(kind="mcnf", ensemble=1, blocks=8, components=8, base="default", base_n=None, base_kappas=None,
                  amp="off", coupling="independent", compile="off", guard_freq=100, out=None, resume=None,
                  stop_after=None, quiet=False)  # fmt: skip
 
