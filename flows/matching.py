@@ -48,8 +48,7 @@ def flow_matching_loss(model, x, z, t):
     """
     M = model.manifold
     xt, ut, keep = conditional_path(M, x, z, t)
-    field = getattr(model.field, "split", model.field)
-    f = field(t.to(xt.dtype), xt)
+    f = model.field.split(t.to(xt.dtype), xt)
     d = f - ut
     sq = M.inner(xt, d, d)
     w = keep.to(sq.dtype)

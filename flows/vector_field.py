@@ -149,6 +149,10 @@ class VectorField(MLP):
         one time per point (see :meth:`_input`)."""
         return self.manifold.proj_field(x, self.ambient(t, x))
 
+    #: flow matching's loss evaluates a field with ``split`` (:class:`FieldAverage`: each member on its
+    #: share of the batch); one field's share is the whole batch
+    split = forward
+
 
 class FieldAverage(nn.Module):
     """The average ``f = (1/K) sum_k f_k`` of ``K`` vector fields trained side by side (``MCNF(ensemble=K)``).
