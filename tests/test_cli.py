@@ -230,5 +230,5 @@ def test_help_states_every_effective_default():
     text = " ".join(main_density.build_parser().format_help().split())
     assert "default: None" not in text
     assert "Adam learning rate (default: 0.001 (Torus: 0.01); --objective fm: 0.002)" in text
-    assert "(default: 1/4; --reference_settings: 1/16 / none)" in text
+    assert "(default: 1/3 (Sphere) / 1/4 (Hyperboloid); --reference_settings: 1/16 / none)" in text
     assert "shipped data/events" in text

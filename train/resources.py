@@ -165,7 +165,7 @@ def check_memory(args, device, world: int = 1):
     from argparse import Namespace
 
     defaults = dict(dim=2, batch_size=200, flow_hidden_size=32, n_hidden=3, fourier=0, ensemble=1, blocks=8, components=8,
-                    charts=4, step_size=0.25)  # fmt: skip
+                    charts=3, step_size=0.25)  # fmt: skip
     best, saved = None, 0
     for k in _KNOBS:
         v = getattr(args, k, None)
