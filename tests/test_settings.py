@@ -30,7 +30,8 @@ def test_settings_are_frozen_groups_of_the_resolved_flags():
     assert isinstance(s, Settings)
     assert (s.model.manifold, s.model.hidden, s.model.activation) == ("Sphere", 128, "silu")  # the fm preset
     assert (s.optim.optimizer, s.optim.lr, s.optim.ema, s.optim.epochs) == ("adamw", 2e-3, 0.999, 5000)
-    assert s.solver.method == "rk4" and s.solver.step_size == 1 / 3 and s.run.dataset == "4wrapped"  # the sphere's default
+    # the sphere's default step
+    assert s.solver.method == "rk4" and s.solver.step_size == 1 / 3 and s.run.dataset == "4wrapped"
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.optim.lr = 1.0
     t = resolved("--M", "Hyperboloid", "--dataset", "5gaussians", "--lr", "1e-2", "--flow_hidden_size", "16")
