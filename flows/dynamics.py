@@ -138,4 +138,8 @@ def _compiled_chart_divergence():
     fails, and the weights are read from the field passed in, so no model runs with another's
     weights (tests/test_speed.py checks two compiled models side by side).
     """
+    # inductor imports torch.jit's deprecated script_method: torch's business, not the
+    # user's, so its DeprecationWarning is not printed to every compiled run (it is the only one filtered)
+    warnings.filterwarnings("ignore", message=r".*script_method.*deprecated", category=DeprecationWarning,
+                            module=r"torch\.jit")  # fmt: skip
     return torch.compile(div_mod.chart_divergence)
