@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     earth.add_argument("--coupling", choices=["independent", "paired"], default=None,
                        help="flow matching's pairs of data and base points: independent, or paired (a kernel "
                             "draw at each data point; needs --base kde)")  # fmt: skip
+    earth.add_argument("--target_kappa", type=nonneg_float, default=0.0, metavar="KAPPA",
+                       help="flow matching on S^2: regress onto each data point jittered by a von Mises-Fisher "
+                            "kernel of this concentration, i.e. onto the training split smoothed by that kernel "
+                            "(a regularizer against memorizing the events; 0: the events themselves)")  # fmt: skip
     earth.add_argument("--kde_kappas", dest="base_kappas", type=positive_float, nargs="+", default=None,
                        metavar="KAPPA", help="--base kde: these concentrations instead of the ladder chosen on "
                        "validation (a kernel of concentration k has an angular scale 1/sqrt(k); 400 is about "

@@ -319,3 +319,39 @@ def test_ensemble_command_line(tmp_path):
     assert len(x) == len(z) == len(t) == 128
     one_line_error(run("--M", "Sphere", "--dataset", "1wrapped", "--model", "ncp", "--ensemble", 2, "--epochs", 2,
                        "--dev", "cpu", "--out", tmp_path / "ncp"), "--ensemble")  # fmt: skip
+
+
+def test_target_kappa_smooths_the_targets_and_keeps_the_other_draws():
+    """--target_kappa K: the regression targets are vMF(K) draws at the data points (mean cosine to their
+    event A_3(K) = coth K - 1/K), while the base points, times and the events drawn are those of an
+    unsmoothed run with the same generator (the jitter is drawn last)."""
+    from train.objectives import get_objective
+
+    model = MCNF("Sphere", hidden=8)
+    events = model.manifold.random(4000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    class Task:  # the events in order: a batch of n is the first n of them
+        def random_batch(self, n, generator, dtype):
+            torch.rand(1, generator=generator)  # a draw of the generator, as a real split's sampling makes
+            return events[:n].to(dtype)
+
+    fm = get_objective("fm")
+    (x0, z0, t0), = fm.epoch_batches(Task(), model, 4000, torch.Generator().manual_seed(0), torch.float64)  # fmt: skip
+    (x1, z1, t1), = fm.epoch_batches(Task(), model, 4000, torch.Generator().manual_seed(0), torch.float64,
+                                     smooth=400.0)  # fmt: skip
+    assert torch.equal(x0, events) and torch.equal(z0, z1) and torch.equal(t0, t1)
+    assert torch.allclose(x1.norm(dim=-1), torch.ones(4000, dtype=torch.float64))
+    cos = (x1 * events).sum(-1)
+    assert abs(cos.mean().item() - (1 / math.tanh(400) - 1 / 400)) < 5e-4  # 0.9975, stderr ~4e-5
+    assert (cos < 1).all()  # every target moved
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["--M", "Hyperboloid", "--dataset", "1wrapped", "--objective", "fm"], "S^2"),
+     (["--M", "Sphere", "--dataset", "1wrapped"], "flow matching")],
+)  # fmt: skip
+def test_target_kappa_is_refused_where_it_has_no_meaning(tmp_path, args, needle):
+    one_line_error(
+        run(*args, "--target_kappa", 100, "--epochs", 2, "--dev", "cpu", "--out", tmp_path / "r"), needle
+    )

@@ -272,6 +272,14 @@ def fill_objective(args, earth: bool, resuming: bool = False):
         raise UserError(
             f"--coupling pairs flow matching's data and base points, not --objective {args.objective}'s"
         )
+    if getattr(args, "target_kappa", 0) and objective.solves_ode:
+        raise UserError(
+            f"--target_kappa smooths flow matching's regression targets, not --objective {args.objective}'s"
+        )
+    if getattr(args, "target_kappa", 0) and (args.M != "Sphere" or args.dim != 2):
+        raise UserError(
+            f"--target_kappa draws von Mises-Fisher kernels on S^2, not on {args.M} of --dim {args.dim}"
+        )
     if args.coupling == "paired" and getattr(args, "base", "default") != "kde":
         raise UserError("--coupling paired draws each base point at its data point: it needs --base kde")
     if args.contsave and args.dim != 2:

@@ -298,7 +298,7 @@ class Trainer(Checkpointing, Evaluation, Outputs):
         """One epoch's batches, each a tuple of the loss's arguments (:mod:`train.objectives`)."""
         return self.objective.epoch_batches(
             self.task, self.model, self.settings.optim.batch_size, self.train_gen, self.dtype,
-            paired=self.settings.optim.coupling == "paired",
+            paired=self.settings.optim.coupling == "paired", smooth=self.settings.optim.target_kappa,
         )  # fmt: skip
 
     def fail(self, epoch, err, what=""):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from manifolds.distributions import vmf_s2_around
+
 from .build import FlowMatching, MeanNLL
 
 
@@ -27,7 +29,9 @@ class Objective:
     def loss(self, model) -> torch.nn.Module:
         raise NotImplementedError
 
-    def epoch_batches(self, task, model, batch_size, generator, dtype, paired=False) -> list[tuple]:
+    def epoch_batches(
+        self, task, model, batch_size, generator, dtype, paired=False, smooth=0.0
+    ) -> list[tuple]:
         """One epoch's batches, each a tuple of the loss module's arguments."""
         raise NotImplementedError
 
@@ -40,7 +44,7 @@ class MaximumLikelihood(Objective):
     def loss(self, model):
         return MeanNLL(model)
 
-    def epoch_batches(self, task, model, batch_size, generator, dtype, paired=False):
+    def epoch_batches(self, task, model, batch_size, generator, dtype, paired=False, smooth=0.0):
         """A fresh batch of the true density (the reference), or one pass over an Earth training split."""
         return [(x,) for x in task.train_batches(batch_size, generator, dtype)]
 
@@ -54,19 +58,28 @@ class RiemannianFlowMatching(Objective):
     def loss(self, model):
         return FlowMatching(model)
 
-    def epoch_batches(self, task, model, batch_size, generator, dtype, paired=False):
+    def epoch_batches(self, task, model, batch_size, generator, dtype, paired=False, smooth=0.0):
         """One batch of data (drawn with replacement from a finite split), base points and times.
 
         ``paired`` (``--coupling paired``, with the KDE base): each base point is a kernel draw at its own
         data point, so the conditional paths are short; the base marginal is still the KDE exactly,
         because the data are drawn uniformly from the KDE's centres (the training split). A field average
-        (``--ensemble K``) draws ``K`` batches at once, one per member (:func:`flows.flow_matching_loss`)."""
+        (``--ensemble K``) draws ``K`` batches at once, one per member (:func:`flows.flow_matching_loss`).
+
+        ``smooth`` ``kappa > 0`` (``--target_kappa``, S^2): each data point is replaced by a vMF draw of
+        concentration ``kappa`` around it, so that the field is regressed onto the training split smoothed by
+        that kernel (a kernel density estimate) instead of onto the events themselves, which a flexible field
+        learns to memorize. The base points are drawn first, at the events (the paired base marginal stays the
+        KDE exactly); the jitter is drawn last, so the other draws are those of an unsmoothed run."""
         x = task.random_batch(batch_size * model.config.get("ensemble", 1), generator, dtype)
         if paired:
             z = model.base().sample_around(x.double(), generator)
         else:
             z = model.sample_base(len(x), generator, torch.float64, torch.device("cpu"))
         t = torch.rand(len(x), generator=generator, dtype=torch.float64)
+        if smooth:
+            kappa = torch.full((len(x),), float(smooth), dtype=torch.float64)
+            x = vmf_s2_around(x.double(), kappa, generator).to(x.dtype)
         return [(x, z, t)]
 
 

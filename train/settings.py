@@ -68,6 +68,7 @@ class OptimSettings:
     epochs: int
     amp: str
     coupling: str
+    target_kappa: float
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ _RENAMED = {
     SolverSettings: dict(method="solver", guard_tol="solver_guard"),
 }
 _DEFAULTS = dict(kind="mcnf", ensemble=1, blocks=8, components=8, base="default", base_n=None, base_kappas=None,
-                 amp="off", coupling="independent", compile="off", guard_freq=100, out=None, resume=None,
+                 amp="off", coupling="independent", target_kappa=0.0, compile="off", guard_freq=100, out=None, resume=None,
                  stop_after=None, quiet=False)  # fmt: skip
 
 
