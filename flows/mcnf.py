@@ -376,7 +376,7 @@ class MCNF(Flow):
         sampling and figures stay eager (their batch sizes and dtypes vary). The compiled graphs
         fuse the ~150 small tensor operations of one evaluation (forward and backward) into a few
         loops; the numbers agree with the eager ones to float rounding. The first training steps pay
-        the compilation (one CPU thread: 19-21 s with an empty inductor cache, 2.5-2.7 s with a warm
+        the compilation (one CPU thread: 20-29 s with an empty inductor cache, 3.0-3.5 s with a warm
         one); docs/benchmark.md has the measured trade-off.
         Returns ``self``. (``nn.Module.compile`` would instead wrap the whole forward, chart
         bookkeeping and solver included, which Dynamo cannot trace as one graph.)

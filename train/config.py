@@ -153,10 +153,10 @@ BASELINE_ONLY = ("blocks", "components")
 RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save", "contsave", "save_freq",
              "samples", "res", "resume", "test_size", "data_dir", "overwrite", "compile", "guard_freq"}  # fmt: skip
 #: ``--compile auto`` compiles the training ODE function for runs of at least this many epochs.
-#: Measured on one CPU thread (docs/benchmark.md): the compilation costs 26 s (sphere) / 29 s
-#: (hyperboloid) with an empty inductor cache and 3.4 / 3.9 s once the cache holds it, and saves
-#: 0.023 / 0.029 s of a default training step (0.049 -> 0.026, 0.052 -> 0.023). So it pays for
-#: itself after about 1100 / 1000 epochs the first time on a machine, and after about 150 later.
+#: Measured on one CPU thread (docs/benchmark.md, 2026-12-03, the sphere at 3 charts x 1/3): the compilation
+#: costs 20 s (sphere) / 29 s (hyperboloid) with an empty inductor cache and 3.5 / 3.0 s once the cache holds
+#: it, and saves 0.022 / 0.027 s of a default training step (0.046 -> 0.024, 0.053 -> 0.026). So it pays for
+#: itself after about 900 / 1100 epochs the first time on a machine, and after about 150 / 110 later.
 COMPILE_MIN_EPOCHS = 1000
 #: Upper bounds on sizes (beyond them a run would exhaust memory or never finish): one-line errors.
 LIMITS = {
