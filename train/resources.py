@@ -164,8 +164,12 @@ def check_memory(args, device, world: int = 1):
     # the flag whose default would save the most
     from argparse import Namespace
 
+    from .config import DEFAULT_SETTINGS, GENERIC_SETTINGS
+
+    # the run's manifold's own solver defaults
+    solver = DEFAULT_SETTINGS.get(getattr(args, "M", None), GENERIC_SETTINGS)
     defaults = dict(dim=2, batch_size=200, flow_hidden_size=32, n_hidden=3, fourier=0, ensemble=1, blocks=8, components=8,
-                    charts=3, step_size=0.25)  # fmt: skip
+                    charts=solver["charts"], step_size=solver["step_size"])  # fmt: skip
     best, saved = None, 0
     for k in _KNOBS:
         v = getattr(args, k, None)
