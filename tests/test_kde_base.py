@@ -103,6 +103,37 @@ def test_budget_sets_the_steps_of_earth_flow_matching():
     assert resolved(dataset="flood", epochs=500) == (500, 900)
 
 
+def test_a_budget_of_its_own_for_one_catalogue():
+    """Flood's long budget is three fields of its default steps averaged (``--ensemble 3``), not one field
+    trained three times as long; an explicit flag still wins, and the other budgets and catalogues keep one."""
+    from train.config import fill_objective
+
+    def resolved(**flags):
+        base = dict(objective="fm", M="Sphere", dim=2, lr_schedule=None, epochs=10, eval_freq=1, conc=None,
+                    contsave=False, amp="off", budget="default", dataset="flood", ensemble=1)  # fmt: skip
+        a = types.SimpleNamespace(**{**base, **flags}, explicit=set(flags) - {"budget", "dataset"})
+        fill_objective(a, earth=True)
+        return a.epochs, a.eval_freq, a.ensemble, a.fourier_scale
+
+    assert resolved() == (9_000, 900, 1, 15.0)
+    assert resolved(budget="long") == (9_000, 900, 3, 15.0)
+    assert resolved(budget="long", ensemble=2) == (9_000, 900, 2, 15.0)
+    assert resolved(budget="long", epochs=300) == (300, 900, 3, 15.0)
+    assert resolved(budget="long", dataset="earthquake") == (30_000, 3_000, 3, 15.0)
+    assert resolved(budget="long", dataset="fire") == (180_000, 18_000, 1, 30.0)
+
+
+def test_flood_s_long_budget_trains_three_fields(tmp_path):
+    """The command line resolves flood's ``--budget long`` to a model of three fields (saved, loaded, scored)."""
+    out = tmp_path / "fl"
+    r = run("--M", "Sphere", "--dataset", "flood", "--objective", "fm", "--budget", "long", "--epochs", 2,
+            "--eval_freq", 2, "--flow_hidden_size", 16, "--fourier", 8, "--dev", "cpu", "--out", out, "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["args"]["ensemble"] == 3 and m["args"]["budget"] == "long" and math.isfinite(m["test_nll"])
+    assert len(load_model(out / "checkpoint.pt").field.members) == 3
+
+
 def test_a_catalogue_s_own_settings_replace_the_earth_preset_and_flags_win(monkeypatch):
     import train.config as config
 

@@ -115,9 +115,15 @@ def _mle_presets(manifold: str) -> dict:
 #: Validation NLL of split 0: volcano -6.568 at 60,000 steps (30,000: -6.270), fire -1.412 (-1.343 at
 #: 36,000); flood overfits after 6,000 steps at every Fourier scale tried: 9,000 steps with scale 15 0.475
 #: (30,000 with the preset's 30: 0.524); earthquake peaks at 18,000-21,000 of 30,000: scale 15 -0.235 (30: -0.203).
+#: A key named after a budget holds that budget's own entries. Flood's and earthquake's long budget spend their
+#: three times the steps on three fields of their default budget averaged (``--ensemble 3``: 9,000 and 30,000
+#: steps), not on one field trained longer (both overfit; docs/earth_ablation.md, "Fields trained side by side"):
+#: flood's validation NLL per split 0-4 0.457 / 0.492 / 0.460 / 0.450 / 0.517 against 0.467 / 0.496 / 0.478 /
+#: 0.470 / 0.546 for 27,000 steps of one field; earthquake split 0 -0.281 and -0.284 (two seeds) against -0.259
+#: for 90,000 steps of one field (its five splits: docs/earth_fm_kde_long.md).
 EARTH_DATASETS = {
-    "earthquake": dict(steps=0.5, fourier_scale=15.0),
-    "flood": dict(steps=0.15, fourier_scale=15.0),
+    "earthquake": dict(steps=0.5, fourier_scale=15.0, long=dict(steps=0.5 / 3, ensemble=3)),
+    "flood": dict(steps=0.15, fourier_scale=15.0, long=dict(steps=0.05, ensemble=3)),
 }
 
 #: Per objective (:mod:`train.objectives`): its presets, from (Earth data?, manifold).
@@ -230,14 +236,15 @@ def fill_objective(args, earth: bool, resuming: bool = False):
         raise UserError(f"--amp {args.amp} covers flow matching's training step; --objective {args.objective} "
                         "differentiates an ODE solve whose log-determinant bfloat16 would swamp")  # fmt: skip
     table = OBJECTIVE_PRESETS[objective.name](earth, args.M)
+    budget = getattr(args, "budget", "default")
     own = EARTH_DATASETS.get(args.dataset, {}) if earth and not objective.solves_ode else {}
+    own = {**{k: v for k, v in own.items() if k not in BUDGETS}, **own.get(budget, {})}
     table = {**table, **{k: v for k, v in own.items() if k != "steps"}}
     for k, v in table.items():
         if k not in args.explicit and (not resuming or getattr(args, k, None) is None):
             setattr(args, k, v)
     if "base" in args.explicit and "base_kappas" not in args.explicit and not resuming:
         args.base_kappas = None  # an explicit --base kde: its ladder is chosen on validation (the trainer)
-    budget = getattr(args, "budget", "default")
     if budget != "default" and not (earth and not objective.solves_ode):
         raise UserError(f"--budget {budget} sets the steps of flow matching on Earth data (--objective fm "
                         "--dataset volcano|earthquake|flood|fire); elsewhere give --epochs")  # fmt: skip
