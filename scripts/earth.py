@@ -606,6 +606,8 @@ def write(path, results, a, reused: int = 0):
         epochs = ms[0]["epochs"]
         bs = ms[0]["batch_size"] if "batch_size" in ms[0] else ms[0]["args"]["batch_size"]
         steps = epochs if fm else epochs * math.ceil(ms[0]["n_train"] / bs)
+        fields = ms[0].get("settings", {}).get("ensemble", 1) or 1  # --ensemble K: K fields of `steps` each
+        steps = f"{steps} x {fields} fields" if fields > 1 else steps
         wall = [m["wall_seconds"] for m in ms if "wall_seconds" in m]
         wall_s = f"{statistics.mean(wall):.0f}" if wall else ""
         lines.append(f"| {ds} | {ms[0]['n_train']} | {len(ms)} | {epochs} ({steps}) | "

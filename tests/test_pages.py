@@ -198,3 +198,17 @@ def test_earth_page_takes_runs_of_an_earlier_session_from_its_record_only_under_
     earth.records_path(md).write_text('{"not": "a list"}')
     with pytest.raises(ValueError, match="list of run records"):
         earth.main(argv)
+
+
+def test_an_ensemble_s_steps_are_shown_per_field(tmp_path):
+    """A catalogue trained with --ensemble K (flood's and earthquake's long budget) shows its steps as K fields
+    of that many steps each, not as one field's."""
+    a = Namespace(objective="fm", extra=["--budget", "long"], dev="cpu", jobs=2, integral_samples=10,
+                  integral_centers=5, res=10, integral_seeds=None, figures="", seeds=[0, 1], note="")  # fmt: skip
+    results = {ds: [dict(test_nll=0.5 + d, epochs=9000, batch_size=512, n_train=70, train_seconds=600.0,
+                         settings={"ensemble": k}, cmd="python main_density.py") for d in (-0.1, 0.1)]
+               for ds, k in (("flood", 3), ("fire", 1))}  # fmt: skip
+    earth.write(tmp_path / "p.md", results, a)
+    rows = {line.split("|")[1].strip(): line for line in (tmp_path / "p.md").read_text().splitlines()
+            if line.startswith("| flood") or line.startswith("| fire")}  # fmt: skip
+    assert "| 9000 (9000 x 3 fields) |" in rows["flood"] and "| 9000 (9000) |" in rows["fire"]
