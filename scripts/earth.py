@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -70,6 +71,15 @@ RECORD_KEYS = ("dataset", "seed", "cmd", "settings", "n_train", "epochs", "batch
                "map_peaks_rescored", "map_peak_err", "map_cells_rescored", "map_rescore_err", "map_cells_refined",
                "map_err_test_drawn", "score_tol",
                "test_nll_score", "test_nll_tight")  # fmt: skip
+
+
+def dataset_res(text: str) -> tuple[str, int]:
+    """``DATASET=RES`` of ``--res_of``: a catalogue's own map resolution (argparse type)."""
+    ds, _, res = text.partition("=")
+    if ds not in DATASETS or not res.isdigit() or int(res) < 2:
+        raise argparse.ArgumentTypeError(f"expected DATASET=RES with DATASET one of {', '.join(DATASETS)} and RES an "
+                                         f"integer >= 2, got {text!r}")  # fmt: skip
+    return ds, int(res)
 
 
 def records_path(md) -> Path:
@@ -139,6 +149,9 @@ def main(argv=None):
     p.add_argument("--res", type=int, default=None,
                    help="map resolution (res x res grid; default 300, 150 for fm, whose maps need a finer "
                         "step, calibrated against the scoring solver)")  # fmt: skip
+    p.add_argument("--res_of", nargs="+", default=[], metavar="DATASET=RES", type=dataset_res,
+                   help="a dataset's own map resolution (e.g. flood=120: a model whose cells cost more, such as "
+                        "--ensemble 3's, kept within the 2 minutes a map may take)")  # fmt: skip
     p.add_argument("extra", nargs="*", help="further main_density.py flags, after --")
     a = p.parse_args(argv)
     import torch
@@ -148,6 +161,7 @@ def main(argv=None):
 
     fm = not get_objective(a.objective).solves_ode  # flow matching: its own pages, folders and budgets
     a.res = a.res or (150 if fm else 300)
+    a.res_of = dict(a.res_of)
     a.runs = a.runs or ("results/earth_fm" if fm else "results/earth")
     a.md = a.md or ("docs/earth_fm.md" if fm else "docs/earth.md")
     jobs = []  # (dataset, seed, out, command, n_train)
@@ -232,9 +246,11 @@ def main(argv=None):
             # a map's record without its figure, or of a map drawn before each cell was solved on its own
             # and every cell in view was the scoring solve's: draw it again
             # (and since 2026-12-03: before the finer step tried first, which also measures the map as drawn)
-            if not fig.is_file() or "map_err_test_drawn" not in drawn:
+            # and a map of another resolution than the one asked for
+            res = a.res_of.get(ds, a.res)
+            if not fig.is_file() or "map_err_test_drawn" not in drawn or drawn.get("map_res", res) != res:
                 (out / "map.json").unlink(missing_ok=True)
-            draw = lambda out=out, ds=ds, fig=fig, seed=seed: draw_map(out, ds, fig, a.res, a.data_dir, seed)  # noqa: E731
+            draw = functools.partial(draw_map, out, ds, fig, res, a.data_dir, seed)
             m.update(cached(out, "map.json", draw))
         m["cmd"] = command
         m["n_train"] = n_train
@@ -565,9 +581,11 @@ def write(path, results, a, reused: int = 0):
     fm = not get_objective(a.objective).solves_ode  # flow matching: its own pages, folders and budgets
     extra = f" -- {shlex.join(a.extra)}" if a.extra else ""
     data_flag = "--data_dir DIR " if getattr(a, "data_dir", None) else ""
+    res_of = {ds: r for ds, r in sorted(getattr(a, "res_of", {}).items()) if ds in results}
     if fm:
         command = (f"python -m scripts.earth --objective fm {data_flag}--dev {a.dev} --jobs {a.jobs} "
                    f"--integral_samples {a.integral_samples} --integral_centers {a.integral_centers} --res {a.res} "
+                   + (f"--res_of {' '.join(f'{k}={v}' for k, v in res_of.items())} " if res_of else "")
                    + ("" if a.integral_seeds is None else f"--integral_seeds {' '.join(map(str, a.integral_seeds))} ")
                    + ("" if a.figures else "--figures '' ")
                    +

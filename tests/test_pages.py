@@ -212,3 +212,22 @@ def test_an_ensemble_s_steps_are_shown_per_field(tmp_path):
     rows = {line.split("|")[1].strip(): line for line in (tmp_path / "p.md").read_text().splitlines()
             if line.startswith("| flood") or line.startswith("| fire")}  # fmt: skip
     assert "| 9000 (9000 x 3 fields) |" in rows["flood"] and "| 9000 (9000) |" in rows["fire"]
+
+
+def test_a_dataset_s_own_map_resolution_is_parsed_and_named_in_the_page_s_command(tmp_path):
+    import argparse
+
+    import pytest
+
+    assert earth.dataset_res("flood=120") == ("flood", 120)
+    for bad in ("flood", "mars=100", "flood=1", "flood=1e2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="DATASET=RES"):
+            earth.dataset_res(bad)
+    a = Namespace(objective="fm", extra=[], dev="cpu", jobs=2, integral_samples=10, integral_centers=5, res=150,
+                  res_of={"flood": 120, "earthquake": 100}, integral_seeds=None, figures="", seeds=[0], note="")  # fmt: skip
+    results = {ds: [dict(test_nll=0.5, epochs=10, batch_size=8, n_train=70, train_seconds=1.0, cmd="python x")]
+               for ds in ("flood", "fire")}  # fmt: skip
+    earth.write(tmp_path / "p.md", results, a)
+    # only the datasets on the page, in a fixed order
+    text = (tmp_path / "p.md").read_text()
+    assert "--res 150 --res_of flood=120 " in text and "--datasets flood fire" in text
