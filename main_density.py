@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="standard deviation of the Fourier frequencies B")  # fmt: skip
     mod.add_argument("--ensemble", type=positive_int, default=1,
                      help="K fields trained side by side (flow matching: each on its own batch of --batch_size); "
-                          "the model's field is their average (docs/earth_ablation.md); flood's --budget long: 3")  # fmt: skip
+                          "the model's field is their average (docs/earth_ablation.md); --budget long of flood and earthquake: 3")  # fmt: skip
     mod.add_argument("--charts", type=charts_arg, default=None, help="time segments (charts), or 'adaptive'")
     mod.add_argument(
         "--chart_center",
@@ -212,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     earth.add_argument("--budget", choices=["default", "long"], default="default",
                        help="flow matching on Earth data: default 60,000 steps (at most 10 CPU-minutes per "
                             "split on one thread), long 180,000; catalogues that overfit sooner take a fraction, "
-                            "chosen on their validation split (earthquake 0.5, flood 0.15; flood's long budget: "
-                            "three fields of its default steps averaged, --ensemble 3; train/config.py "
+                            "chosen on their validation split (earthquake 0.5, flood 0.15; their long budget: "
+                            "three fields of their default steps averaged, --ensemble 3; train/config.py "
                             "EARTH_DATASETS); --epochs overrides")  # fmt: skip
     earth.add_argument("--base", choices=["default", "kde"], default="default",
                        help="the flow's base distribution: the manifold's own (--conc), or kde: a multiscale "
