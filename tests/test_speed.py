@@ -17,7 +17,7 @@ from test_cli import FAST, run
 
 import flows.dynamics as dynamics_mod
 from flows import MCNF
-from train.config import COMPILE_MIN_EPOCHS, DEFAULT_SOLVER_GUARD, resolve_compile
+from train.config import COMPILE_MIN_EPOCHS, COMPILE_MIN_EPOCHS_WARM, DEFAULT_SOLVER_GUARD, resolve_compile
 from utils import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,11 @@ def test_compile_auto_rule():
     cpu = torch.device("cpu")
     has_cxx = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
     assert resolve_compile(_args(), COMPILE_MIN_EPOCHS, cpu) == bool(has_cxx)
-    assert not resolve_compile(_args(), COMPILE_MIN_EPOCHS - 1, cpu)  # the demo's 300 epochs stay eager
+    assert not resolve_compile(_args(), COMPILE_MIN_EPOCHS - 1, cpu)  # the demo's 300 epochs stay eager...
+    # ... unless inductor's cache holds the run's graph (train/compile_cache.py)
+    assert resolve_compile(_args(), COMPILE_MIN_EPOCHS_WARM, cpu, warm=True) == bool(has_cxx)
+    assert not resolve_compile(_args(), COMPILE_MIN_EPOCHS_WARM - 1, cpu, warm=True)
+    assert not resolve_compile(_args(compile="off"), 10**5, cpu, warm=True)
     assert not resolve_compile(_args(objective="fm"), 10**5, cpu)
     assert not resolve_compile(_args(divergence="exact_autograd"), 10**5, cpu)
     assert resolve_compile(_args(compile="on"), 1, cpu)
@@ -314,3 +318,42 @@ def test_cpu_training_flushes_subnormal_floats(tmp_path):
     if float(line[1]) == 0.0:
         pytest.skip("this CPU flushes subnormal floats already")
     assert float(line[1]) > 0 and float(line[2]) == 0.0, line
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="auto needs a C++ compiler"
+)
+def test_compile_auto_compiles_short_runs_once_the_cache_is_warm(tmp_path, monkeypatch):
+    # a run that compiled leaves a marker beside inductor's cache; a later run with the same graph (same
+    # configuration, dtype, batch) compiles from COMPILE_MIN_EPOCHS_WARM epochs, any other stays eager.
+    # Inductor itself is replaced by the eager function here (its cost is docs/benchmark.md's business).
+    import main_density
+    from flows import divergence as div_mod
+    from train import compile_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(dynamics_mod, "_compiled_chart_divergence", lambda: div_mod.chart_divergence)
+    common = ["--M", "Hyperboloid", "--dataset", "1wrapped", "--dev", "cpu", "--batch_size", "16",
+              "--n_hidden", "1", "--flow_hidden_size", "8", *FAST]  # fmt: skip
+
+    calls, compile_ode = [], MCNF.compile_ode
+    monkeypatch.setattr(
+        MCNF, "compile_ode", lambda self, enable=True: calls.append(enable) or compile_ode(self, enable)
+    )
+
+    def compiled(name, *args):
+        calls.clear()
+        assert main_density.main([*common, *map(str, args), "--out", str(tmp_path / name)]) == 0
+        return calls == [True]
+
+    markers = tmp_path / "inductor" / "mcnf_compiled"
+    warm = ("--epochs", COMPILE_MIN_EPOCHS_WARM, "--stop_after", 1)
+    assert not compiled("cold", *warm) and not markers.exists()  # nothing compiled here before
+    assert compiled("on", "--epochs", 2, "--compile", "on") and len(list(markers.iterdir())) == 1
+    assert compiled("warm", *warm)
+    assert not compiled("short", "--epochs", COMPILE_MIN_EPOCHS_WARM - 1, "--stop_after", 1)
+    assert not compiled("other_batch", *warm, "--batch_size", 17)  # another graph: not in the cache
+    assert not compiled("other_width", *warm, "--flow_hidden_size", 9)
+    assert compile_cache.compile_key({"a": 1}, torch.float32, "cpu", 16, False) != compile_cache.compile_key(
+        {"a": 1}, torch.float64, "cpu", 16, False
+    )

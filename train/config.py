@@ -164,6 +164,9 @@ RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save",
 #: it, and saves 0.022 / 0.027 s of a default training step (0.046 -> 0.024, 0.053 -> 0.026). So it pays for
 #: itself after about 900 / 1100 epochs the first time on a machine, and after about 150 / 110 later.
 COMPILE_MIN_EPOCHS = 1000
+#: ... and for runs of at least this many once inductor's cache holds the same run's graph (a run with the
+#: same key compiled before on this machine: train/compile_cache.py), with a margin over the 150 / 110.
+COMPILE_MIN_EPOCHS_WARM = 200
 #: Upper bounds on sizes (beyond them a run would exhaust memory or never finish): one-line errors.
 LIMITS = {
     "batch_size": 10**7,
@@ -329,11 +332,13 @@ def fill_settings(args):
                         f"--solver {args.solver} controls its error by --atol/--rtol")  # fmt: skip
 
 
-def resolve_compile(args, remaining_epochs: int, device) -> bool:
+def resolve_compile(args, remaining_epochs: int, device, warm: bool = False) -> bool:
     """Whether this run compiles its training ODE function (``--compile on|off|auto``).
 
-    ``auto``: maximum likelihood with a closed-form divergence, at least :data:`COMPILE_MIN_EPOCHS`
-    epochs still to train, and (on the CPU) a C++ compiler on the PATH for inductor.
+    ``auto``: maximum likelihood with a closed-form divergence, (on the CPU) a C++ compiler on the PATH
+    for inductor, and at least :data:`COMPILE_MIN_EPOCHS` epochs still to train, or at least
+    :data:`COMPILE_MIN_EPOCHS_WARM` when ``warm`` (inductor's cache holds this run's graph:
+    :func:`train.compile_cache.is_warm`).
     """
     import shutil
 
@@ -354,7 +359,8 @@ def resolve_compile(args, remaining_epochs: int, device) -> bool:
     if mode != "auto":
         return mode == "on"
     has_cxx = device.type != "cpu" or any(shutil.which(c) for c in ("c++", "g++", "clang++"))
-    return eligible and remaining_epochs >= COMPILE_MIN_EPOCHS and has_cxx
+    least = COMPILE_MIN_EPOCHS_WARM if warm else COMPILE_MIN_EPOCHS
+    return eligible and remaining_epochs >= least and has_cxx
 
 
 def _fmt(v) -> str:

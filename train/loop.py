@@ -23,6 +23,7 @@ from utils import UserError
 
 from .build import EMA, FlowMatching, MeanNLL, build_model, make_optimizer, make_scheduler  # noqa: F401
 from .checkpoints import Checkpointing, load_checkpoint
+from .compile_cache import compile_key, is_warm, mark_warm
 from .config import RESUMABLE, check_model, fill_objective, fill_settings, resolve_compile
 from .distributed import dist_env, gather_cat
 from .evaluation import Evaluation
@@ -128,8 +129,15 @@ class Trainer(Checkpointing, Evaluation, Outputs):
         if kde is not None:
             self.model.set_kde_base(kde)
         # only ever for the MCNF (a baseline has no ODE function; check_model refuses --compile on)
-        if resolve_compile(args, s.optim.epochs - int(ckpt["epoch"] if ckpt else 0), self.device):
-            self.model.compile_ode(True)
+        #: the key of this run's compiled graph in inductor's cache (train/compile_cache.py); None: eager
+        self.compile_key = None
+        if getattr(self.model, "dynamics", None) is not None:
+            key = compile_key(self.model.config, self.dtype, self.device, s.optim.batch_size,
+                              bool(s.model.kinetic or s.model.jacobian))  # fmt: skip
+            remaining = s.optim.epochs - int(ckpt["epoch"] if ckpt else 0)
+            if resolve_compile(args, remaining, self.device, warm=is_warm(key)):
+                self.model.compile_ode(True)
+                self.compile_key = key
         #: the MCNF's ODE function (for its evaluation counts); None for the discrete baselines
         self.dynamics = getattr(self.model, "dynamics", None)
         self.objective = get_objective(s.optim.objective)
@@ -237,6 +245,10 @@ class Trainer(Checkpointing, Evaluation, Outputs):
                 losses.append(self.mean_over_ranks(loss.detach()))
             self.sched.step()
             self.train_seconds += time.perf_counter() - t0
+            # after the first compiled step inductor's cache holds the graph: later runs find it warm
+            if self.compile_key is not None and self.dynamics.compiled:
+                mark_warm(self.compile_key)
+                self.compile_key = None
             loss_val = sum(losses) / len(losses)
             self.losses.append((epoch + 1, loss_val))
             bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", nfe=nfe_f)
