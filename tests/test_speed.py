@@ -351,6 +351,11 @@ def test_compile_auto_compiles_short_runs_once_the_cache_is_warm(tmp_path, monke
     assert not compiled("cold", *warm) and not markers.exists()  # nothing compiled here before
     assert compiled("on", "--epochs", 2, "--compile", "on") and len(list(markers.iterdir())) == 1
     assert compiled("warm", *warm)
+    from torch._inductor import config as inductor_config
+
+    with monkeypatch.context() as m:  # inductor told not to read its cache: every compilation is cold
+        m.setattr(inductor_config, "fx_graph_cache", False)
+        assert not compiled("cache_off", *warm)
     assert not compiled("short", "--epochs", COMPILE_MIN_EPOCHS_WARM - 1, "--stop_after", 1)
     assert not compiled("other_batch", *warm, "--batch_size", 17)  # another graph: not in the cache
     assert not compiled("other_width", *warm, "--flow_hidden_size", 9)

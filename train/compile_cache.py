@@ -49,10 +49,19 @@ def _marker(key: str) -> Path:
     return Path(cache_dir()) / "mcnf_compiled" / key
 
 
+def _cache_on() -> bool:
+    """Whether inductor reads and writes its disk cache (``TORCHINDUCTOR_FX_GRAPH_CACHE=0`` or
+    ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` make every compilation a cold one)."""
+    from torch._inductor import config
+
+    return bool(config.fx_graph_cache) and not config.force_disable_caches
+
+
 def is_warm(key: str) -> bool:
-    """Whether a run with this key compiled before on this machine (its marker is there)."""
+    """Whether a run with this key compiled before on this machine (its marker is there) and inductor
+    reads its disk cache."""
     try:
-        return _marker(key).is_file()
+        return _cache_on() and _marker(key).is_file()
     except Exception:  # no inductor (a build without it) or an unreadable cache folder: not warm
         return False
 
@@ -60,6 +69,8 @@ def is_warm(key: str) -> bool:
 def mark_warm(key: str) -> None:
     """Record that a run with this key compiled (after its first compiled step); best effort."""
     try:
+        if not _cache_on():  # nothing was cached: no marker
+            return
         path = _marker(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
