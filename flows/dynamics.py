@@ -102,7 +102,8 @@ class ChartDynamics(nn.Module):
                     E = E.detach().requires_grad_()
                 try:
                     with deferred():  # an interrupt during compilation waits for it (flows/interrupts.py)
-                        out = _compiled_chart_divergence()(M, self.field, t, p, v, E, noise=noise, reg=reg)
+                        fn = _compiled_chart_divergence(v.device.type)
+                        out = fn(M, self.field, t, p, v, E, noise=noise, reg=reg)
                 except Exception as e:  # no C++ compiler, an unsupported backend: run eagerly from now on
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     warnings.warn(
@@ -130,16 +131,23 @@ class ChartDynamics(nn.Module):
 
 
 @functools.cache
-def _compiled_chart_divergence():
+def _compiled_chart_divergence(device_type: str = "cpu"):
     """:func:`flows.divergence.chart_divergence` through ``torch.compile`` (built on first use).
 
     One compiled function for all models. The manifold and field are arguments: Dynamo guards on
     them (and on the tensors' shapes, dtypes and ``requires_grad``) and recompiles when a guard
     fails, and the weights are read from the field passed in, so no model runs with another's
     weights (tests/test_speed.py checks two compiled models side by side).
+
+    On the CPU the compiled graph is called through inductor's C++ wrapper (``cpp_wrapper``) instead of
+    its Python one: the graph's ~20 kernels and matrix products are launched from C++, which made a
+    compiled training step 8-10% faster (H^2 0.0279 / 0.0264 -> 0.0243 / 0.0238 s, S^2 0.0203 / 0.0216
+    -> 0.0193 / 0.0191 s, one thread, two runs of 80 steps each) at the same compilation time (cold
+    19.3 -> 20.0 s, warm 3.0 -> 3.0 s on H^2). Other devices keep inductor's defaults (never run here).
     """
     # inductor imports torch.jit's deprecated script_method: torch's business, not the
     # user's, so its DeprecationWarning is not printed to every compiled run (it is the only one filtered)
     warnings.filterwarnings("ignore", message=r".*script_method.*deprecated", category=DeprecationWarning,
                             module=r"torch\.jit")  # fmt: skip
-    return torch.compile(div_mod.chart_divergence)
+    options = {"cpp_wrapper": True} if device_type == "cpu" else None
+    return torch.compile(div_mod.chart_divergence, options=options)

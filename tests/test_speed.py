@@ -67,7 +67,7 @@ def test_compiled_ode_function_matches_eager_in_value_and_gradient():
 
 
 def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
-    def broken():
+    def broken(device_type="cpu"):
         def f(*a, **k):
             raise RuntimeError("no C++ compiler found\nlong details")
 
@@ -332,7 +332,9 @@ def test_compile_auto_compiles_short_runs_once_the_cache_is_warm(tmp_path, monke
     from train import compile_cache
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setattr(dynamics_mod, "_compiled_chart_divergence", lambda: div_mod.chart_divergence)
+    monkeypatch.setattr(
+        dynamics_mod, "_compiled_chart_divergence", lambda device_type="cpu": div_mod.chart_divergence
+    )
     common = ["--M", "Hyperboloid", "--dataset", "1wrapped", "--dev", "cpu", "--batch_size", "16",
               "--n_hidden", "1", "--flow_hidden_size", "8", *FAST]  # fmt: skip
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-#: the modules a compiled evaluation is traced from (flows/divergence.py's chart_divergence and
-#: what it calls); a change to any of them changes the graph, so it changes the key
-TRACED = ("flows/divergence.py", "flows/vector_field.py", "flows/mlp.py", "manifolds")
+#: the modules a compiled evaluation is traced from (flows/divergence.py's chart_divergence and what it
+#: calls) and the one that compiles it (flows/dynamics.py: inductor's options); a change to any of them may
+#: change the graph or its cache entry, so it changes the key
+TRACED = ("flows/divergence.py", "flows/vector_field.py", "flows/mlp.py", "flows/dynamics.py", "manifolds")
 ROOT = Path(__file__).resolve().parents[1]
 
 
