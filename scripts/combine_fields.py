@@ -104,7 +104,8 @@ def main(argv=None) -> int:
             singles.append(score(with_field(m, f), f"{r} field {k}" if len(fields) > 1 else str(r)))
     every = [f for m in models for f in members(m.field)]
     if len(every) > 1:
-        score(with_field(models[0], FieldAverage(every)), f"field average of all {len(every)} fields")
+        if len(models) > 1:  # (one run's own field average was scored above)
+            score(with_field(models[0], FieldAverage(every)), f"field average of all {len(every)} fields")
         print(f"density mixture of all {len(every)} fields: validation NLL {mixture_nll(singles):.4f}")
         i = 0
         for r, m in zip(a.runs, models, strict=True):
