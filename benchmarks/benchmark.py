@@ -50,7 +50,13 @@ from benchmarks.measure import (  # noqa: F401
     time_to_quality,
     time_to_quality_fm,
 )
-from train.config import COMPILE_MIN_EPOCHS, COMPILE_MIN_EPOCHS_WARM, DEFAULT_SETTINGS, REFERENCE_SETTINGS
+from train.config import (
+    COMPILE_MIN_EPOCHS,
+    COMPILE_MIN_EPOCHS_WARM,
+    DEFAULT_SETTINGS,
+    REFERENCE_SETTINGS,
+    resolve_compile,
+)
 from utils import positive_int, resolve_device, run_cli
 
 PUBLISHED_RUNS = [("Hyperboloid", "5gaussians", 300), ("Sphere", "4wrapped", 100)]
@@ -208,6 +214,10 @@ def keep_other_sections(old_text, md_path):
             replace_block(md_path, begin, end, [*block, ""])
 
 
+#: the flags that decide ``--compile auto`` for the benchmark's runs (maximum likelihood, exact divergence)
+AUTO = argparse.Namespace(compile="auto", objective="mle", divergence="exact")
+
+
 def published_lines(pub, ttq, cost):
     lines = ["", "## Against the published code", "",
              "The published code itself (a clone of github.com/CUAI/Neural-Manifold-Ordinary-Differential-"
@@ -238,9 +248,8 @@ def published_lines(pub, ttq, cost):
         )
         lines.append(f"| {k} | {n} | {P:.4f} | {d:.4f} | {P / d:.1f}x | {st:.4f} | {P / st:.1f}x | "
                      f"{w:.4f} / {co:.4f} | {P / w:.1f}x / {P / co:.1f}x |")  # fmt: skip
-        auto.append(
-            (k, n, P / (co if n >= COMPILE_MIN_EPOCHS else d), P / (w if n >= COMPILE_MIN_EPOCHS_WARM else d))
-        )
+        first, later = (resolve_compile(AUTO, n, torch.device("cpu"), warm=warm) for warm in (False, True))
+        auto.append((k, n, P / (co if first else d), P / (w if later else d)))
     lines += ["", f"What the default `--compile auto` runs (train/config.py `resolve_compile`): the first time on a "
               f"machine it compiles from {COMPILE_MIN_EPOCHS} epochs, and once the machine's inductor cache holds "
               f"the run's graph (an earlier compiled run of the same configuration, train/compile_cache.py) from "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from data.earth import EARTH, EarthData
 from flows import FieldAverage
 from flows.evaluation import model_log_prob, solve_copy
 from scripts.earth import best_model
+from scripts.runs import finished
 from utils import UserError, run_cli
 
 
@@ -54,10 +54,10 @@ def mixture_nll(log_probs) -> float:
 
 def run_identity(run: Path) -> tuple:
     """(dataset, split seed, data folder) of a finished run, from its metrics.json."""
-    path = run / "metrics.json"
-    if not path.is_file():
+    m = finished(run)
+    if m is None:
         raise UserError(f"{run}: no metrics.json (not a finished main_density.py run)")
-    args = json.loads(path.read_text())["args"]
+    args = m["args"]
     if args.get("dataset") not in EARTH:
         raise UserError(f"{run}: dataset {args.get('dataset')!r} is not an Earth catalogue")
     return args["dataset"], int(args.get("split_seed", 0)), args.get("data_dir")
