@@ -323,7 +323,7 @@ REFINE_PROBE = 64
 REFINE_BAND = 2.0
 
 
-def draw_map(out, ds, path, res, data_dir, seed) -> dict:
+def draw_map(out, ds, path, res, data_dir, seed, mix=None) -> dict:
     """The best-validation model's density on a Mollweide map with the test events on top.
 
     Flow-matching models are drawn with the calibrated fixed step (:func:`flows.calibrated_map_model`,
@@ -332,6 +332,10 @@ def draw_map(out, ds, path, res, data_dir, seed) -> dict:
     the test events, by the fixed step alone and as drawn (:func:`view_cascade`). Returns the map's record:
     seconds (the grid's log-densities, the cells refined and scored, and the drawing), step, mean |log-density
     difference| on the validation and test events, cells refined and scored.
+
+    ``mix``: ``(log_p_flow, x) -> log_p`` turns the flow's log-densities at points ``x`` into those of a model
+    built on it (the mixture with a KDE of ``scripts.mix_kde``); every log-density the map computes or
+    compares (the fixed step, the finer step, the scoring solve) goes through it, so the map is that model's.
     """
     import numpy as np
     import torch
@@ -352,26 +356,35 @@ def draw_map(out, ds, path, res, data_dir, seed) -> dict:
     rec["map_warp"], rec["map_pointwise"] = fm.eval_solver.time_warp, fm.eval_solver.pointwise
     # the map's solve against the scoring solve, on the test events (the same weights, two solves)
     lp_map, lp_score = solver_gap(model, data.test.double(), dict(solver=fm.eval_solver, dtype=torch.float32))
+    if mix is not None:
+        lp_map, lp_score = mix(lp_map, data.test.double()), mix(lp_score, data.test.double())
+
+    def through(log_prob):  # a log-density of the flow -> the same of the drawn model
+        return log_prob if mix is None else (lambda x: mix(log_prob(x), x))
+
     rec["map_err_test"] = float((lp_map - lp_score).abs().mean())
     t0 = time.perf_counter()
-    values = map_grid(fm, res)
+    values = map_grid(fm, res, mix)
     # every cell the map shows is the scoring solve's value, each cell solved on its own: the fixed step finds
     # them, cheaply, but far from the events it can be far off (fire's long model: one cell at the south pole
     # at log p 14.8 by the map's step against -29.3 scored, which set the scale and blanked the map)
     exact = model.double()
-    score = (lambda x: pointwise_log_prob(exact, x)) if hasattr(exact, "dynamics") else exact.log_prob
+    score = through(
+        (lambda x: pointwise_log_prob(exact, x)) if hasattr(exact, "dynamics") else exact.log_prob
+    )
     # a cell the fixed step puts near the view is first solved with a step REFINE times finer: far from the
     # events (volcano's long model) most such cells are stiff ones the map's step put wrongly high, and the
     # finer step, not the scoring solve, tells them apart (docs/earth_ablation.md, "A finer step before the
     # scoring solve")
-    refine = finer_step(model, fm.eval_solver, REFINE)
+    refine = through(finer_step(model, fm.eval_solver, REFINE))
     done = rescore_view(values, res, score, refine)
     rec["map_cells_rescored"], rec["map_rescore_err"], rec["map_cells_refined"] = done[:3]
     top = float(log_cells(values).max())
     # log scale over the top 8 nats, transparent below, so that the continents stay visible
     values = figures.top_log_density(values, LOG_RANGE)
     path.parent.mkdir(parents=True, exist_ok=True)
-    title = f"{ds} (split {seed}): model log-density (top {LOG_RANGE:.0f} nats), test events"
+    what = "model" if mix is None else "flow + KDE mixture"
+    title = f"{ds} (split {seed}): {what} log-density (top {LOG_RANGE:.0f} nats), test events"
     figures.plot_panels([dict(title=title, values=values,
                               scatter=figures.to_plane(data.test, "Sphere"))], "Sphere", path, stock=True)  # fmt: skip
     rec["map_seconds"] = time.perf_counter() - t0
@@ -386,15 +399,20 @@ def draw_map(out, ds, path, res, data_dir, seed) -> dict:
     return rec
 
 
-def map_grid(fm, res: int):
+def map_grid(fm, res: int, mix=None):
     """A sphere map's densities ``(res, res)``, as the map solves them: ``fm`` (the map's float32 copy of a
-    model) over the whole grid (:func:`viz.figures.density_values`), before :func:`rescore_view`."""
+    model) over the whole grid (:func:`viz.figures.density_values`), before :func:`rescore_view`; ``mix`` as in
+    :func:`draw_map`."""
     import torch
 
     from viz import figures
 
+    def log_prob(x):
+        lp = fm.log_prob(x.to(torch.float32))
+        return lp if mix is None else mix(lp.double(), x.double()).to(lp.dtype)
+
     with torch.no_grad():
-        return figures.density_values(lambda x: fm.log_prob(x.to(torch.float32)), "Sphere", res)
+        return figures.density_values(log_prob, "Sphere", res)
 
 
 def log_cells(values):

@@ -1,0 +1,308 @@
+"""A trained flow mixed with a kernel density estimate of its training split, the weight chosen on validation.
+
+    python -m scripts.mix_kde RUN_DIR [RUN_DIR ...] [--json FILE] [--checks SPLIT --figures DIR --res N]
+                              [--md PAGE]
+
+For each finished ``main_density.py`` run on an Earth catalogue, its best-validation model (``best.pt``)
+``p_flow`` and the multiscale von Mises-Fisher KDE ``p_kde`` of the same training split (the ladder of
+concentrations chosen on the validation split by ``train.tasks.EarthTask.kde_base``, as ``--base kde`` and
+docs/earth_kde.md choose it), combined as the mixture
+
+    p = (1 - w) p_flow + w p_kde,
+
+an exact density (both parts are normalized), with the one weight ``w`` chosen by the validation NLL, which
+is convex in ``w`` (a grid of 1/200, then refined). The test split is scored once, after the choice. The
+flow is scored with its evaluation solver (dopri5, float64, ``--eval_tol``), the KDE in closed form.
+
+Printed per run: validation and test NLL of the flow, the KDE and the mixture, and the test NLL over the
+test events that repeat no training event ("novel": farther than 1e-6 rad, scripts.earth_kde), which
+separates what the mixture gains at repeated coordinates (where the likelihood is unbounded below,
+docs/earth_kde.md) from what it gains elsewhere. ``--ladder_max K`` restricts the KDE's ladders to those
+whose sharpest kernel is at most ``K`` (e.g. ``1.1e5``, kernels of 19 km and broader: no kernel sharp
+enough to single out a repeated coordinate).
+
+For the runs of split ``--checks`` (split 0 by default), what docs/earth.md shows for every model: the
+mixture's integral over the sphere by importance sampling (``flows.importance_integral``, the proposal
+placed at samples of the mixture itself; it must be 1), its test NLL with the flow solved at its evaluation
+tolerance and at a 100x tighter one (they must agree to 0.01 nats), and with ``--figures DIR`` its density
+map, ``DIR/earth_mix_<dataset>.png`` (``scripts.earth.draw_map`` through the mixture: the calibrated fixed
+step, the cells in view computed again with the scoring solve, all of it mixed with the KDE).
+``--md PAGE`` writes the tables into PAGE (between the markers of :data:`BEGIN` and :data:`END`, the rest of
+the page kept; written once every run is done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from flows.evaluation import defensive_proposal, importance_integral, model_log_prob, solve_copy
+from manifolds.distributions import MultiscaleKDE
+from scripts.combine_fields import run_identity
+from scripts.earth import best_model
+from scripts.earth_kde import DUP_RAD, nearest_angle
+from train.tasks import EarthTask
+from utils import UserError, run_cli
+
+BEGIN = "<!-- written by python -m scripts.mix_kde -->"
+END = "<!-- end of python -m scripts.mix_kde -->"
+#: Riemannian diffusion's test means (issue #26's long-budget target), for the page
+TARGET = {"volcano": -6.61, "earthquake": -0.40, "flood": 0.43, "fire": -1.38}
+
+
+def mixture_log_prob(lp_flow, lp_kde, w: float):
+    """``log((1 - w) p_flow + w p_kde)`` from the two log-densities (float64)."""
+    lp_flow, lp_kde = lp_flow.double(), lp_kde.double()
+    if w <= 0:
+        return lp_flow
+    if w >= 1:
+        return lp_kde
+    return torch.logaddexp(lp_flow + math.log1p(-w), lp_kde + math.log(w))
+
+
+def best_weight(lp_flow, lp_kde, grid: int = 200) -> float:
+    """The ``w`` in [0, 1] of the smallest mean NLL of the mixture (convex in ``w``): the best point of a
+    grid of ``1/grid``, then a golden-section search between its neighbours."""
+
+    def nll(w):
+        return -float(mixture_log_prob(lp_flow, lp_kde, w).mean())
+
+    ws = [i / grid for i in range(grid + 1)]
+    i = min(range(len(ws)), key=lambda j: nll(ws[j]))
+    lo, hi = ws[max(i - 1, 0)], ws[min(i + 1, grid)]
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(40):
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        if nll(a) <= nll(b):
+            hi = b
+        else:
+            lo = a
+    w = (lo + hi) / 2
+    return min((w, ws[i]), key=nll)
+
+
+def kde_for(tk: EarthTask, ladder_max: float | None):
+    """The validation-chosen KDE of the task's training split (optionally among ladders whose sharpest kernel
+    is at most ``ladder_max``); returns ``(kde, kappas)``."""
+    if ladder_max is None:
+        centers, kappas, _ = tk.kde_base()
+    else:
+        ladders = [[lo * (hi / lo) ** (i / (tk.KDE_M - 1)) for i in range(tk.KDE_M)]
+                   for lo in tk.KDE_LO for hi in tk.KDE_HI if hi <= ladder_max]  # fmt: skip
+        if not ladders:
+            raise UserError(f"--ladder_max {ladder_max:g}: no ladder of train.tasks.EarthTask is that broad")
+        kappas = min(ladders, key=lambda ks: -float(
+            MultiscaleKDE(tk.data.train, ks, tk.KDE_EPS).log_prob(tk.data.val).mean()))  # fmt: skip
+    return MultiscaleKDE(tk.data.train, kappas, tk.KDE_EPS), kappas
+
+
+def flow_log_probs(run: Path, val, test) -> dict:
+    """The best model's log-densities at the validation and test events (the scoring solve), kept beside the
+    run as ``mix_kde_flow.pt`` (plain tensors, read back with ``weights_only``) for the next call; computed
+    again when best.pt is newer than that file or the events differ."""
+    cache = run / "mix_kde_flow.pt"
+    if cache.is_file() and cache.stat().st_mtime >= (run / "best.pt").stat().st_mtime:
+        try:
+            c = torch.load(cache, weights_only=True)
+            if torch.equal(c["val_x"], val) and torch.equal(c["test_x"], test):
+                return {"val": c["val"], "test": c["test"]}
+        except (RuntimeError, KeyError, TypeError, EOFError):
+            pass  # an unreadable cache is computed again
+    model = solve_copy(best_model(run))
+    lp = {"val": model_log_prob(model, val), "test": model_log_prob(model, test)}
+    tmp = cache.with_suffix(".tmp")
+    torch.save({"val_x": val, "test_x": test, **lp}, tmp)
+    tmp.replace(cache)
+    return lp
+
+
+def mix_run(run: Path, ladder_max: float | None = None) -> dict:
+    ds, split, data_dir = run_identity(run)
+    tk = EarthTask(ds, data_dir, split)
+    val, test = tk.data.val.double(), tk.data.test.double()
+    t0 = time.perf_counter()
+    lp_f = flow_log_probs(run, val, test)
+    flow_s = time.perf_counter() - t0
+    kde, kappas = kde_for(tk, ladder_max)
+    lp_k = {"val": kde.log_prob(val), "test": kde.log_prob(test)}
+    w = best_weight(lp_f["val"], lp_k["val"])
+    novel = nearest_angle(test, tk.data.train) > DUP_RAD
+    rec = dict(run=str(run), dataset=ds, split=split, kde_kappas=kappas, weight=w, flow_seconds=flow_s,
+               novel_fraction=float(novel.double().mean()))  # fmt: skip
+    for name, lp in (("flow", lp_f), ("kde", lp_k),
+                     ("mixture", {k: mixture_log_prob(lp_f[k], lp_k[k], w) for k in lp_f})):  # fmt: skip
+        rec[name] = dict(val=-float(lp["val"].mean()), test=-float(lp["test"].mean()),
+                         test_novel=-float(lp["test"][novel].mean()))  # fmt: skip
+    return rec
+
+
+def mixture_sample(model, kde, w: float, n: int, generator) -> torch.Tensor:
+    """``n`` draws of the mixture: the flow's with probability ``1 - w``, else the KDE's."""
+    from_kde = torch.rand(n, generator=generator) < w
+    k = int(from_kde.sum())
+    out = torch.empty(n, 3, dtype=torch.float64)
+    if k < n:
+        out[~from_kde] = model.sample(n - k, generator=generator).double()
+    if k:
+        out[from_kde] = kde.sample(k, generator=generator).double()
+    return out
+
+
+def checks(run: Path, rec: dict, n: int, n_centers: int, figures: Path | None, res: int) -> dict:
+    """The mixture's integral (importance sampling), its test NLL at the flow's evaluation tolerance and at a
+    100x tighter one, and (with ``figures``) its map; added to ``rec`` and returned."""
+    import dataclasses
+
+    from flows import solver_gap
+    from scripts.earth import draw_map
+
+    ds, split, data_dir = run_identity(run)
+    tk = EarthTask(ds, data_dir, split)
+    kde = MultiscaleKDE(tk.data.train, rec["kde_kappas"], tk.KDE_EPS)
+    w = rec["weight"]
+
+    def mix(lp, x):
+        return mixture_log_prob(lp, kde.log_prob(x.double()), w)
+
+    model = best_model(run).double().eval()
+    g = torch.Generator().manual_seed(split)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        centers = mixture_sample(model, kde, w, n_centers, g)
+    exact = solve_copy(model)
+    est = importance_integral(lambda x: mix(model_log_prob(exact, x), x), defensive_proposal(centers), n=n,
+                              generator=g)  # fmt: skip
+    rec.update(integral=est.estimate, integral_stderr=est.stderr, integral_ess=est.ess,
+               integral_seconds=time.perf_counter() - t0)  # fmt: skip
+    test = tk.data.test.double()
+    tol = model.eval_solver.atol
+    tight = dataclasses.replace(model.eval_solver, atol=tol / 100, rtol=model.eval_solver.rtol / 100)
+    lp, lp_tight = solver_gap(model, test, {}, dict(solver=tight))
+    rec.update(
+        tol=tol, test_nll_tol=-float(mix(lp, test).mean()), test_nll_tight=-float(mix(lp_tight, test).mean())
+    )
+    if figures is not None:
+        rec.update(draw_map(run, ds, figures / f"earth_mix_{ds}.png", res, data_dir, split, mix=mix))
+    return rec
+
+
+def mean_std(xs) -> str:
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return f"{m:.3f} ± {sd:.3f}"
+
+
+def page_lines(recs, command: str) -> list[str]:
+    """The generated block of the page: per run, per dataset, and the checked runs."""
+    lines = [f"Written by `{command}` (one CPU thread). Per run: the KDE's concentrations (chosen on the "
+             "validation split), the weight `w` of the KDE (chosen on the validation split), and the NLL "
+             "(nats, lower is better) of the flow alone, the KDE alone and the mixture on the validation and "
+             "test splits; 'novel': the test events that repeat no training event (the share of them in "
+             "brackets).", "",
+             "| dataset | split | KDE concentrations | w | validation: flow / KDE / mixture | test: flow / KDE / "
+             "mixture | test, novel events: flow / mixture |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in recs:
+        f, k, x = r["flow"], r["kde"], r["mixture"]
+        lines.append(f"| {r['dataset']} | {r['split']} | {', '.join(f'{c:.3g}' for c in r['kde_kappas'])} | "
+                     f"{r['weight']:.3f} | {f['val']:.3f} / {k['val']:.3f} / **{x['val']:.3f}** | "
+                     f"{f['test']:.3f} / {k['test']:.3f} / **{x['test']:.3f}** | "
+                     f"{f['test_novel']:.3f} / {x['test_novel']:.3f} ({r['novel_fraction']:.0%}) |")  # fmt: skip
+    lines += ["", "Mean ± std over the runs of each dataset (test NLL); Riemannian diffusion's mean (issue #26's "
+              "target for the long budget) beside:", "",
+              "| dataset | runs | flow | KDE | mixture | mixture, novel events | Riemannian diffusion |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for ds in dict.fromkeys(r["dataset"] for r in recs):
+        rs = [r for r in recs if r["dataset"] == ds]
+        cell = {n: mean_std([r[n]["test"] for r in rs]) for n in ("flow", "kde", "mixture")}
+        lines.append(f"| {ds} | {len(rs)} | {cell['flow']} | {cell['kde']} | **{cell['mixture']}** | "
+                     f"{mean_std([r['mixture']['test_novel'] for r in rs])} | {TARGET.get(ds, '')} |")  # fmt: skip
+    checked = [r for r in recs if "integral" in r]
+    if checked:
+        lines += ["", "Checks of the mixture (the runs of the checked split): its integral over the sphere by "
+                  "importance sampling (estimate ± standard error, effective sample size; it must be 1); its test "
+                  "NLL with the flow solved at its evaluation tolerance and at a 100x tighter one (they must agree "
+                  "to 0.01 nats); its map (grid, seconds, and the mean |log-density difference| from the scoring "
+                  "solve on the test events, as drawn and by the map's fixed step alone; at most 0.05):", "",
+                  "| dataset | split | integral | test NLL at tol / 100x tighter | map | map seconds | "
+                  "map error as drawn / fixed step |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in checked:
+            has_map = "map_seconds" in r
+            lines.append(
+                f"| {r['dataset']} | {r['split']} | {r['integral']:.3f} ± {r['integral_stderr']:.3f} "
+                f"(ESS {r['integral_ess']:.0f}) | {r['test_nll_tol']:.5f} (tol {r['tol']:g}) / "
+                f"{r['test_nll_tight']:.5f} | {r.get('map_res', '-') if has_map else '-'} | "
+                f"{r['map_seconds']:.0f} | {r['map_err_test_drawn']:.4f} / {r['map_err_test']:.4f} |"
+                if has_map else
+                f"| {r['dataset']} | {r['split']} | {r['integral']:.3f} ± {r['integral_stderr']:.3f} "
+                f"(ESS {r['integral_ess']:.0f}) | {r['test_nll_tol']:.5f} (tol {r['tol']:g}) / "
+                f"{r['test_nll_tight']:.5f} | - | - | - |"
+            )  # fmt: skip
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m scripts.mix_kde", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--ladder_max", type=float, default=None,
+                   help="only KDE ladders whose sharpest concentration is at most this")  # fmt: skip
+    p.add_argument("--json", type=Path, default=None, help="write the records here (a new file)")
+    p.add_argument("--checks", type=int, default=0, help="the split whose runs get the integral, the tolerance "
+                   "check and (with --figures) the map; -1: none")  # fmt: skip
+    p.add_argument("--integral_samples", type=int, default=5000)
+    p.add_argument("--integral_centers", type=int, default=1000)
+    p.add_argument("--figures", type=Path, default=None, help="draw the checked runs' maps into this folder")
+    p.add_argument("--res", type=int, default=120, help="the maps' grid (res x res cells)")
+    p.add_argument("--md", type=Path, default=None, help="write the tables into this page (its block)")
+    a = p.parse_args(argv)
+    if a.md is not None and not a.md.parent.is_dir():
+        raise UserError(f"--md {a.md}: no such folder")
+    if a.json is not None and a.json.exists():
+        raise UserError(f"--json {a.json}: the file exists; choose a new name")
+    torch.set_num_threads(1)
+    recs = []
+    for run in a.runs:
+        r = mix_run(run, a.ladder_max)
+        recs.append(r)
+        print(f"{run}: {r['dataset']} split {r['split']}, KDE {', '.join(f'{k:.3g}' for k in r['kde_kappas'])}, "
+              f"w = {r['weight']:.3f} (flow scored in {r['flow_seconds']:.0f} s)")  # fmt: skip
+        for name in ("flow", "kde", "mixture"):
+            s = r[name]
+            print(f"  {name:8s} validation {s['val']:+.4f}  test {s['test']:+.4f}  "
+                  f"test, novel events ({r['novel_fraction']:.0%}) {s['test_novel']:+.4f}")  # fmt: skip
+        if r["split"] == a.checks:
+            checks(run, r, a.integral_samples, a.integral_centers, a.figures, a.res)
+            print(f"  integral {r['integral']:.3f} ± {r['integral_stderr']:.3f} (ESS {r['integral_ess']:.0f}, "
+                  f"{r['integral_seconds']:.0f} s); test NLL at tolerance {r['tol']:g} {r['test_nll_tol']:+.5f}, "
+                  f"100x tighter {r['test_nll_tight']:+.5f}", flush=True)  # fmt: skip
+            if "map_seconds" in r:
+                print(f"  map {a.res}x{a.res}: {r['map_seconds']:.0f} s, mean |log p difference| on the test "
+                      f"events {r['map_err_test_drawn']:.4f} as drawn ({r['map_err_test']:.4f} fixed step alone)")  # fmt: skip
+    if len(recs) > 1:
+        for name in ("flow", "kde", "mixture"):
+            for k in ("val", "test"):
+                xs = [r[name][k] for r in recs]
+                m = sum(xs) / len(xs)
+                sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+                print(f"mean {name} {k}: {m:+.4f} ± {sd:.4f} ({len(xs)} runs)")
+    if a.json is not None:
+        a.json.write_text(json.dumps(recs, indent=1))
+    if a.md is not None:
+        from scripts.pages import replace_block
+
+        cmd = "python -m scripts.mix_kde " + " ".join(argv if argv is not None else sys.argv[1:])
+        if not a.md.is_file():
+            a.md.write_text("# A flow mixed with a kernel density estimate\n")
+        replace_block(a.md, BEGIN, END, page_lines(recs, cmd))
+        print(f"wrote {a.md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, "scripts.mix_kde"))
