@@ -27,8 +27,8 @@ placed at samples of the mixture itself; it must be 1), its test NLL with the fl
 tolerance and at a 100x tighter one (they must agree to 0.01 nats), and with ``--figures DIR`` its density
 map, ``DIR/earth_mix_<dataset>.png`` (``scripts.earth.draw_map`` through the mixture: the calibrated fixed
 step, the cells in view computed again with the scoring solve, all of it mixed with the KDE).
-``--md PAGE`` writes the tables into PAGE (between the markers of :data:`BEGIN` and :data:`END`, the rest of
-the page kept; written once every run is done).
+``--md PAGE`` writes the tables into PAGE (between the markers of :func:`markers`, one block per
+``--ladder_max``, the rest of the page kept; written once every run is done).
 """
 
 from __future__ import annotations
@@ -50,8 +50,16 @@ from scripts.earth_kde import DUP_RAD, nearest_angle
 from train.tasks import EarthTask
 from utils import UserError, run_cli
 
-BEGIN = "<!-- written by python -m scripts.mix_kde -->"
-END = "<!-- end of python -m scripts.mix_kde -->"
+
+def markers(ladder_max: float | None = None) -> tuple[str, str]:
+    """The page block's first and last lines: one block per ``--ladder_max`` (none: the full ladder)."""
+    tag = "" if ladder_max is None else f" --ladder_max {ladder_max:g}"
+    return (
+        f"<!-- written by python -m scripts.mix_kde{tag} -->",
+        f"<!-- end of python -m scripts.mix_kde{tag} -->",
+    )
+
+
 #: Riemannian diffusion's test means (issue #26's long-budget target), for the page
 TARGET = {"volcano": -6.61, "earthquake": -0.40, "flood": 0.43, "fire": -1.38}
 
@@ -198,10 +206,13 @@ def mean_std(xs) -> str:
     return f"{m:.3f} ± {sd:.3f}"
 
 
-def page_lines(recs, command: str) -> list[str]:
+def page_lines(recs, command: str, ladder_max: float | None = None) -> list[str]:
     """The generated block of the page: per run, per dataset, and the checked runs."""
+    among = (
+        "" if ladder_max is None else f" among the ladders whose sharpest kernel is at most {ladder_max:g}"
+    )
     lines = [f"Written by `{command}` (one CPU thread). Per run: the KDE's concentrations (chosen on the "
-             "validation split), the weight `w` of the KDE (chosen on the validation split), and the NLL "
+             f"validation split{among}), the weight `w` of the KDE (chosen on the validation split), and the NLL "
              "(nats, lower is better) of the flow alone, the KDE alone and the mixture on the validation and "
              "test splits; 'novel': the test events that repeat no training event (the share of them in "
              "brackets).", "",
@@ -299,7 +310,7 @@ def main(argv=None) -> int:
         cmd = "python -m scripts.mix_kde " + " ".join(argv if argv is not None else sys.argv[1:])
         if not a.md.is_file():
             a.md.write_text("# A flow mixed with a kernel density estimate\n")
-        replace_block(a.md, BEGIN, END, page_lines(recs, cmd))
+        replace_block(a.md, *markers(a.ladder_max), page_lines(recs, cmd, a.ladder_max))
         print(f"wrote {a.md}")
     return 0
 
