@@ -25,7 +25,7 @@ For the runs of split ``--checks`` (split 0 by default), what docs/earth.md show
 mixture's integral over the sphere by importance sampling (``flows.importance_integral``, the proposal
 placed at samples of the mixture itself; it must be 1), its test NLL with the flow solved at its evaluation
 tolerance and at a 100x tighter one (they must agree to 0.01 nats), and with ``--figures DIR`` its density
-map, ``DIR/earth_mix_<dataset>.png`` (``scripts.earth.draw_map`` through the mixture: the calibrated fixed
+map, ``DIR/earth_mix_<dataset>.png`` (``earth_mix_<dataset>_max<K>.png`` with ``--ladder_max K``; ``scripts.earth.draw_map`` through the mixture: the calibrated fixed
 step, the cells in view computed again with the scoring solve, all of it mixed with the KDE).
 ``--md PAGE`` writes the tables into PAGE (between the markers of :func:`markers`, one block per
 ``--ladder_max``, the rest of the page kept; written once every run is done).
@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -162,7 +163,9 @@ def mixture_sample(model, kde, w: float, n: int, generator) -> torch.Tensor:
     return out
 
 
-def checks(run: Path, rec: dict, n: int, n_centers: int, figures: Path | None, res: int) -> dict:
+def checks(
+    run: Path, rec: dict, n: int, n_centers: int, figures: Path | None, res: int, ladder_max=None
+) -> dict:
     """The mixture's integral (importance sampling), its test NLL at the flow's evaluation tolerance and at a
     100x tighter one, and (with ``figures``) its map; added to ``rec`` and returned."""
     import dataclasses
@@ -196,7 +199,8 @@ def checks(run: Path, rec: dict, n: int, n_centers: int, figures: Path | None, r
         tol=tol, test_nll_tol=-float(mix(lp, test).mean()), test_nll_tight=-float(mix(lp_tight, test).mean())
     )
     if figures is not None:
-        rec.update(draw_map(run, ds, figures / f"earth_mix_{ds}.png", res, data_dir, split, mix=mix))
+        name = f"earth_mix_{ds}" + ("" if ladder_max is None else f"_max{ladder_max:g}") + ".png"
+        rec.update(draw_map(run, ds, figures / name, res, data_dir, split, mix=mix), map_file=name)
     return rec
 
 
@@ -206,7 +210,7 @@ def mean_std(xs) -> str:
     return f"{m:.3f} ± {sd:.3f}"
 
 
-def page_lines(recs, command: str, ladder_max: float | None = None) -> list[str]:
+def page_lines(recs, command: str, ladder_max: float | None = None, fig_prefix: str = "") -> list[str]:
     """The generated block of the page: per run, per dataset, and the checked runs."""
     among = (
         "" if ladder_max is None else f" among the ladders whose sharpest kernel is at most {ladder_max:g}"
@@ -255,6 +259,10 @@ def page_lines(recs, command: str, ladder_max: float | None = None) -> list[str]
                 f"(ESS {r['integral_ess']:.0f}) | {r['test_nll_tol']:.5f} (tol {r['tol']:g}) / "
                 f"{r['test_nll_tight']:.5f} | - | - | - |"
             )  # fmt: skip
+    maps = [r for r in checked if "map_file" in r]
+    if maps:
+        lines += ["", "The mixtures' maps (the checked runs):", ""]
+        lines += [f"![{r['dataset']}]({fig_prefix}{r['map_file']})" for r in maps]
     return lines
 
 
@@ -288,7 +296,7 @@ def main(argv=None) -> int:
             print(f"  {name:8s} validation {s['val']:+.4f}  test {s['test']:+.4f}  "
                   f"test, novel events ({r['novel_fraction']:.0%}) {s['test_novel']:+.4f}")  # fmt: skip
         if r["split"] == a.checks:
-            checks(run, r, a.integral_samples, a.integral_centers, a.figures, a.res)
+            checks(run, r, a.integral_samples, a.integral_centers, a.figures, a.res, a.ladder_max)
             print(f"  integral {r['integral']:.3f} ± {r['integral_stderr']:.3f} (ESS {r['integral_ess']:.0f}, "
                   f"{r['integral_seconds']:.0f} s); test NLL at tolerance {r['tol']:g} {r['test_nll_tol']:+.5f}, "
                   f"100x tighter {r['test_nll_tight']:+.5f}", flush=True)  # fmt: skip
@@ -310,7 +318,10 @@ def main(argv=None) -> int:
         cmd = "python -m scripts.mix_kde " + " ".join(argv if argv is not None else sys.argv[1:])
         if not a.md.is_file():
             a.md.write_text("# A flow mixed with a kernel density estimate\n")
-        replace_block(a.md, *markers(a.ladder_max), page_lines(recs, cmd, a.ladder_max))
+        prefix = ""
+        if a.figures is not None:
+            prefix = os.path.relpath(a.figures.resolve(), a.md.resolve().parent).replace(os.sep, "/") + "/"
+        replace_block(a.md, *markers(a.ladder_max), page_lines(recs, cmd, a.ladder_max, prefix))
         print(f"wrote {a.md}")
     return 0
 

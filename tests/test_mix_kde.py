@@ -95,7 +95,11 @@ def test_a_tiny_run_mixed_scored_checked_drawn_and_paged(tmp_path, capsys):
     assert (tmp_path / "figs" / "earth_mix_volcano.png").is_file() and rec["map_err_test_drawn"] < 0.05
     text = page.read_text()
     assert text.startswith("# kept title\n\nkept notes") and all(m in text for m in mk.markers())
-    assert "| volcano | 0 |" in text and f"{rec['mixture']['test']:.3f}" in text
+    assert (
+        "| volcano | 0 |" in text
+        and "![volcano](figs/earth_mix_volcano.png)" in text
+        and f"{rec['mixture']['test']:.3f}" in text
+    )
     # the flow's log-densities are kept beside the run and read back (not solved again)
     assert (out / "mix_kde_flow.pt").is_file()
     capsys.readouterr()
