@@ -303,13 +303,14 @@ def main(argv=None) -> int:
             if "map_seconds" in r:
                 print(f"  map {a.res}x{a.res}: {r['map_seconds']:.0f} s, mean |log p difference| on the test "
                       f"events {r['map_err_test_drawn']:.4f} as drawn ({r['map_err_test']:.4f} fixed step alone)")  # fmt: skip
-    if len(recs) > 1:
-        for name in ("flow", "kde", "mixture"):
+    for ds in dict.fromkeys(r["dataset"] for r in recs):
+        rs = [r for r in recs if r["dataset"] == ds]
+        if len(rs) > 1:
             for k in ("val", "test"):
-                xs = [r[name][k] for r in recs]
-                m = sum(xs) / len(xs)
-                sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-                print(f"mean {name} {k}: {m:+.4f} ± {sd:.4f} ({len(xs)} runs)")
+                cells = ", ".join(
+                    f"{n} {mean_std([r[n][k] for r in rs])}" for n in ("flow", "kde", "mixture")
+                )
+                print(f"{ds}, {len(rs)} runs, {'validation' if k == 'val' else 'test'} NLL: {cells}")
     if a.json is not None:
         a.json.write_text(json.dumps(recs, indent=1))
     if a.md is not None:
