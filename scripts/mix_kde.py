@@ -48,6 +48,7 @@ from manifolds.distributions import MultiscaleKDE
 from scripts.combine_fields import run_identity
 from scripts.earth import best_model
 from scripts.earth_kde import DUP_RAD, nearest_angle
+from scripts.runs import cached
 from train.tasks import EarthTask
 from utils import UserError, run_cli
 
@@ -113,22 +114,14 @@ def kde_for(tk: EarthTask, ladder_max: float | None):
 
 def flow_log_probs(run: Path, val, test) -> dict:
     """The best model's log-densities at the validation and test events (the scoring solve), kept beside the
-    run as ``mix_kde_flow.pt`` (plain tensors, read back with ``weights_only``) for the next call; computed
-    again when best.pt is newer than that file or the events differ."""
-    cache = run / "mix_kde_flow.pt"
-    if cache.is_file() and cache.stat().st_mtime >= (run / "best.pt").stat().st_mtime:
-        try:
-            c = torch.load(cache, weights_only=True)
-            if torch.equal(c["val_x"], val) and torch.equal(c["test_x"], test):
-                return {"val": c["val"], "test": c["test"]}
-        except (RuntimeError, KeyError, TypeError, EOFError):
-            pass  # an unreadable cache is computed again
-    model = solve_copy(best_model(run))
-    lp = {"val": model_log_prob(model, val), "test": model_log_prob(model, test)}
-    tmp = cache.with_suffix(".tmp")
-    torch.save({"val_x": val, "test_x": test, **lp}, tmp)
-    tmp.replace(cache)
-    return lp
+    run in ``mix_kde_flow.json`` (``scripts.runs.cached``: computed again when checkpoint.pt is newer)."""
+
+    def compute():
+        model = solve_copy(best_model(run))
+        return {k: model_log_prob(model, x).tolist() for k, x in (("val", val), ("test", test))}
+
+    lp = cached(run, "mix_kde_flow.json", compute)
+    return {k: torch.tensor(lp[k], dtype=torch.float64) for k in ("val", "test")}
 
 
 def mix_run(run: Path, ladder_max: float | None = None) -> dict:

@@ -101,7 +101,7 @@ def test_a_tiny_run_mixed_scored_checked_drawn_and_paged(tmp_path, capsys):
         and f"{rec['mixture']['test']:.3f}" in text
     )
     # the flow's log-densities are kept beside the run and read back (not solved again)
-    assert (out / "mix_kde_flow.pt").is_file()
+    assert (out / "mix_kde_flow.json").is_file()
     capsys.readouterr()
     assert run_cli(mk.main, "scripts.mix_kde", [str(out), "--checks", "-1"]) == 0
     assert "flow scored in 0 s" in capsys.readouterr().out
