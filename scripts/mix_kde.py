@@ -53,9 +53,12 @@ from train.tasks import EarthTask
 from utils import UserError, run_cli
 
 
-def markers(ladder_max: float | None = None) -> tuple[str, str]:
-    """The page block's first and last lines: one block per ``--ladder_max`` (none: the full ladder)."""
+def markers(ladder_max: float | None = None, kappas=None, weight: float | None = None) -> tuple[str, str]:
+    """The page block's first and last lines: one block per choice of the KDE and the weight (none given: the
+    full ladder, the weight chosen on validation)."""
     tag = "" if ladder_max is None else f" --ladder_max {ladder_max:g}"
+    tag += "" if kappas is None else " --kappas " + " ".join(f"{k:g}" for k in kappas)
+    tag += "" if weight is None else f" --weight {weight:g}"
     return (
         f"<!-- written by python -m scripts.mix_kde{tag} -->",
         f"<!-- end of python -m scripts.mix_kde{tag} -->",
@@ -97,10 +100,12 @@ def best_weight(lp_flow, lp_kde, grid: int = 200) -> float:
     return min((w, ws[i]), key=nll)
 
 
-def kde_for(tk: EarthTask, ladder_max: float | None):
+def kde_for(tk: EarthTask, ladder_max: float | None, kappas=None):
     """The validation-chosen KDE of the task's training split (optionally among ladders whose sharpest kernel
-    is at most ``ladder_max``); returns ``(kde, kappas)``."""
-    if ladder_max is None:
+    is at most ``ladder_max``), or the KDE of the given ``kappas``; returns ``(kde, kappas)``."""
+    if kappas is not None:
+        kappas = [float(k) for k in kappas]
+    elif ladder_max is None:
         centers, kappas, _ = tk.kde_base()
     else:
         ladders = [[lo * (hi / lo) ** (i / (tk.KDE_M - 1)) for i in range(tk.KDE_M)]
@@ -124,16 +129,16 @@ def flow_log_probs(run: Path, val, test) -> dict:
     return {k: torch.tensor(lp[k], dtype=torch.float64) for k in ("val", "test")}
 
 
-def mix_run(run: Path, ladder_max: float | None = None) -> dict:
+def mix_run(run: Path, ladder_max: float | None = None, kappas=None, weight: float | None = None) -> dict:
     ds, split, data_dir = run_identity(run)
     tk = EarthTask(ds, data_dir, split)
     val, test = tk.data.val.double(), tk.data.test.double()
     t0 = time.perf_counter()
     lp_f = flow_log_probs(run, val, test)
     flow_s = time.perf_counter() - t0
-    kde, kappas = kde_for(tk, ladder_max)
+    kde, kappas = kde_for(tk, ladder_max, kappas)
     lp_k = {"val": kde.log_prob(val), "test": kde.log_prob(test)}
-    w = best_weight(lp_f["val"], lp_k["val"])
+    w = best_weight(lp_f["val"], lp_k["val"]) if weight is None else float(weight)
     novel = nearest_angle(test, tk.data.train) > DUP_RAD
     rec = dict(run=str(run), dataset=ds, split=split, kde_kappas=kappas, weight=w, flow_seconds=flow_s,
                novel_fraction=float(novel.double().mean()))  # fmt: skip
@@ -264,6 +269,14 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--ladder_max", type=float, default=None,
                    help="only KDE ladders whose sharpest concentration is at most this")  # fmt: skip
+    p.add_argument("--kappas", type=float, nargs="+", default=None,
+                   help="the KDE's concentrations (instead of the ladder chosen on validation)")  # fmt: skip
+    p.add_argument(
+        "--weight",
+        type=float,
+        default=None,
+        help="the KDE's weight (instead of the one chosen on validation)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the records here (a new file)")
     p.add_argument("--checks", type=int, default=0, help="the split whose runs get the integral, the tolerance "
                    "check and (with --figures) the map; -1: none")  # fmt: skip
@@ -273,6 +286,13 @@ def main(argv=None) -> int:
     p.add_argument("--res", type=int, default=120, help="the maps' grid (res x res cells)")
     p.add_argument("--md", type=Path, default=None, help="write the tables into this page (its block)")
     a = p.parse_args(argv)
+    if a.weight is not None and not 0 <= a.weight <= 1:
+        raise UserError(f"--weight {a.weight:g}: the KDE's weight must be in [0, 1]")
+    if a.kappas is not None and not all(0 < k < math.inf for k in a.kappas):
+        raise UserError("--kappas: concentrations must be positive and finite")
+    if (a.kappas is not None or a.weight is not None) and (a.md is not None or a.figures is not None):
+        raise UserError("--kappas and --weight are for comparisons (printed); the page and the maps show the "
+                        "mixture chosen on validation")  # fmt: skip
     if a.md is not None and not a.md.parent.is_dir():
         raise UserError(f"--md {a.md}: no such folder")
     if a.json is not None and a.json.exists():
@@ -280,7 +300,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     recs = []
     for run in a.runs:
-        r = mix_run(run, a.ladder_max)
+        r = mix_run(run, a.ladder_max, a.kappas, a.weight)
         recs.append(r)
         print(f"{run}: {r['dataset']} split {r['split']}, KDE {', '.join(f'{k:.3g}' for k in r['kde_kappas'])}, "
               f"w = {r['weight']:.3f} (flow scored in {r['flow_seconds']:.0f} s)")  # fmt: skip
@@ -315,7 +335,9 @@ def main(argv=None) -> int:
         prefix = ""
         if a.figures is not None:
             prefix = os.path.relpath(a.figures.resolve(), a.md.resolve().parent).replace(os.sep, "/") + "/"
-        replace_block(a.md, *markers(a.ladder_max), page_lines(recs, cmd, a.ladder_max, prefix))
+        replace_block(
+            a.md, *markers(a.ladder_max, a.kappas, a.weight), page_lines(recs, cmd, a.ladder_max, prefix)
+        )
         print(f"wrote {a.md}")
     return 0
 

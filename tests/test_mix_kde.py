@@ -105,3 +105,11 @@ def test_a_tiny_run_mixed_scored_checked_drawn_and_paged(tmp_path, capsys):
     capsys.readouterr()
     assert run_cli(mk.main, "scripts.mix_kde", [str(out), "--checks", "-1"]) == 0
     assert "flow scored in 0 s" in capsys.readouterr().out
+
+
+def test_fixed_kernels_and_weight_are_printed_not_paged(tmp_path, capsys):
+    for bad, msg in ((["--weight", "1.5"], "must be in [0, 1]"), (["--kappas", "0"], "positive and finite"),
+                     (["--weight", "0.5", "--md", str(tmp_path / "p.md")], "for comparisons")):  # fmt: skip
+        assert run_cli(mk.main, "scripts.mix_kde", [str(tmp_path), *bad]) == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "p.md").exists()
