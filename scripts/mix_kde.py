@@ -213,7 +213,7 @@ def page_lines(recs, command: str, ladder_max: float | None = None, fig_prefix: 
     among = (
         "" if ladder_max is None else f" among the ladders whose sharpest kernel is at most {ladder_max:g}"
     )
-    lines = [f"Written by `{command}` (one CPU thread). Per run: the KDE's concentrations (chosen on the "
+    lines = [f"Written by `{command}` (CPU). Per run: the KDE's concentrations (chosen on the "
              f"validation split{among}), the weight `w` of the KDE (chosen on the validation split), and the NLL "
              "(nats, lower is better) of the flow alone, the KDE alone and the mixture on the validation and "
              "test splits; 'novel': the test events that repeat no training event (the share of them in "
@@ -284,6 +284,7 @@ def main(argv=None) -> int:
     p.add_argument("--integral_centers", type=int, default=1000)
     p.add_argument("--figures", type=Path, default=None, help="draw the checked runs' maps into this folder")
     p.add_argument("--res", type=int, default=120, help="the maps' grid (res x res cells)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     p.add_argument("--md", type=Path, default=None, help="write the tables into this page (its block)")
     a = p.parse_args(argv)
     if a.weight is not None and not 0 <= a.weight <= 1:
@@ -297,7 +298,9 @@ def main(argv=None) -> int:
         raise UserError(f"--md {a.md}: no such folder")
     if a.json is not None and a.json.exists():
         raise UserError(f"--json {a.json}: the file exists; choose a new name")
-    torch.set_num_threads(1)
+    if a.threads < 1:
+        raise UserError(f"--threads {a.threads}: need at least 1")
+    torch.set_num_threads(a.threads)
     recs = []
     for run in a.runs:
         r = mix_run(run, a.ladder_max, a.kappas, a.weight)
