@@ -234,8 +234,9 @@ def page_lines(recs, command: str, ladder_max: float | None = None, fig_prefix: 
     for ds in dict.fromkeys(r["dataset"] for r in recs):
         rs = [r for r in recs if r["dataset"] == ds]
         cell = {n: mean_std([r[n]["test"] for r in rs]) for n in ("flow", "kde", "mixture")}
+        target = f"{TARGET[ds]:.2f}" if ds in TARGET else ""
         lines.append(f"| {ds} | {len(rs)} | {cell['flow']} | {cell['kde']} | **{cell['mixture']}** | "
-                     f"{mean_std([r['mixture']['test_novel'] for r in rs])} | {TARGET.get(ds, '')} |")  # fmt: skip
+                     f"{mean_std([r['mixture']['test_novel'] for r in rs])} | {target} |")  # fmt: skip
     checked = [r for r in recs if "integral" in r]
     if checked:
         lines += ["", "Checks of the mixture (the runs of the checked split): its integral over the sphere by "
