@@ -1,7 +1,8 @@
 """A trained flow mixed with a kernel density estimate of its training split, the weight chosen on validation.
 
-    python -m scripts.mix_kde RUN_DIR [RUN_DIR ...] [--json FILE] [--checks SPLIT --figures DIR --res N]
-                              [--md PAGE]
+    python -m scripts.mix_kde RUN_DIR [RUN_DIR ...] [--ladder_max K] [--json FILE] [--md PAGE]
+                              [--checks SPLIT --figures DIR --res N] [--threads N]
+    python -m scripts.mix_kde RUN_DIR [RUN_DIR ...] --kappas K [K ...] --weight W   (comparisons, printed)
 
 For each finished ``main_density.py`` run on an Earth catalogue, its best-validation model (``best.pt``)
 ``p_flow`` and the multiscale von Mises-Fisher KDE ``p_kde`` of the same training split (the ladder of
@@ -25,10 +26,12 @@ For the runs of split ``--checks`` (split 0 by default), what docs/earth.md show
 mixture's integral over the sphere by importance sampling (``flows.importance_integral``, the proposal
 placed at samples of the mixture itself; it must be 1), its test NLL with the flow solved at its evaluation
 tolerance and at a 100x tighter one (they must agree to 0.01 nats), and with ``--figures DIR`` its density
-map, ``DIR/earth_mix_<dataset>.png`` (``earth_mix_<dataset>_max<K>.png`` with ``--ladder_max K``; ``scripts.earth.draw_map`` through the mixture: the calibrated fixed
-step, the cells in view computed again with the scoring solve, all of it mixed with the KDE).
-``--md PAGE`` writes the tables into PAGE (between the markers of :func:`markers`, one block per
-``--ladder_max``, the rest of the page kept; written once every run is done).
+map, ``DIR/earth_mix_<dataset>.png`` (``earth_mix_<dataset>_max<K>.png`` with ``--ladder_max K``): drawn by
+``scripts.earth.draw_map`` through the mixture (the calibrated fixed step, the cells in view computed again
+with the scoring solve, all of it mixed with the KDE). ``--md PAGE`` writes the tables into PAGE (between the
+markers of :func:`markers`, one block per ``--ladder_max``, the rest of the page kept; written once every run
+is done). The flow's log-densities at the events are kept beside each run (``mix_kde_flow.json``), so a
+second call costs only the KDE; nothing else of the run is written.
 """
 
 from __future__ import annotations
