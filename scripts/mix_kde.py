@@ -19,8 +19,8 @@ Printed per run: validation and test NLL of the flow, the KDE and the mixture, a
 test events that repeat no training event ("novel": farther than 1e-6 rad, scripts.earth_kde), which
 separates what the mixture gains at repeated coordinates (where the likelihood is unbounded below,
 docs/earth_kde.md) from what it gains elsewhere. ``--ladder_max K`` restricts the KDE's ladders to those
-whose sharpest kernel is at most ``K`` (e.g. ``1.1e5``, kernels of 19 km and broader: no kernel sharp
-enough to single out a repeated coordinate).
+whose sharpest kernel is at most ``K`` (e.g. ``1.1e5``, kernels of 19 km and broader: none of the
+kernels of a few km that only the repeated coordinates reward).
 
 For the runs of split ``--checks`` (split 0 by default), what docs/earth.md shows for every model: the
 mixture's integral over the sphere by importance sampling (``flows.importance_integral``, the proposal
