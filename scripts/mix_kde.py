@@ -302,6 +302,8 @@ def main(argv=None) -> int:
         raise UserError(f"--md {a.md}: no such folder")
     if a.json is not None and a.json.exists():
         raise UserError(f"--json {a.json}: the file exists; choose a new name")
+    if a.json is not None and not a.json.parent.is_dir():
+        raise UserError(f"--json {a.json}: no such folder")
     if a.threads < 1:
         raise UserError(f"--threads {a.threads}: need at least 1")
     torch.set_num_threads(a.threads)

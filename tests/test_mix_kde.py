@@ -53,6 +53,10 @@ def test_refuses_a_folder_that_is_not_a_run_and_an_existing_json(tmp_path, capsy
     assert run_cli(mk.main, "scripts.mix_kde", [str(tmp_path), "--json", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
     assert out.read_text() == "keep"
+    assert (
+        run_cli(mk.main, "scripts.mix_kde", [str(tmp_path), "--json", str(tmp_path / "no" / "r.json")]) == 2
+    )
+    assert "no such folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("w", [0.0, 0.5, 1.0])
