@@ -165,7 +165,7 @@ def mixture_sample(model, kde, w: float, n: int, generator) -> torch.Tensor:
 
 
 def checks(
-    run: Path, rec: dict, n: int, n_centers: int, figures: Path | None, res: int, ladder_max=None
+    run: Path, rec: dict, n: int, n_centers: int, figures: Path | None, res: int, ladder_max=None, seed=None
 ) -> dict:
     """The mixture's integral (importance sampling), its test NLL at the flow's evaluation tolerance and at a
     100x tighter one, and (with ``figures``) its map; added to ``rec`` and returned."""
@@ -183,7 +183,7 @@ def checks(
         return mixture_log_prob(lp, kde.log_prob(x.double()), w)
 
     model = best_model(run).double().eval()
-    g = torch.Generator().manual_seed(split)
+    g = torch.Generator().manual_seed(split if seed is None else seed)
     t0 = time.perf_counter()
     with torch.no_grad():
         centers = mixture_sample(model, kde, w, n_centers, g)
@@ -286,6 +286,8 @@ def main(argv=None) -> int:
                    "check and (with --figures) the map; -1: none")  # fmt: skip
     p.add_argument("--integral_samples", type=int, default=5000)
     p.add_argument("--integral_centers", type=int, default=1000)
+    p.add_argument("--integral_seed", type=int, default=None,
+                   help="the generator seed of the integral's samples (default: the split seed)")  # fmt: skip
     p.add_argument("--figures", type=Path, default=None, help="draw the checked runs' maps into this folder")
     p.add_argument("--res", type=int, default=120, help="the maps' grid (res x res cells)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
@@ -318,7 +320,16 @@ def main(argv=None) -> int:
             print(f"  {name:8s} validation {s['val']:+.4f}  test {s['test']:+.4f}  "
                   f"test, novel events ({r['novel_fraction']:.0%}) {s['test_novel']:+.4f}")  # fmt: skip
         if r["split"] == a.checks:
-            checks(run, r, a.integral_samples, a.integral_centers, a.figures, a.res, a.ladder_max)
+            checks(
+                run,
+                r,
+                a.integral_samples,
+                a.integral_centers,
+                a.figures,
+                a.res,
+                a.ladder_max,
+                a.integral_seed,
+            )
             print(f"  integral {r['integral']:.3f} ± {r['integral_stderr']:.3f} (ESS {r['integral_ess']:.0f}, "
                   f"{r['integral_seconds']:.0f} s); test NLL at tolerance {r['tol']:g} {r['test_nll_tol']:+.5f}, "
                   f"100x tighter {r['test_nll_tight']:+.5f}", flush=True)  # fmt: skip
