@@ -49,10 +49,11 @@ def task(dataset, split):
     return EarthTask(dataset, split_seed=split)
 
 
-def mean_std(xs):
+def mean_std(xs, digits: int = 2) -> str:
+    """``mean ± std`` (sample standard deviation; 0 for one value) with ``digits`` decimals."""
     m = sum(xs) / len(xs)
     s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return f"{m:.2f} ± {s:.2f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def main(argv=None):

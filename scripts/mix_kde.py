@@ -49,8 +49,8 @@ import torch
 from flows.evaluation import defensive_proposal, importance_integral, model_log_prob, solve_copy
 from manifolds.distributions import MultiscaleKDE
 from scripts.combine_fields import run_identity
-from scripts.earth import best_model
-from scripts.earth_kde import DUP_RAD, nearest_angle
+from scripts.earth import DATASETS, RIEMANNIAN_DIFFUSION, best_model
+from scripts.earth_kde import DUP_RAD, mean_std, nearest_angle
 from scripts.runs import cached
 from train.tasks import EarthTask
 from utils import UserError, run_cli
@@ -69,7 +69,7 @@ def markers(ladder_max: float | None = None, kappas=None, weight: float | None =
 
 
 #: Riemannian diffusion's test means (issue #26's long-budget target), for the page
-TARGET = {"volcano": -6.61, "earthquake": -0.40, "flood": 0.43, "fire": -1.38}
+TARGET = {ds: float(cell.split()[0]) for ds, cell in zip(DATASETS, RIEMANNIAN_DIFFUSION, strict=True)}
 
 
 def mixture_log_prob(lp_flow, lp_kde, w: float):
@@ -104,20 +104,11 @@ def best_weight(lp_flow, lp_kde, grid: int = 200) -> float:
 
 
 def kde_for(tk: EarthTask, ladder_max: float | None, kappas=None):
-    """The validation-chosen KDE of the task's training split (optionally among ladders whose sharpest kernel
-    is at most ``ladder_max``), or the KDE of the given ``kappas``; returns ``(kde, kappas)``."""
-    if kappas is not None:
-        kappas = [float(k) for k in kappas]
-    elif ladder_max is None:
-        centers, kappas, _ = tk.kde_base()
-    else:
-        ladders = [[lo * (hi / lo) ** (i / (tk.KDE_M - 1)) for i in range(tk.KDE_M)]
-                   for lo in tk.KDE_LO for hi in tk.KDE_HI if hi <= ladder_max]  # fmt: skip
-        if not ladders:
-            raise UserError(f"--ladder_max {ladder_max:g}: no ladder of train.tasks.EarthTask is that broad")
-        kappas = min(ladders, key=lambda ks: -float(
-            MultiscaleKDE(tk.data.train, ks, tk.KDE_EPS).log_prob(tk.data.val).mean()))  # fmt: skip
-    return MultiscaleKDE(tk.data.train, kappas, tk.KDE_EPS), kappas
+    """The validation-chosen KDE of the task's training split (``EarthTask.kde_base``, optionally among ladders
+    whose sharpest kernel is at most ``ladder_max``), or the KDE of the given ``kappas``; returns
+    ``(kde, kappas)``."""
+    _, kappas, _ = tk.kde_base(kappas, max_kappa=ladder_max)
+    return MultiscaleKDE(tk.data.train, kappas, tk.KDE_EPS), [float(k) for k in kappas]
 
 
 def flow_log_probs(run: Path, val, test) -> dict:
@@ -205,12 +196,6 @@ def checks(
     return rec
 
 
-def mean_std(xs) -> str:
-    m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return f"{m:.3f} ± {sd:.3f}"
-
-
 def page_lines(recs, command: str, ladder_max: float | None = None, fig_prefix: str = "") -> list[str]:
     """The generated block of the page: per run, per dataset, and the checked runs."""
     among = (
@@ -236,10 +221,10 @@ def page_lines(recs, command: str, ladder_max: float | None = None, fig_prefix: 
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     for ds in dict.fromkeys(r["dataset"] for r in recs):
         rs = [r for r in recs if r["dataset"] == ds]
-        cell = {n: mean_std([r[n]["test"] for r in rs]) for n in ("flow", "kde", "mixture")}
+        cell = {n: mean_std([r[n]["test"] for r in rs], 3) for n in ("flow", "kde", "mixture")}
         target = f"{TARGET[ds]:.2f}" if ds in TARGET else ""
         lines.append(f"| {ds} | {len(rs)} | {cell['flow']} | {cell['kde']} | **{cell['mixture']}** | "
-                     f"{mean_std([r['mixture']['test_novel'] for r in rs])} | {target} |")  # fmt: skip
+                     f"{mean_std([r['mixture']['test_novel'] for r in rs], 3)} | {target} |")  # fmt: skip
     checked = [r for r in recs if "integral" in r]
     if checked:
         lines += ["", "Checks of the mixture (the runs of the checked split): its integral over the sphere by "
@@ -341,7 +326,7 @@ def main(argv=None) -> int:
         if len(rs) > 1:
             for k in ("val", "test"):
                 cells = ", ".join(
-                    f"{n} {mean_std([r[n][k] for r in rs])}" for n in ("flow", "kde", "mixture")
+                    f"{n} {mean_std([r[n][k] for r in rs], 3)}" for n in ("flow", "kde", "mixture")
                 )
                 print(f"{ds}, {len(rs)} runs, {'validation' if k == 'val' else 'test'} NLL: {cells}")
     if a.json is not None:

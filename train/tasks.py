@@ -127,10 +127,11 @@ class EarthTask:
         0.01,
     )
 
-    def kde_base(self, kappas=None):
+    def kde_base(self, kappas=None, max_kappa=None):
         """The KDE base's centres (the training split) and its concentrations: ``kappas`` when given
         (``--kde_kappas``), else the ladder chosen by the validation NLL of the KDE alone (never the test
-        split); returns ``(centers, kappas, val_nll)``."""
+        split), among the ladders whose sharpest kernel is at most ``max_kappa`` when given (a ``UserError``
+        when none is); returns ``(centers, kappas, val_nll)``."""
         from manifolds.distributions import MultiscaleKDE
 
         def val_nll(ks):
@@ -139,7 +140,9 @@ class EarthTask:
         if kappas is not None:
             return self.data.train, list(kappas), val_nll(kappas)
         ladders = [[lo * (hi / lo) ** (i / (self.KDE_M - 1)) for i in range(self.KDE_M)]
-                   for lo in self.KDE_LO for hi in self.KDE_HI]  # fmt: skip
+                   for lo in self.KDE_LO for hi in self.KDE_HI if max_kappa is None or hi <= max_kappa]  # fmt: skip
+        if not ladders:
+            raise UserError(f"no ladder of the KDE has its sharpest kernel at most {max_kappa:g}")
         return min(((self.data.train, ks, val_nll(ks)) for ks in ladders), key=lambda r: r[2])
 
     def train_batches(self, batch_size, generator, dtype):
