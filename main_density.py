@@ -221,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "von Mises-Fisher kernel density estimate of the training split with 1%% uniform, "
                             "its four concentrations chosen on the validation split or given by --kde_kappas; "
                             "the flow starts at the identity, so the untrained model is that KDE")  # fmt: skip
+    earth.add_argument("--stack", choices=["auto", "on", "off"], default="auto",
+                       help="after training on Earth data, also report the best flow stacked with von Mises-"
+                            "Fisher KDEs of the training split (kernels of 19 km and broader) and the uniform law, "
+                            "the mixture weights fitted on the validation split (train/stacking.py; metrics.json's "
+                            "stack); auto: on for --objective fm --budget long")  # fmt: skip
     earth.add_argument("--coupling", choices=["independent", "paired"], default=None,
                        help="flow matching's pairs of data and base points: independent, or paired (a kernel "
                             "draw at each data point; needs --base kde)")  # fmt: skip

@@ -295,7 +295,9 @@ class MultiscaleKDE:
                                      dtype=torch.float64)  # fmt: skip
         self.log_uniform = math.log(eps / (4 * math.pi))
 
-    def log_prob(self, x):
+    def kernel_log_probs(self, x):
+        """``(N, m)`` float64: at each point, the log-density of the KDE of each concentration alone (an
+        equal-weight mixture of the kernels of that concentration at every centre, normalized; no uniform)."""
         xd = x.double()
         c = self.centers.to(xd.device)
         k = torch.tensor(self.kappas, dtype=torch.float64, device=xd.device)
@@ -303,9 +305,12 @@ class MultiscaleKDE:
         for i in range(0, xd.shape[0], self.chunk):
             d = xd[i : i + self.chunk] @ c.T - 1  # <x, c> - 1 <= 0, exact to 1e-16 in float64
             lp = torch.logsumexp(k[:, None, None] * d.unsqueeze(0), -1) + self.log_peak.to(xd.device)[:, None]
-            kde = torch.logsumexp(lp, 0) - math.log(len(c) * len(self.kappas))
-            out.append(torch.logaddexp(kde + math.log1p(-self.eps), torch.full_like(kde, self.log_uniform)))
-        lp = torch.cat(out) if out else xd.new_zeros(0)
+            out.append(lp.T - math.log(len(c)))
+        return torch.cat(out) if out else xd.new_zeros(0, len(self.kappas))
+
+    def log_prob(self, x):
+        kde = torch.logsumexp(self.kernel_log_probs(x), -1) - math.log(len(self.kappas))
+        lp = torch.logaddexp(kde + math.log1p(-self.eps), torch.full_like(kde, self.log_uniform))
         return lp.to(x.dtype)
 
     def sample_around(self, mu, generator=None):

@@ -64,13 +64,19 @@ RIEMANNIAN_DIFFUSION = ("-6.61 ± 0.97", "-0.40 ± 0.05", "0.43 ± 0.07", "-1.38
 #: size of 33 of 5000 (estimate 0.73 +- 0.13). An integral of another proposal is computed again.
 INTEGRAL_PROPOSAL = 2
 LOG_RANGE = 8.0  # viz.figures.LOG_RANGE
+#: What scripts.earth_stack.stack_scores measures of a stacked run (``--stack``), kept in its record.
+STACK_KEYS = ("stack_test_nll_check", "stack_novel_fraction", "stack_test_nll_novel", "flow_test_nll_novel",
+              "stack_integral", "stack_integral_stderr", "stack_integral_ess", "stack_integral_seconds", "stack_tol",
+              "stack_test_nll_tol", "stack_test_nll_tight", "stack_map_res", "stack_map_step", "stack_map_err_val",
+              "stack_map_err_test", "stack_map_err_test_drawn", "stack_map_seconds", "stack_map_cells_rescored",
+              "stack_map_cells_refined", "stack_map_file")  # fmt: skip
 #: What a run record keeps (docs/records/PAGE.json): everything the page shows, nothing of the model.
 RECORD_KEYS = ("dataset", "seed", "cmd", "settings", "n_train", "epochs", "batch_size", "test_nll", "test_nll_stderr",
                "val_nll", "best_epoch", "train_seconds", "wall_seconds", "integral", "integral_stderr",
                "integral_ess", "integral_proposal", "map_res", "map_step", "map_warp", "map_err_val", "map_err_test", "map_seconds", "map_pointwise",
                "map_peaks_rescored", "map_peak_err", "map_cells_rescored", "map_rescore_err", "map_cells_refined",
                "map_err_test_drawn", "score_tol",
-               "test_nll_score", "test_nll_tight")  # fmt: skip
+               "test_nll_score", "test_nll_tight", "stack", *STACK_KEYS)  # fmt: skip
 
 
 def dataset_res(text: str) -> tuple[str, int]:
@@ -240,6 +246,8 @@ def main(argv=None):
                     lambda out=out, ds=ds, seed=seed: tight_check(out, ds, a.data_dir, seed),
                 )
             )
+        if "stack" in m:  # --stack: the stacked density's scores; on the first split its checks and map
+            m.update(stacked(out, ds, seed, a))
         fig = ROOT / a.figures / figure_name(a, ds) if a.figures else None
         if fig is not None and seed == a.seeds[0]:
             drawn = json.loads((out / "map.json").read_text()) if (out / "map.json").is_file() else {}
@@ -273,6 +281,34 @@ def main(argv=None):
         print(f"{len(failed)} run(s) failed or did not finish: " + "; ".join(failed), file=sys.stderr)
         return 1
     return 0 if written else 1
+
+
+def stacked(out, ds, seed, a) -> dict:
+    """A stacked run's ``stack_*`` scores (:func:`scripts.earth_stack.stack_scores`), kept in ``stack.json``
+    beside it (measured again when the run's stack or the checks asked for differ from the kept ones)."""
+    from scripts.earth_stack import stack_scores
+
+    check = seed == a.seeds[0] and (a.integral_seeds is None or seed in a.integral_seeds)
+    fig = (
+        ROOT / a.figures / figure_name(a, ds).replace(".png", "_stacked.png") if a.figures and check else None
+    )
+    res = a.res_of.get(ds, a.res)
+    weights = json.loads((out / "metrics.json").read_text())["stack"]
+    kept = out / "stack.json"
+    if kept.is_file():
+        old = json.loads(kept.read_text())
+        if (
+            old.get("stack") != weights
+            or ("stack_integral" in old) != check
+            or (fig is not None and (not fig.is_file() or old.get("stack_map_res") != res))
+        ):
+            kept.unlink()
+
+    def compute():
+        rec = stack_scores(out, ds, a.data_dir, seed, check, fig, res, a.integral_samples, a.integral_centers)
+        return {**rec, "stack": weights}
+
+    return {k: v for k, v in cached(out, "stack.json", compute).items() if k != "stack"}
 
 
 def best_model(out):
@@ -323,7 +359,7 @@ REFINE_PROBE = 64
 REFINE_BAND = 2.0
 
 
-def draw_map(out, ds, path, res, data_dir, seed, mix=None) -> dict:
+def draw_map(out, ds, path, res, data_dir, seed, mix=None, label=None) -> dict:
     """The best-validation model's density on a Mollweide map with the test events on top.
 
     Flow-matching models are drawn with the calibrated fixed step (:func:`flows.calibrated_map_model`,
@@ -334,8 +370,9 @@ def draw_map(out, ds, path, res, data_dir, seed, mix=None) -> dict:
     difference| on the validation and test events, cells refined and scored.
 
     ``mix``: ``(log_p_flow, x) -> log_p`` turns the flow's log-densities at points ``x`` into those of a model
-    built on it (the mixture with a KDE of ``scripts.mix_kde``); every log-density the map computes or
-    compares (the fixed step, the finer step, the scoring solve) goes through it, so the map is that model's.
+    built on it (the mixture with a KDE of ``scripts.mix_kde``, the stack of ``--stack``); every log-density the
+    map computes or compares (the fixed step, the finer step, the scoring solve) goes through it, so the map is
+    that model's; ``label``: its name in the map's title.
     """
     import numpy as np
     import torch
@@ -383,7 +420,7 @@ def draw_map(out, ds, path, res, data_dir, seed, mix=None) -> dict:
     # log scale over the top 8 nats, transparent below, so that the continents stay visible
     values = figures.top_log_density(values, LOG_RANGE)
     path.parent.mkdir(parents=True, exist_ok=True)
-    what = "model" if mix is None else "flow + KDE mixture"
+    what = label or ("model" if mix is None else "flow + KDE mixture")
     title = f"{ds} (split {seed}): {what} log-density (top {LOG_RANGE:.0f} nats), test events"
     figures.plot_panels([dict(title=title, values=values,
                               scatter=figures.to_plane(data.test, "Sphere"))], "Sphere", path, stock=True)  # fmt: skip
@@ -542,6 +579,7 @@ def side_by_side(earth_md, fm_md, fm_default_md=None, fm_long_md=None):
         table_rows(md, DATASETS, min_cells=8, stop=SIDE_BEGIN)
         for md in (earth_md, fm_md, fm_default_md, fm_long_md)
     )
+    stacked = table_rows(fm_long_md, DATASETS, min_cells=7, stop=SIDE_BEGIN, start=STACK_HEADING)
     if not earth_md.is_file():
         return
     pub = {row[0]: row[1:] for row in PUBLISHED}
@@ -550,33 +588,37 @@ def side_by_side(earth_md, fm_md, fm_default_md=None, fm_long_md=None):
              "split (mean over the splits, evaluations excluded). Maximum likelihood: the table above. Flow "
              "matching: main_density.py's `--objective fm` default since 2026-12-02 (a broad KDE base, "
              "[earth_fm_kde.md](earth_fm_kde.md)), the same at `--budget long` (three times the steps, "
-             "[earth_fm_kde_long.md](earth_fm_kde_long.md)) and the default before it (uniform base, "
+             "[earth_fm_kde_long.md](earth_fm_kde_long.md)), the long budget's flow stacked with KDEs of the training "
+             "split (`--stack`, on at `--budget long`; [earth_fm_kde_long.md](earth_fm_kde_long.md#stacked-with-kdes-of-"
+             "the-training-split)) and the default before it (uniform base, "
              "[earth_fm.md](earth_fm.md)). Same splits, same exact-likelihood scoring. Gap: the current "
-             "flow-matching default's mean minus Moser Flow's; long gap: the long budget's mean minus Riemannian "
-             "diffusion's (negative is better). Riemannian diffusion (Huang et al. 2022, importance-weighted "
+             "flow-matching default's mean minus Moser Flow's; long gap: the long budget's mean (its flow; "
+             "stacked: its stacked density) minus Riemannian diffusion's (negative is better). Riemannian diffusion (Huang et al. 2022, importance-weighted "
              "bounds) as quoted in issue #26, not checked against the paper here. Generalised flow maps (Davis et al. "
              "2025, arXiv 2510.21608, ICLR 2026) are quoted in #26 at earthquake -1.08, flood -0.88, fire -2.48; the "
              "paper's abstract was found, its likelihood table was not reachable from here, so those numbers are "
              "not verified and not tabulated.", "",
              "| dataset | maximum likelihood | train s | flow matching | train s | flow matching, long | train s "
-             "| previous flow matching | train s | Moser Flow | gap | Riemannian diffusion | long gap "
-             "| Riemannian flow matching |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| long, stacked | previous flow matching | train s | Moser Flow | gap | Riemannian diffusion | long gap "
+             "| stacked gap | Riemannian flow matching |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def cells(row):
         return f"{row[4]} ({row[2]}) | {row[7]}" if row else "not run | "
 
-    def gap(row, published):
-        return f"{float(row[4].split()[0]) - float(published.split()[0]):+.2f}" if row else ""
+    def gap(row, published, col=4):
+        return f"{float(row[col].strip('*').split()[0]) - float(published.split()[0]):+.2f}" if row else ""
 
     for j, ds in enumerate(DATASETS):
         a, b, c, d = mle.get(ds), fm_new.get(ds), fm.get(ds), fm_long.get(ds)
         if a is None and b is None and c is None and d is None:
             continue
         moser = pub["Moser Flow"][j]
-        lines.append(f"| {ds} | {cells(a)} | {cells(b)} | {cells(d)} | {cells(c)} | {moser} | {gap(b, moser)} "
-                     f"| {RIEMANNIAN_DIFFUSION[j]} | {gap(d, RIEMANNIAN_DIFFUSION[j])} "
-                     f"| {pub['Riemannian flow matching (own splits)'][j]} |")  # fmt: skip
+        e = stacked.get(ds)
+        stack_cell = f"{e[3].strip('*')} ({e[1]})" if e else "not run"
+        lines.append(f"| {ds} | {cells(a)} | {cells(b)} | {cells(d)} | {stack_cell} | {cells(c)} | {moser} "
+                     f"| {gap(b, moser)} | {RIEMANNIAN_DIFFUSION[j]} | {gap(d, RIEMANNIAN_DIFFUSION[j])} "
+                     f"| {gap(e, RIEMANNIAN_DIFFUSION[j], 3)} | {pub['Riemannian flow matching (own splits)'][j]} |")  # fmt: skip
     for md in (fm_default_md, fm_long_md, fm_md):
         notes = section(md, "## Notes")
         if notes:
@@ -649,6 +691,7 @@ def write(path, results, a, reused: int = 0):
         lines.append(f"| {ds} | {ms[0]['n_train']} | {len(ms)} | {epochs} ({steps}) | "
                      f"{statistics.mean(nll):.3f}{spread} | {', '.join(f'{x:.3f}' for x in nll)} | {integ} | "
                      f"{statistics.mean(m['train_seconds'] for m in ms):.0f} | {wall_s} |")  # fmt: skip
+    lines += stack_lines(results, a, path)
     if fm:
         lines += ["", "Beside maximum likelihood, Moser Flow and Riemannian flow matching: "
                   "[earth.md](earth.md#both-objectives)."]  # fmt: skip
@@ -727,6 +770,63 @@ def write(path, results, a, reused: int = 0):
     lines += ["", "Commands of the runs:", ""]
     lines += [f"- `{m['cmd']}`" for ms in results.values() for m in ms]
     return write_page(Path(path), "\n".join(lines) + "\n", count_results, force=getattr(a, "force", False))
+
+
+#: The heading of a page's section on the stacked density (``--stack``), where side_by_side finds its rows.
+STACK_HEADING = "## Stacked with KDEs of the training split"
+
+
+def stack_lines(results, a, path) -> list[str]:
+    """The page's section on the stacked density of the runs that have one (``--stack``, train/stacking.py):
+    its test NLL beside the flow's, per split and over the novel test events; the first split's checks and map."""
+    from scripts.earth_kde import mean_std
+
+    done = {ds: ms for ds, ms in results.items() if ms and all("stack" in m for m in ms)}
+    if not done:
+        return []
+    lines = ["", STACK_HEADING, "",
+             "`--stack` (on at `--budget long`; train/stacking.py): after training, the best flow, the von "
+             "Mises-Fisher KDE of the training split at each concentration of a ladder (from 1.1e5, kernels of "
+             "19 km, down by factors of 2 to 13, about 1800 km) and the uniform law are mixed, with the weights "
+             "that maximize the validation likelihood (stacking, Smyth & Wolpert 1999; EM); an exact, normalized "
+             "density, the test split scored once. Test NLL, mean ± std over the splits; flow weight: the flow's "
+             "share of the mixture per split; novel: the test events that repeat no training coordinate (their "
+             "share in brackets), where the likelihood is bounded (docs/earth_kde.md).", "",
+             "| dataset | splits | flow | stacked | per split | flow weight | novel test events: flow / stacked |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for ds, ms in done.items():
+        st = [m["stack"]["test_nll"] for m in ms]
+        weights = [m["stack"]["weight_flow"] for m in ms]
+        novel = [m for m in ms if "stack_test_nll_novel" in m]
+        nov = (f"{mean_std([m['flow_test_nll_novel'] for m in novel], 3)} / "
+               f"{mean_std([m['stack_test_nll_novel'] for m in novel], 3)} "
+               f"({statistics.mean(m['stack_novel_fraction'] for m in novel):.0%})" if novel else "-")  # fmt: skip
+        lines.append(f"| {ds} | {len(ms)} | {mean_std([m['test_nll'] for m in ms], 3)} | **{mean_std(st, 3)}** | "
+                     f"{', '.join(f'{x:.3f}' for x in st)} | "
+                     f"{', '.join(f'{w:.2f}' for w in weights)} | {nov} |")  # fmt: skip
+    checked = [(ds, ms[0]) for ds, ms in done.items() if "stack_integral" in ms[0]]
+    if checked:
+        lines += ["", f"Checks of the stacked density of split {a.seeds[0]}: its integral by importance sampling (the "
+                  "proposal at samples of the stack; estimate ± standard error, ESS), its test NLL with the flow "
+                  "solved at the scoring tolerance and 100x tighter, and its map (`scripts.earth.draw_map` through "
+                  "the stack: every cell in view the scoring solve's, mixed) with its mean |log-density difference| "
+                  "from the scoring solve on the test events, as drawn and by the map's fixed step alone:", "",
+                  "| dataset | integral | test NLL at tolerance / 100x tighter | map grid | map error as drawn / "
+                  "fixed step | map s |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for ds, m in checked:
+            has_map = "stack_map_seconds" in m
+            grid = f"{m['stack_map_res']} x {m['stack_map_res']}" if has_map else "-"
+            err = f"{m['stack_map_err_test_drawn']:.4f} / {m['stack_map_err_test']:.4f}" if has_map else "-"
+            secs = f"{m['stack_map_seconds']:.0f}" if has_map else "-"
+            lines.append(f"| {ds} | {m['stack_integral']:.3f} ± {m['stack_integral_stderr']:.3f} (ESS "
+                         f"{m['stack_integral_ess']:.0f}) | {m['stack_test_nll_tol']:.4f} (tol {m['stack_tol']:g}) / "
+                         f"{m['stack_test_nll_tight']:.4f} | {grid} | {err} | {secs} |")  # fmt: skip
+        figs = [(ds, ROOT / a.figures / m["stack_map_file"]) for ds, m in checked if "stack_map_file" in m]
+        figs = [(ds, f) for ds, f in figs if f.is_file()]
+        if figs:
+            lines += ["", f"The stacked densities of split {a.seeds[0]} with its test events:", ""]
+            lines += [f"![{ds}, stacked]({os.path.relpath(f, Path(path).parent)})" for ds, f in figs]
+    return lines
 
 
 def count_results(text: str) -> int:

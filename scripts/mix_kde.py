@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from flows.evaluation import defensive_proposal, importance_integral, model_log_prob, solve_copy
+from flows.evaluation import model_log_prob, solve_copy
 from manifolds.distributions import MultiscaleKDE
 from scripts.combine_fields import run_identity
 from scripts.earth import DATASETS, RIEMANNIAN_DIFFUSION, best_model
@@ -159,11 +159,9 @@ def checks(
     run: Path, rec: dict, n: int, n_centers: int, figures: Path | None, res: int, ladder_max=None, seed=None
 ) -> dict:
     """The mixture's integral (importance sampling), its test NLL at the flow's evaluation tolerance and at a
-    100x tighter one, and (with ``figures``) its map; added to ``rec`` and returned."""
-    import dataclasses
-
-    from flows import solver_gap
-    from scripts.earth import draw_map
+    100x tighter one, and (with ``figures``) its map (:func:`scripts.earth_stack.mixture_checks`); added to
+    ``rec`` and returned."""
+    from scripts.earth_stack import mixture_checks
 
     ds, split, data_dir = run_identity(run)
     tk = EarthTask(ds, data_dir, split)
@@ -173,26 +171,17 @@ def checks(
     def mix(lp, x):
         return mixture_log_prob(lp, kde.log_prob(x.double()), w)
 
-    model = best_model(run).double().eval()
-    g = torch.Generator().manual_seed(split if seed is None else seed)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        centers = mixture_sample(model, kde, w, n_centers, g)
-    exact = solve_copy(model)
-    est = importance_integral(lambda x: mix(model_log_prob(exact, x), x), defensive_proposal(centers), n=n,
-                              generator=g)  # fmt: skip
-    rec.update(integral=est.estimate, integral_stderr=est.stderr, integral_ess=est.ess,
-               integral_seconds=time.perf_counter() - t0)  # fmt: skip
-    test = tk.data.test.double()
-    tol = model.eval_solver.atol
-    tight = dataclasses.replace(model.eval_solver, atol=tol / 100, rtol=model.eval_solver.rtol / 100)
-    lp, lp_tight = solver_gap(model, test, {}, dict(solver=tight))
-    rec.update(
-        tol=tol, test_nll_tol=-float(mix(lp, test).mean()), test_nll_tight=-float(mix(lp_tight, test).mean())
-    )
+    def sample(model, k, g):
+        return mixture_sample(model, kde, w, k, g)
+
+    fig = None
     if figures is not None:
-        name = f"earth_mix_{ds}" + ("" if ladder_max is None else f"_max{ladder_max:g}") + ".png"
-        rec.update(draw_map(run, ds, figures / name, res, data_dir, split, mix=mix), map_file=name)
+        fig = figures / (f"earth_mix_{ds}" + ("" if ladder_max is None else f"_max{ladder_max:g}") + ".png")
+    rec.update(
+        mixture_checks(run, ds, data_dir, split, mix, sample, n, n_centers, fig, res, integral_seed=seed)
+    )
+    if fig is not None:
+        rec["map_file"] = fig.name
     return rec
 
 

@@ -6,16 +6,21 @@ import sys
 from pathlib import Path
 
 
-def table_rows(md: Path, keys, n_key: int = 1, min_cells: int = 2, stop: str | None = None) -> dict:
+def table_rows(
+    md: Path, keys, n_key: int = 1, min_cells: int = 2, stop: str | None = None, start: str | None = None
+) -> dict:
     """``{key: cells}`` of the table rows on page ``md`` whose first ``n_key`` cells are a key in ``keys``.
 
     The first row of each key wins; text from ``stop`` on is not read (a generated block that repeats
-    the keys). Empty when the page does not exist.
+    the keys), nor text before ``start`` when given (nothing when the page has no ``start``). Empty when
+    the page does not exist.
     """
     rows = {}
     if not md.is_file():
         return rows
     text = md.read_text()
+    if start is not None:
+        text = text.split(start, 1)[1] if start in text else ""
     for line in (text.split(stop)[0] if stop else text).splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         key = tuple(cells[:n_key]) if n_key > 1 else cells[0]

@@ -80,7 +80,7 @@ def run_one(out: Path, args: list[str], epochs: int | None = None, log=None, tra
 #: Entries of a run's saved arguments that say nothing about what it computes (where it writes, what the
 #: user typed, what the trainer fills in from the data).
 NOT_SETTINGS = ("explicit", "base_n", "out", "quiet", "resume", "overwrite", "stop_after", "save", "contsave",
-                "save_freq")  # fmt: skip
+                "save_freq", "stack")  # fmt: skip
 
 
 def run_settings(saved_args: dict) -> dict:

@@ -157,7 +157,7 @@ BASELINE_ONLY = ("blocks", "components")
 
 # flags that may change when a run is resumed; everything else comes from the checkpoint
 RESUMABLE = {"epochs", "out", "dev", "quiet", "stop_after", "eval_freq", "save", "contsave", "save_freq",
-             "samples", "res", "resume", "test_size", "data_dir", "overwrite", "compile", "guard_freq"}  # fmt: skip
+             "samples", "res", "resume", "test_size", "data_dir", "overwrite", "compile", "guard_freq", "stack"}  # fmt: skip
 #: ``--compile auto`` compiles the training ODE function for runs of at least this many epochs.
 #: Measured on one CPU thread (docs/benchmark.md, 2026-12-03, the sphere at 3 charts x 1/3): the compilation
 #: costs 20 s (sphere) / 29 s (hyperboloid) with an empty inductor cache and 3.5 / 3.0 s once the cache holds
@@ -256,6 +256,7 @@ def fill_objective(args, earth: bool, resuming: bool = False):
         for k, v in BUDGETS[budget].items():
             if k not in args.explicit:
                 setattr(args, k, round(v * scale))
+    args.stack = resolve_stack(getattr(args, "stack", "auto"), earth, objective.solves_ode, budget)
     if args.lr_schedule == "cosine" and "num_drops" in args.explicit:
         raise UserError("--num_drops belongs to --lr_schedule drops, not cosine")
     if args.lr_schedule == "drops" and "warmup" in args.explicit and args.warmup:
@@ -295,6 +296,19 @@ def fill_objective(args, earth: bool, resuming: bool = False):
     if args.contsave and args.dim != 2:
         raise UserError(f"--contsave draws density maps of 2-dimensional manifolds, not --dim {args.dim}; "
                         "--save draws the pairwise marginals of samples in any dimension")  # fmt: skip
+
+
+def resolve_stack(mode: str, earth: bool, solves_ode: bool, budget: str) -> str:
+    """``--stack``: ``on`` or ``off`` (``auto``: on for flow matching's long budget on Earth data, the budget
+    that reports the best density this project reaches; train/stacking.py)."""
+    from utils import UserError
+
+    if mode == "on" and not earth:
+        raise UserError("--stack on mixes the flow with KDEs of an Earth catalogue's training split "
+                        "(--dataset volcano|earthquake|flood|fire), fitted on its validation split")  # fmt: skip
+    if mode == "auto":
+        return "on" if earth and not solves_ode and budget == "long" else "off"
+    return mode
 
 
 def fill_settings(args):

@@ -30,12 +30,20 @@ class Evaluation:
         """
         return copy.deepcopy(self.scored_model).to(torch.float64).eval()
 
-    def sharded_metrics(self, x, with_truth: bool):
-        """Evaluation metrics on ``x``, each rank evaluating its shard (then gathered in rank order)."""
-        from flows import metrics_from_log_probs, model_log_prob
+    def sharded_log_probs(self, x):
+        """The scored model's log-densities at ``x``, each rank evaluating its shard (gathered in rank order)."""
+        from flows import model_log_prob
 
         shard = x.tensor_split(self.world)[self.rank]
-        lp = gather_cat(model_log_prob(self.eval_model(), shard.to(self.device), self.eval_chunk), self.world)
+        return gather_cat(
+            model_log_prob(self.eval_model(), shard.to(self.device), self.eval_chunk), self.world
+        )
+
+    def sharded_metrics(self, x, with_truth: bool, log_probs=None):
+        """Evaluation metrics on ``x`` (from its ``log_probs`` when given, else :meth:`sharded_log_probs`)."""
+        from flows import metrics_from_log_probs
+
+        lp = self.sharded_log_probs(x) if log_probs is None else log_probs
         truth = self.task.truth(x) if with_truth else None
         return metrics_from_log_probs(lp, truth)
 
@@ -73,5 +81,20 @@ class Evaluation:
         if self.best is None:
             raise UserError("this run has no validation record to select a model by")
         self.scored_model.load_state_dict(self.best["model"])
-        t = self.sharded_metrics(self.task.x_test, with_truth=False)
+        self.test_log_probs = self.sharded_log_probs(self.task.x_test)
+        t = self.sharded_metrics(self.task.x_test, with_truth=False, log_probs=self.test_log_probs)
         return {**t, "val_nll": self.best["val_nll"], "best_epoch": self.best["epoch"]}
+
+    def stack_metrics(self) -> dict:
+        """``--stack on`` (after :meth:`final_metrics`): the best flow stacked with KDEs of the training split,
+        the weights fitted on the validation split (:class:`train.stacking.Stack`), the test split scored
+        once; the flow's validation log-densities are solved again with the best weights (every rank its
+        shard, as for the test split)."""
+        from .stacking import Stack
+
+        x_val, x_test = self.task.x_select.double(), self.task.x_test.double()
+        lp_val = self.sharded_log_probs(self.task.x_select).double().cpu()
+        stack = Stack.fit(self.task.data.train, lp_val, x_val)
+        val, test = stack.log_prob(lp_val, x_val), stack.log_prob(self.test_log_probs.double().cpu(), x_test)
+        return {"test_nll": -float(test.mean()), "test_nll_stderr": float(test.std() / len(test) ** 0.5),
+                "val_nll": -float(val.mean()), "flow_val_nll": -float(lp_val.mean()), **stack.record()}  # fmt: skip

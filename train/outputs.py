@@ -40,6 +40,7 @@ class Outputs:
         run, model, epochs = self.settings.run, self.settings.model, self.settings.optim.epochs
         in_sync = self.ranks_in_sync() if self.world > 1 else True
         last = self.final_metrics()  # (train/evaluation.py: the best validation weights, where selected)
+        stack = self.stack_metrics() if run.stack == "on" else None  # every rank solves its shard
         if not self.is_main:
             return
         keys = (
@@ -56,7 +57,7 @@ class Outputs:
         metrics = {
             **{k: last[k] for k in keys if k in last},
             "epochs": epochs, "train_seconds": self.train_seconds,
-            "seconds_per_epoch": self.train_seconds / max(epochs - self.start_epoch, 1),
+            "seconds_per_epoch": self.train_seconds / max(epochs, 1),  # train_seconds: the whole run's
             "nfe_forward": self.nfe["forward"] / steps,
             "nfe_backward": self.nfe["backward"] / steps,
             "device": str(self.device), "ranks": self.world, "ranks_in_sync": in_sync,
@@ -64,6 +65,8 @@ class Outputs:
             "model": model.kind, "parameters": sum(p.numel() for p in self.model.parameters()),
             "args": self.saved_args(),
         }  # fmt: skip
+        if stack is not None:
+            metrics["stack"] = stack
         if self.guard_log:  # the solver guard's refinements, its checks, and the step the run ended with
             metrics["guard_events"] = [c for c in self.guard_log if "refined_to" in c]
             open_gaps = [f"epoch {c['epoch']}: {c['warning']}" for c in self.guard_log if "warning" in c]

@@ -90,6 +90,7 @@ class RunSettings:
     resume: str | None  # the checkpoint this run continues
     stop_after: int | None  # this invocation's epochs (then a resumable checkpoint)
     quiet: bool
+    stack: str  # "on": the best flow stacked with KDEs of the training split at the end (train/stacking.py)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ _RENAMED = {
 }
 _DEFAULTS = dict(kind="mcnf", ensemble=1, blocks=8, components=8, base="default", base_n=None, base_kappas=None,
                  amp="off", coupling="independent", target_kappa=0.0, compile="off", guard_freq=100, out=None, resume=None,
-                 stop_after=None, quiet=False)  # fmt: skip
+                 stop_after=None, quiet=False, stack="off")  # fmt: skip
 
 
 def _group(cls, args):

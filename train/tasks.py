@@ -156,7 +156,10 @@ class EarthTask:
         return f"epoch {epoch}: {loss_name} {loss:.4f}  validation NLL {m['val_nll']:.4f}"
 
     def done_line(self, metrics, seconds, out):
-        return (f"done: test NLL {metrics['test_nll']:.4f} (best validation epoch {metrics['best_epoch']}) "
+        st = metrics.get("stack")
+        stacked = (f"; stacked with the KDEs (flow weight {st['weight_flow']:.3f}): test NLL {st['test_nll']:.4f}"
+                   if st else "")  # fmt: skip
+        return (f"done: test NLL {metrics['test_nll']:.4f} (best validation epoch {metrics['best_epoch']}){stacked} "
                 f"in {seconds:.1f} s; results in {out}")  # fmt: skip
 
     def figure(self, model_log_prob, path, res, progress, model_sample=None):
