@@ -16,7 +16,7 @@ from train.stacking import MAX_KAPPA, Stack, mixture_weights, stack_kappas
 def test_the_ladder_runs_from_the_cap_down_by_the_ratio():
     ks = stack_kappas()
     assert ks[-1] == MAX_KAPPA and ks == sorted(ks) and ks[0] >= 10 and ks[0] / 2 < 10
-    assert all(b / a == pytest.approx(2.0) for a, b in zip(ks, ks[1:]))
+    assert all(b / a == pytest.approx(2.0) for a, b in zip(ks, ks[1:], strict=False))
     assert stack_kappas(100.0, 10.0, 1.0) == pytest.approx([1.0, 10.0, 100.0])
     for bad in ((10.0, 2.0, 20.0), (100.0, 1.0, 1.0), (100.0, 2.0, 0.0)):
         with pytest.raises(ValueError):
