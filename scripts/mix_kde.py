@@ -27,7 +27,7 @@ mixture's integral over the sphere by importance sampling (``flows.importance_in
 placed at samples of the mixture itself; it must be 1), its test NLL with the flow solved at its evaluation
 tolerance and at a 100x tighter one (they must agree to 0.01 nats), and with ``--figures DIR`` its density
 map, ``DIR/earth_mix_<dataset>.png`` (``earth_mix_<dataset>_max<K>.png`` with ``--ladder_max K``): drawn by
-``scripts.earth.draw_map`` through the mixture (the calibrated fixed step, the cells in view computed again
+``scripts.earth_maps.draw_map`` through the mixture (the calibrated fixed step, the cells in view computed again
 with the scoring solve, all of it mixed with the KDE). ``--md PAGE`` writes the tables into PAGE (between the
 markers of :func:`markers`, one block per ``--ladder_max``, the rest of the page kept; written once every run
 is done). The flow's log-densities at the events are kept beside each run (``mix_kde_flow.json``), so a
@@ -46,12 +46,11 @@ from pathlib import Path
 
 import torch
 
-from flows.evaluation import model_log_prob, solve_copy
 from manifolds.distributions import MultiscaleKDE
 from scripts.combine_fields import run_identity
-from scripts.earth import DATASETS, RIEMANNIAN_DIFFUSION, best_model
+from scripts.earth import DATASETS, RIEMANNIAN_DIFFUSION
 from scripts.earth_kde import DUP_RAD, mean_std, nearest_angle
-from scripts.runs import cached
+from scripts.earth_stack import flow_log_probs
 from train.tasks import EarthTask
 from utils import UserError, run_cli
 
@@ -109,18 +108,6 @@ def kde_for(tk: EarthTask, ladder_max: float | None, kappas=None):
     ``(kde, kappas)``."""
     _, kappas, _ = tk.kde_base(kappas, max_kappa=ladder_max)
     return MultiscaleKDE(tk.data.train, kappas, tk.KDE_EPS), [float(k) for k in kappas]
-
-
-def flow_log_probs(run: Path, val, test) -> dict:
-    """The best model's log-densities at the validation and test events (the scoring solve), kept beside the
-    run in ``mix_kde_flow.json`` (``scripts.runs.cached``: computed again when checkpoint.pt is newer)."""
-
-    def compute():
-        model = solve_copy(best_model(run))
-        return {k: model_log_prob(model, x).tolist() for k, x in (("val", val), ("test", test))}
-
-    lp = cached(run, "mix_kde_flow.json", compute)
-    return {k: torch.tensor(lp[k], dtype=torch.float64) for k in ("val", "test")}
 
 
 def mix_run(run: Path, ladder_max: float | None = None, kappas=None, weight: float | None = None) -> dict:

@@ -5,14 +5,19 @@ from argparse import Namespace
 from scripts import earth, reproduce
 
 
-def _earth_page(path, objective, nll_by_dataset, train_s):
-    """Write a results page with scripts.earth's own writer, from made-up metrics."""
+def _earth_page(path, objective, nll_by_dataset, train_s, stacked=None):
+    """Write a results page with scripts.earth's own writer, from made-up metrics (``stacked``: the runs' stacked
+    test NLL is their own minus this, as ``--stack`` reports it)."""
     a = Namespace(objective=objective, extra=[], dev="cpu", jobs=1, integral_samples=10, integral_centers=5,
                   res=10, integral_seeds=None, figures="", seeds=[0, 1], epochs=None, steps=100, hidden=8,
                   n_hidden=1, lr="1e-3", step_size="0.5", note="measured limits" if objective == "fm" else "")  # fmt: skip
     results = {ds: [dict(test_nll=v + d, epochs=7, args={"batch_size": 10}, n_train=70, train_seconds=train_s,
                          wall_seconds=train_s + 1, cmd="python main_density.py") for d in (-0.1, 0.1)]
                for ds, v in nll_by_dataset.items()}  # fmt: skip
+    if stacked is not None:
+        for ms in results.values():
+            for m in ms:
+                m["stack"] = dict(test_nll=m["test_nll"] - stacked, weight_flow=0.5)
     earth.write(path, results, a)
 
 
@@ -22,35 +27,41 @@ def test_side_by_side_block_is_built_from_the_pages_and_rewritten_in_place(tmp_p
     _earth_page(earth_md, "mle", {"volcano": -1.5, "fire": -0.4}, 230)
     _earth_page(fm, "fm", {"volcano": -4.5, "flood": 0.6}, 500)
     _earth_page(fm_new, "fm", {"volcano": -6.0}, 520)
-    _earth_page(fm_long, "fm", {"volcano": -7.0}, 1600)
+    _earth_page(fm_long, "fm", {"volcano": -7.0, "flood": 0.5}, 1600, stacked=0.25)
     earth.side_by_side(earth_md, fm, fm_new, fm_long)
     earth.side_by_side(earth_md, fm, fm_new, fm_long)  # idempotent: one block, replaced in place
     text = earth_md.read_text()
     assert text.count(earth.SIDE_BEGIN) == 1
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in text.split(earth.SIDE_BEGIN)[1].splitlines() if line.startswith("| ") and "dataset" not in line}  # fmt: skip
-    # maximum likelihood, the current flow-matching default, its long budget, the previous default
-    # (mean ± std (splits), train s)
-    assert rows["volcano"][1:9] == [
+    # maximum likelihood, the current flow-matching default, its long budget (train s, then stacked), the previous
+    # default (mean ± std (splits), train s)
+    assert rows["volcano"][1:10] == [
         "-1.500 ± 0.141 (2)",
         "230",
         "-6.000 ± 0.141 (2)",
         "520",
         "-7.000 ± 0.141 (2)",
         "1600",
+        "-7.250 ± 0.141 (2)",
         "-4.500 ± 0.141 (2)",
         "500",
     ]
-    assert rows["volcano"][10] == "-1.79"  # the current default's gap: -6.00 - (-4.21)
-    assert rows["volcano"][11] == earth.RIEMANNIAN_DIFFUSION[0]
-    assert rows["volcano"][12] == "-0.39"  # the long budget's gap: -7.00 - (-6.61)
+    assert rows["volcano"][11] == "-1.79"  # the current default's gap: -6.00 - (-4.21)
+    assert rows["volcano"][12] == earth.RIEMANNIAN_DIFFUSION[0]
+    assert rows["volcano"][13] == "-0.39"  # the long budget's gap: -7.00 - (-6.61)
+    assert rows["volcano"][14] == "-0.64"  # the stacked density's: -7.25 - (-6.61)
+    assert rows["flood"][5] == "0.500 ± 0.141 (2)" and rows["flood"][7] == "0.250 ± 0.141 (2)"
+    assert rows["flood"][14] == "-0.18"  # 0.25 - 0.43
     assert (
         rows["fire"][3] == "not run"
         and rows["flood"][3] == "not run"
-        and rows["flood"][5] == "not run"
-        and rows["flood"][7] == "0.600 ± 0.141 (2)"
+        and rows["fire"][7] == "not run"
+        and rows["flood"][8] == "0.600 ± 0.141 (2)"
     )
-    assert rows["flood"][10] == "" and rows["flood"][12] == ""  # no gaps without those rows
+    assert (
+        rows["fire"][11] == "" and rows["fire"][13] == "" and rows["fire"][14] == ""
+    )  # no gaps without rows
     assert "earthquake" not in rows
     assert "measured limits" in text.split(earth.SIDE_BEGIN)[1]
     assert text.index(earth.SIDE_BEGIN) < text.index("Published (")

@@ -82,9 +82,14 @@ def test_the_stack_is_a_normalized_density_and_samples_its_parts():
 
 
 def test_bad_weights_are_refused():
-    for w in ([0.5, 0.5], [0.5, 0.5, 0.5, -0.5], [0.1, 0.1, 0.1, 0.1]):
+    for w in ([0.5, 0.5], [0.5, 0.5, 0.5, -0.5], [0.1, 0.1, 0.1, 0.1], [float("nan"), 0.5, 0.5, 0.0]):
         with pytest.raises(ValueError):
             _toy_stack(w)
+    unfitted = Stack(torch.tensor([[0.0, 0.0, 1.0]]), [10.0])
+    x = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    assert unfitted.parts(torch.zeros(1), x).shape == (1, 3)
+    with pytest.raises(ValueError, match="no weights"):
+        unfitted.log_prob(torch.zeros(1), x)
 
 
 def test_stack_on_needs_earth_data(tmp_path):
@@ -136,3 +141,19 @@ def test_a_stacked_run_end_to_end(tmp_path):
     lines = "\n".join(stack_lines({"volcano": [{**m, **rec}]}, a, tmp_path / "page.md"))
     assert "## Stacked with KDEs of the training split" in lines and f"{st['test_nll']:.3f}" in lines
     assert f"figs/{rec['stack_map_file']}" in lines
+
+
+def test_a_doubling_ladder_takes_squares_and_matches_each_kernel_alone():
+    """MultiscaleKDE.kernel_log_probs on a ladder of doubling concentrations (the stack's) squares one exponential
+    instead of taking one per kernel: the same log-densities as each concentration's KDE alone, also far from
+    every centre (no underflow: the nearest centre's term is 1)."""
+    from manifolds.distributions import MultiscaleKDE
+
+    g = torch.Generator().manual_seed(4)
+    centers = Sphere(2).random(300, generator=g, dtype=torch.float64)
+    kappas = stack_kappas()
+    x = torch.cat([Sphere(2).random(200, generator=g, dtype=torch.float64), centers[:20], -centers[:5]])
+    got = MultiscaleKDE(centers, kappas).kernel_log_probs(x)
+    want = torch.cat([MultiscaleKDE(centers, [k]).kernel_log_probs(x) for k in kappas], 1)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-9)

@@ -32,8 +32,8 @@ import torch
 #: The sharpest kernel of the ladder: concentration 1.1e5, an angular scale 1/sqrt(kappa) of 19 km on the Earth.
 MAX_KAPPA = 1.1e5
 #: The ladder's step; chosen on the validation events (two-fold cross-fitting within them, ten random halvings,
-#: splits 0-4 of flood and earthquake, docs/earth_stack.md): ratios 2^(1/4) ... 8 from the same sharpest kernel
-#: agree within 0.002 nats; 2 keeps the ladder short (14 kernels).
+#: splits 0-4 of flood and earthquake; docs/earth_ablation.md, "Stacking"): ratios 2^(1/4) ... 8 from the same
+#: sharpest kernel agree within 0.003 nats; 2 keeps the ladder short (14 kernels).
 RATIO = 2.0
 #: The broadest kernel at least this concentration (10: 2000 km, the flow's own broadest base kernel).
 MIN_KAPPA = 10.0
@@ -88,18 +88,28 @@ class Stack:
     kernels..., uniform)``.
     """
 
-    def __init__(self, centers, kappas, weights):
+    def __init__(self, centers, kappas, weights=None):
         from manifolds.distributions import MultiscaleKDE
 
         self.kappas = [float(k) for k in kappas]
-        self.weights = torch.as_tensor(weights, dtype=torch.float64)
-        if self.weights.shape != (len(self.kappas) + 2,) or (self.weights < 0).any():
-            raise ValueError(f"a stack of {len(self.kappas)} kernels needs {len(self.kappas) + 2} weights >= 0 "
-                             f"(flow, kernels, uniform), got {tuple(self.weights.shape)}")  # fmt: skip
-        if abs(float(self.weights.sum()) - 1) > 1e-9:
-            raise ValueError(f"the weights of a stack must sum to 1, got {float(self.weights.sum())}")
         # eps is unused: kernel_log_probs has no uniform part (the stack has its own)
         self.kde = MultiscaleKDE(centers, self.kappas, eps=0.5)
+        self.weights = None  # not fitted yet: parts() works, log_prob() and sample() need weights
+        if weights is not None:
+            self.set_weights(weights)
+
+    def set_weights(self, weights):
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        if w.shape != (len(self.kappas) + 2,) or (w < 0).any() or not torch.isfinite(w).all():
+            raise ValueError(f"a stack of {len(self.kappas)} kernels needs {len(self.kappas) + 2} finite weights "
+                             f">= 0 (flow, kernels, uniform), got {w.tolist()}")  # fmt: skip
+        if abs(float(w.sum()) - 1) > 1e-9:
+            raise ValueError(f"the weights of a stack must sum to 1, got {float(w.sum())}")
+        self.weights = w
+
+    def _fitted(self):
+        if self.weights is None:
+            raise ValueError("this stack has no weights yet (Stack.fit or set_weights)")
 
     def parts(self, lp_flow, x) -> torch.Tensor:
         """``(N, m + 2)``: the log-density of each part at ``x`` (the flow's given as ``lp_flow``)."""
@@ -110,6 +120,7 @@ class Stack:
 
     def log_prob(self, lp_flow, x) -> torch.Tensor:
         """The stacked log-density at ``x`` (float64), from the flow's log-density there."""
+        self._fitted()
         parts = self.parts(lp_flow, x)
         with torch.no_grad():
             log_w = self.weights.to(parts.device).log()  # -inf for a part of weight 0: it drops out
@@ -118,10 +129,8 @@ class Stack:
     @classmethod
     def fit(cls, centers, lp_flow_val, x_val, kappas=None) -> Stack:
         """The weights of the validation events' best mixture (:func:`mixture_weights`)."""
-        kappas = stack_kappas() if kappas is None else kappas
-        uniform = torch.tensor([1.0] + [0.0] * (len(kappas) + 1), dtype=torch.float64)  # placeholder to build
-        s = cls(centers, kappas, uniform)
-        s.weights = mixture_weights(s.parts(lp_flow_val, x_val))
+        s = cls(centers, stack_kappas() if kappas is None else kappas)
+        s.set_weights(mixture_weights(s.parts(lp_flow_val, x_val)))
         return s
 
     def sample(self, flow_sample, n: int, generator=None) -> torch.Tensor:
@@ -129,6 +138,7 @@ class Stack:
         part (a kernel at a uniformly drawn centre, or the uniform law)."""
         from manifolds.distributions import vmf_s2_around
 
+        self._fitted()
         part = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         out = torch.empty(n, 3, dtype=torch.float64)
         is_flow, is_unif = part == 0, part == len(self.kappas) + 1
@@ -147,6 +157,7 @@ class Stack:
 
     def record(self) -> dict:
         """The stack as plain numbers (metrics.json): the ladder and the weights by part."""
+        self._fitted()
         w = self.weights.tolist()
         return {
             "kappas": self.kappas,
