@@ -493,7 +493,7 @@ def write(path, results, a, reused: int = 0):
             "",
             f"{reused} of these runs were trained by an earlier session and are taken from the page's "
             f"record of its runs ([records/{Path(path).stem}.json](records/{Path(path).stem}.json)), "
-            "their commands being the same; the others ran in this session.",
+            "their commands being the same; the others are run folders on this machine.",
         ]
         changed = {}
         for ds, ms in results.items():
