@@ -101,7 +101,7 @@ def test_stack_on_needs_earth_data(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_stacked_run_end_to_end(tmp_path):
+def test_a_stacked_run_end_to_end(tmp_path, capsys):
     """A tiny volcano run: off by default at the default budget; a finished run resumed with ``--stack on``
     gains the stack (checkpoint untouched, the flow's scores unchanged); the stack's validation NLL is at
     most the flow's; scripts.earth scores it again (the same test NLL), checks it (integral, tolerances, map)
@@ -141,6 +141,20 @@ def test_a_stacked_run_end_to_end(tmp_path):
     lines = "\n".join(stack_lines({"volcano": [{**m, **rec}]}, a, tmp_path / "page.md"))
     assert "## Stacked with KDEs of the training split" in lines and f"{st['test_nll']:.3f}" in lines
     assert f"figs/{rec['stack_map_file']}" in lines
+    # python -m scripts.earth_stack: ladders judged on validation alone (cross-fitted), a table; bad flags: exit 2
+    from scripts import earth_stack
+    from utils import run_cli
+
+    capsys.readouterr()
+    assert (
+        run_cli(earth_stack.main, "scripts.earth_stack", [str(out), "--ratios", "2", "8", "--halvings", "2"])
+        == 0
+    )
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| volcano |")]
+    assert len(table) == 2 and all(math.isfinite(float(line.split("|")[5].split()[0])) for line in table)
+    assert run_cli(earth_stack.main, "scripts.earth_stack", [str(out), "--ratios", "1"]) == 2
+    assert run_cli(earth_stack.main, "scripts.earth_stack", [str(tmp_path)]) == 2
+    assert "no metrics.json" in capsys.readouterr().err
 
 
 def test_a_doubling_ladder_takes_squares_and_matches_each_kernel_alone():
