@@ -14,7 +14,14 @@ by the likelihood of held-out points; the mixture is again an exact, normalized 
 and the weights maximize the validation likelihood (concave in the weights: EM converges to the optimum,
 :func:`mixture_weights`). The test split is scored once, with the fitted weights. ``main_density.py
 --stack`` does this at the end of an Earth run (``metrics.json``'s ``stack``; on by default at ``--budget
-long``); ``scripts.earth`` scores, integrates and maps the stacked density.
+long``); ``scripts.earth`` scores, integrates and maps the stacked density. At other points ``x`` of a run
+in ``RUN``::
+
+    from data.earth import EarthData
+    from flows import model_log_prob, solve_copy
+    from scripts.earth_maps import best_model
+    stack = Stack.from_record(EarthData(dataset, None, split).train, metrics["stack"])
+    log_p = stack.log_prob(model_log_prob(solve_copy(best_model(RUN)), x), x)
 
 Why the ladder stops at :data:`MAX_KAPPA` (kernels of 19 km and broader): the catalogues repeat
 coordinates across splits, so kernels of a few km earn unbounded likelihood at repeated events only
