@@ -85,6 +85,15 @@ def test_bad_weights_are_refused():
     for w in ([0.5, 0.5], [0.5, 0.5, 0.5, -0.5], [0.1, 0.1, 0.1, 0.1], [float("nan"), 0.5, 0.5, 0.0]):
         with pytest.raises(ValueError):
             _toy_stack(w)
+    good = _toy_stack()[0].record()
+    for bad in (
+        {},
+        {**good, "weight_kernels": "x"},
+        {**good, "kappas": [-1.0, 2.0]},
+        {**good, "weight_flow": None},
+    ):
+        with pytest.raises(ValueError, match="stack"):
+            Stack.from_record(torch.tensor([[0.0, 0.0, 1.0]]), bad)
     unfitted = Stack(torch.tensor([[0.0, 0.0, 1.0]]), [10.0])
     x = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
     assert unfitted.parts(torch.zeros(1), x).shape == (1, 3)

@@ -175,7 +175,16 @@ class Stack:
 
     @classmethod
     def from_record(cls, centers, rec: dict) -> Stack:
-        """The stack of :meth:`record` on the same training split."""
-        return cls(
-            centers, rec["kappas"], [rec["weight_flow"], *rec["weight_kernels"], rec["weight_uniform"]]
-        )
+        """The stack of :meth:`record` on the same training split (``ValueError`` for anything else)."""
+        try:
+            kappas = [float(k) for k in rec["kappas"]]
+            weights = [
+                float(rec["weight_flow"]),
+                *map(float, rec["weight_kernels"]),
+                float(rec["weight_uniform"]),
+            ]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a stack record (metrics.json's stack): {type(e).__name__} {e}") from None
+        if not kappas or min(kappas) <= 0 or not all(math.isfinite(k) for k in kappas):
+            raise ValueError(f"not a stack record: concentrations {kappas}")
+        return cls(centers, kappas, weights)
