@@ -28,7 +28,6 @@ without training again what an earlier session trained; the page says how many r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import math
@@ -51,6 +50,7 @@ from scripts.earth_maps import (  # noqa: F401  (the maps' names, re-exported fo
     log_cells,
     map_grid,
     rescore_view,
+    tight_log_probs,
     view_cascade,
 )
 from scripts.pages import is_number, replace_block, section, table_rows, write_page
@@ -206,13 +206,17 @@ def main(argv=None):
 
     recorded = read_records(records_path(ROOT / a.md))
 
+    @functools.cache
+    def today(cmd: tuple) -> dict:  # the settings a command resolves to with today's presets
+        return resolved_settings(list(cmd[1:]))
+
     def from_record(out, cmd) -> bool:
         """Trained by an earlier session whose run folder is not here, with the command and the settings
         (the presets of its time) that the command has today."""
         rec = recorded.get("python " + shlex.join(cmd))
         if rec is None or (out / "checkpoint.pt").is_file():
             return False
-        return a.keep_recorded or rec.get("settings") == resolved_settings(cmd[1:])
+        return a.keep_recorded or rec.get("settings") == today(tuple(cmd))
 
     def train(job):
         ds, seed, out, cmd, _ = job
@@ -230,7 +234,7 @@ def main(argv=None):
         command = "python " + shlex.join(cmd)
         if from_record(out, cmd):  # its record, under the same command
             rec = {**recorded[command], "recorded": True}
-            now = resolved_settings(cmd[1:])
+            now = today(tuple(cmd))
             changed = {k: [rec.get("settings", {}).get(k), now.get(k)] for k in sorted(set(now) | set(rec.get("settings", {})))
                        if rec.get("settings", {}).get(k) != now.get(k)}  # fmt: skip
             if changed:  # --keep_recorded: trained under presets since changed
@@ -333,20 +337,13 @@ def stacked(out, ds, seed, a) -> dict:
 
 
 def tight_check(out, ds, data_dir, seed) -> dict:
-    """Trust in a score: the best-validation model's test NLL with its evaluation solver (dopri5, float64,
-    atol = rtol = ``--eval_tol``) and with a 100x tighter one, on the same events (issue #26: they must
-    agree to 0.01 nats)."""
-
+    """The best-validation model's test NLL at its scoring tolerance and 100x tighter (:func:`tight_log_probs`)."""
     import torch
 
     from data.earth import EarthData
-    from flows import solver_gap
 
-    model = best_model(out).double()
-    tol = model.eval_solver.atol
-    tight = dataclasses.replace(model.eval_solver, atol=tol / 100, rtol=model.eval_solver.rtol / 100)
-    lp, lp_tight = solver_gap(
-        model, EarthData(ds, data_dir, seed).test.to(torch.float64), {}, dict(solver=tight)
+    tol, lp, lp_tight = tight_log_probs(
+        best_model(out).double(), EarthData(ds, data_dir, seed).test.to(torch.float64)
     )
     return {"score_tol": tol, "test_nll_score": -float(lp.mean()), "test_nll_tight": -float(lp_tight.mean())}
 

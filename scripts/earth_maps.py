@@ -2,7 +2,7 @@
 events, every cell in view the scoring solve's (:func:`draw_map`, :func:`view_cascade`, :func:`rescore_view`).
 
 Used by ``scripts.earth`` (every page's split-0 map), ``scripts.earth_stack`` (the stacked density's),
-``scripts.mix_kde`` and ``python -m scripts.map_check``.
+``scripts.mix_kde`` and ``python -m scripts.map_check``; :func:`tight_log_probs` is the pages' tolerance check.
 """
 
 from __future__ import annotations
@@ -15,6 +15,18 @@ from typing import NamedTuple
 from train.objectives import accurate_figures
 
 LOG_RANGE = 8.0  # viz.figures.LOG_RANGE
+
+
+def tight_log_probs(model, x):
+    """Trust in a score: ``model``'s log-densities at ``x`` with its evaluation solver (dopri5, float64, atol =
+    rtol = ``--eval_tol``) and with a 100x tighter one (issue #26: the means must agree to 0.01 nats); returns
+    ``(tol, lp, lp_tight)``."""
+    from flows import solver_gap
+
+    tol = model.eval_solver.atol
+    tight = dataclasses.replace(model.eval_solver, atol=tol / 100, rtol=model.eval_solver.rtol / 100)
+    lp, lp_tight = solver_gap(model, x, {}, dict(solver=tight))
+    return tol, lp, lp_tight
 
 
 def best_model(out):

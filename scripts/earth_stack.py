@@ -11,7 +11,6 @@ novel ones (repeating no training coordinate), the flow's beside it, and on the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -50,9 +49,8 @@ def mixture_checks(out, ds, data_dir, seed, mix, sample, n: int, n_centers: int,
     ``integral_stderr``, ``integral_ess``, ``integral_seconds``, ``tol``, ``test_nll_tol``,
     ``test_nll_tight`` and the map's (``scripts.earth_maps.draw_map``)."""
     from data.earth import EarthData
-    from flows import solver_gap
     from flows.evaluation import defensive_proposal, importance_integral, model_log_prob, solve_copy
-    from scripts.earth_maps import best_model, draw_map
+    from scripts.earth_maps import best_model, draw_map, tight_log_probs
 
     model = best_model(out).double().eval()
     g = torch.Generator().manual_seed(seed if integral_seed is None else integral_seed)
@@ -65,9 +63,7 @@ def mixture_checks(out, ds, data_dir, seed, mix, sample, n: int, n_centers: int,
     rec = dict(integral=est.estimate, integral_stderr=est.stderr, integral_ess=est.ess,
                integral_seconds=time.perf_counter() - t0)  # fmt: skip
     test = EarthData(ds, data_dir, seed).test.double()
-    tol = model.eval_solver.atol
-    tight = dataclasses.replace(model.eval_solver, atol=tol / 100, rtol=model.eval_solver.rtol / 100)
-    lp, lp_tight = solver_gap(model, test, {}, dict(solver=tight))
+    tol, lp, lp_tight = tight_log_probs(model, test)
     rec.update(
         tol=tol, test_nll_tol=-float(mix(lp, test).mean()), test_nll_tight=-float(mix(lp_tight, test).mean())
     )
@@ -82,14 +78,12 @@ def stack_scores(out, ds, data_dir, seed, check: bool = False, fig=None, res: in
     events (``scripts.earth_kde``: farther than 1e-6 rad from every training event) and their share; with
     ``check``, :func:`mixture_checks` of the stacked density (map into ``fig``)."""
     from data.earth import EarthData
-    from flows.evaluation import model_log_prob, solve_copy
     from scripts.earth_kde import DUP_RAD, nearest_angle
-    from scripts.earth_maps import best_model
 
     data = EarthData(ds, data_dir, seed)
     stack = stack_of(out, data.train)
     test = data.test.double()
-    lp_flow = model_log_prob(solve_copy(best_model(out).double().eval()), test).double()
+    lp_flow = flow_log_probs(out, data.val.double(), test)["test"]  # the scoring solve, kept beside the run
     lp = stack.log_prob(lp_flow, test)
     novel = nearest_angle(test, data.train) > DUP_RAD
     rec = {"stack_test_nll_check": -float(lp.mean()), "stack_novel_fraction": float(novel.double().mean()),
