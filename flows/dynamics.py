@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import divergence as div_mod
+from . import fused
 from .interrupts import deferred
 from .solver import SolverError
 
@@ -61,6 +62,9 @@ class ChartDynamics(nn.Module):
         self.nfe = 0  # evaluations since the MCNF's solve began (a statistic; the trainer reports it)
         self.compiled = False  # use the torch.compile'd divergence in training (see MCNF.compile_ode)
         self.reg_weights = (0.0, 0.0)  # (kinetic, jacobian): see MCNF's regularization
+        # the exact divergence as one autograd node where flows/fused.py covers the model (the same numbers
+        # to rounding; False: always the generic path)
+        self.fused = True
 
     def velocity(self, t, v, p, E):
         """``g(t, v)``: the vector field in chart coordinates, shape ``(B, n)``."""
@@ -110,6 +114,9 @@ class ChartDynamics(nn.Module):
                         f"torch.compile failed ({first[:200]}); the ODE function runs eagerly", stacklevel=2
                     )
                     self.compiled = False
+            if out is None and self.fused and not reg and v.dim() == 2:
+                if fused.supports(M, self.field, self.divergence):
+                    out = fused.hyperboloid_exact(self.field, t, p, v, E)
             if out is None:
                 out = div_mod.chart_divergence(M, self.field, t, p, v, E, noise=noise, reg=reg)
             g, div = out[:2]

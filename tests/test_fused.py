@@ -1,0 +1,103 @@
+"""flows/fused.py: the hyperboloid's exact divergence as one autograd node gives the generic path's numbers."""
+
+import gc
+import weakref
+
+import pytest
+import torch
+
+from flows import MCNF
+from flows import divergence as div_mod
+from flows.fused import HyperboloidExact, hyperboloid_exact, supports
+from flows.vector_field import FieldAverage, VectorField
+from manifolds import get_manifold
+
+
+def _inputs(M, B, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p = M.random(B, scale=1.5, generator=g, dtype=torch.float64)
+    v = 0.7 * torch.randn(B, M.dim, generator=g, dtype=torch.float64)
+    v[:3] *= 1e-3  # inside the radial functions' Taylor branch
+    v[3] = 0.0  # a chart's first stage
+    return p, M.tangent_basis(p), v, torch.tensor(0.3, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_values_and_gradients_equal_the_generic_path(n, dtype):
+    M = get_manifold("Hyperboloid", dim=n)
+    torch.manual_seed(n)
+    field = VectorField(M).to(dtype)
+    p, E, v, t = _inputs(M, 40)
+    out, grads = [], []
+    for fn in (lambda *a: div_mod.chart_divergence(M, field, *a), lambda *a: hyperboloid_exact(field, *a)):
+        ins = [x.clone().requires_grad_() for x in (p, v, E)]
+        g, d = fn(t, *ins)
+        w = torch.randn(g.shape, generator=torch.Generator().manual_seed(1), dtype=g.dtype)
+        loss = (w * g).sum() + (torch.arange(len(d), dtype=d.dtype) * d).sum()
+        out.append((g.detach(), d.detach()))
+        grads.append(torch.autograd.grad(loss, [*ins, *field.parameters()]))
+    tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    for a, b in zip(out[0], out[1], strict=True):
+        torch.testing.assert_close(b, a, **tol)
+    for a, b in zip(grads[0], grads[1], strict=True):
+        assert b.dtype == a.dtype and b.shape == a.shape
+        torch.testing.assert_close(b, a, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * (1 + a.abs().max()))
+
+
+def test_gradcheck():
+    M = get_manifold("Hyperboloid", dim=2)
+    torch.manual_seed(0)
+    field = VectorField(M).double()
+    p, E, v, t = _inputs(M, 6)
+    params = [x for layer in field.layers for x in (layer.weight, layer.bias)]
+    # t too: an adaptive solver's times depend on the state, and the gradient follows them
+    args = [x.clone().requires_grad_() for x in (t, v, p, E, *params)]
+    assert torch.autograd.gradcheck(HyperboloidExact.apply, args)
+
+
+def test_no_reference_cycle():
+    # an output saved on ctx other than by save_for_backward would keep every solve's graph alive until
+    # the garbage collector ran (a leak that slowed training twofold before it was found)
+    M = get_manifold("Hyperboloid", dim=2)
+    field = VectorField(M)
+    p, E, v, t = _inputs(M, 8)
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        g, d = hyperboloid_exact(field, t, p, v.requires_grad_(), E)
+        ref = weakref.ref(g.grad_fn)
+        (g.sum() + d.sum()).backward()
+        del g, d
+        assert ref() is None
+    finally:
+        if was:
+            gc.enable()
+
+
+def test_what_it_covers():
+    H, S = get_manifold("Hyperboloid", dim=2), get_manifold("Sphere", dim=2)
+    assert supports(H, VectorField(H), "exact")
+    assert not supports(H, VectorField(H), "hutchinson")
+    assert not supports(S, VectorField(S), "exact")
+    assert not supports(H, VectorField(H, fourier=4), "exact")
+    assert not supports(H, VectorField(H, activation="softplus"), "exact")  # (also has the speed limiter)
+    assert not supports(H, FieldAverage([VectorField(H), VectorField(H)]), "exact")
+
+
+@pytest.mark.parametrize("charts", [1, 3])
+def test_training_step_equals_the_generic_path(charts):
+    """A model's loss and gradients with and without the fused evaluation (several charts: the centres
+    of the later ones carry gradients)."""
+    torch.manual_seed(0)
+    m = MCNF("Hyperboloid", charts=charts, train_solver=dict(method="rk4", step_size=0.25)).train()
+    x = m.manifold.random(64, scale=2.0, generator=torch.Generator().manual_seed(1))
+    res = []
+    for fused in (False, True):
+        m.dynamics.fused = fused
+        m.zero_grad()
+        lp = m.log_prob(x)
+        lp.mean().backward()
+        res.append((lp.detach(), torch.cat([q.grad.flatten() for q in m.parameters()])))
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(res[1][1], res[0][1], rtol=1e-4, atol=1e-5)
