@@ -75,6 +75,24 @@ def test_no_reference_cycle():
             gc.enable()
 
 
+def test_inputs_changed_in_place_are_refused():
+    # the backward pass reads v, p, E, g and the weights: autograd's version check guards them (a numpy
+    # view kept on the side would silently read the changed values)
+    M = get_manifold("Hyperboloid", dim=2)
+    field = VectorField(M)
+    p, E, v, t = _inputs(M, 8)
+    g, d = hyperboloid_exact(field, t, p, v.requires_grad_(), E)
+    with torch.no_grad():
+        field.layers[1].weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (g.sum() + d.sum()).backward()
+    g, d = hyperboloid_exact(field, t, p, v, E)
+    with torch.no_grad():
+        g.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (g.sum() + d.sum()).backward()
+
+
 def test_what_it_covers():
     H, S = get_manifold("Hyperboloid", dim=2), get_manifold("Sphere", dim=2)
     assert supports(H, VectorField(H), "exact")
