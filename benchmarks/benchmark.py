@@ -52,6 +52,7 @@ from benchmarks.measure import (  # noqa: F401
 )
 from train.config import (
     COMPILE_MIN_EPOCHS,
+    COMPILE_MIN_EPOCHS_FUSED,
     COMPILE_MIN_EPOCHS_WARM,
     DEFAULT_SETTINGS,
     REFERENCE_SETTINGS,
@@ -248,13 +249,18 @@ def published_lines(pub, ttq, cost):
         )
         lines.append(f"| {k} | {n} | {P:.4f} | {d:.4f} | {P / d:.1f}x | {st:.4f} | {P / st:.1f}x | "
                      f"{w:.4f} / {co:.4f} | {P / w:.1f}x / {P / co:.1f}x |")  # fmt: skip
-        first, later = (resolve_compile(AUTO, n, torch.device("cpu"), warm=warm) for warm in (False, True))
+        M = k.split("/")[0]
+        fused = build(M, DEFAULT_SETTINGS[M], torch.device("cpu")).dynamics.runs_fused()
+        first, later = (
+            resolve_compile(AUTO, n, torch.device("cpu"), warm=hot, fused=fused) for hot in (False, True)
+        )
         auto.append((k, n, P / (co if first else d), P / (w if later else d)))
     lines += ["", f"What the default `--compile auto` runs (train/config.py `resolve_compile`): the first time on a "
               f"machine it compiles from {COMPILE_MIN_EPOCHS} epochs, and once the machine's inductor cache holds "
               f"the run's graph (an earlier compiled run of the same configuration, train/compile_cache.py) from "
-              f"{COMPILE_MIN_EPOCHS_WARM}; otherwise it runs eagerly. So the default's speed-up, compilation "
-              "included, first time / later runs: "
+              f"{COMPILE_MIN_EPOCHS_WARM}; a model whose eager ODE function is flows/fused.py's (the hyperboloid's "
+              f"exact divergence) from {COMPILE_MIN_EPOCHS_FUSED[0]} and {COMPILE_MIN_EPOCHS_FUSED[1]}; otherwise "
+              "it runs eagerly. So the default's speed-up, compilation included, first time / later runs: "
               + "; ".join(f"{k} ({n} epochs) {a:.1f}x / {b:.1f}x" for k, n, a, b in auto) + "."]  # fmt: skip
     t = pub.get("ttq_sphere")
     if t:

@@ -66,6 +66,11 @@ class ChartDynamics(nn.Module):
         # to rounding; False: always the generic path)
         self.fused = True
 
+    def runs_fused(self) -> bool:
+        """Whether the exact divergence runs through :mod:`flows.fused` (when not compiled; without the
+        regularizers' integrands)."""
+        return self.fused and fused.supports(self.manifold, self.field, self.divergence)
+
     def velocity(self, t, v, p, E):
         """``g(t, v)``: the vector field in chart coordinates, shape ``(B, n)``."""
         coef = self.manifold.chart_coefficients(p, v, E)
@@ -114,9 +119,8 @@ class ChartDynamics(nn.Module):
                         f"torch.compile failed ({first[:200]}); the ODE function runs eagerly", stacklevel=2
                     )
                     self.compiled = False
-            if out is None and self.fused and not reg and v.dim() == 2:
-                if fused.supports(M, self.field, self.divergence):
-                    out = fused.hyperboloid_exact(self.field, t, p, v, E)
+            if out is None and not reg and v.dim() == 2 and self.runs_fused():
+                out = fused.hyperboloid_exact(self.field, t, p, v, E)
             if out is None:
                 out = div_mod.chart_divergence(M, self.field, t, p, v, E, noise=noise, reg=reg)
             g, div = out[:2]

@@ -17,7 +17,13 @@ from test_cli import FAST, run
 
 import flows.dynamics as dynamics_mod
 from flows import MCNF
-from train.config import COMPILE_MIN_EPOCHS, COMPILE_MIN_EPOCHS_WARM, DEFAULT_SOLVER_GUARD, resolve_compile
+from train.config import (
+    COMPILE_MIN_EPOCHS,
+    COMPILE_MIN_EPOCHS_FUSED,
+    COMPILE_MIN_EPOCHS_WARM,
+    DEFAULT_SOLVER_GUARD,
+    resolve_compile,
+)
 from utils import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +109,13 @@ def test_compile_auto_rule():
     # ... unless inductor's cache holds the run's graph (train/compile_cache.py)
     assert resolve_compile(_args(), COMPILE_MIN_EPOCHS_WARM, cpu, warm=True) == bool(has_cxx)
     assert not resolve_compile(_args(), COMPILE_MIN_EPOCHS_WARM - 1, cpu, warm=True)
+    # a model whose eager ODE function is flows/fused.py's has less to gain: its own thresholds
+    cold, warm = COMPILE_MIN_EPOCHS_FUSED
+    assert cold > COMPILE_MIN_EPOCHS and warm > COMPILE_MIN_EPOCHS_WARM
+    assert resolve_compile(_args(), cold, cpu, fused=True) == bool(has_cxx)
+    assert not resolve_compile(_args(), cold - 1, cpu, fused=True)
+    assert resolve_compile(_args(), warm, cpu, warm=True, fused=True) == bool(has_cxx)
+    assert not resolve_compile(_args(), warm - 1, cpu, warm=True, fused=True)
     assert not resolve_compile(_args(compile="off"), 10**5, cpu, warm=True)
     assert not resolve_compile(_args(objective="fm"), 10**5, cpu)
     assert not resolve_compile(_args(divergence="exact_autograd"), 10**5, cpu)
@@ -325,7 +338,8 @@ def test_cpu_training_flushes_subnormal_floats(tmp_path):
 )
 def test_compile_auto_compiles_short_runs_once_the_cache_is_warm(tmp_path, monkeypatch):
     # a run that compiled leaves a marker beside inductor's cache; a later run with the same graph (same
-    # configuration, dtype, batch) compiles from COMPILE_MIN_EPOCHS_WARM epochs, any other stays eager.
+    # configuration, dtype, batch) compiles from the warm threshold (here the fused kernel's: the hyperboloid
+    # with the exact divergence), any other stays eager.
     # Inductor itself is replaced by the eager function here (its cost is docs/benchmark.md's business).
     import main_density
     from flows import divergence as div_mod
@@ -349,7 +363,8 @@ def test_compile_auto_compiles_short_runs_once_the_cache_is_warm(tmp_path, monke
         return calls == [True]
 
     markers = tmp_path / "inductor" / "mcnf_compiled"
-    warm = ("--epochs", COMPILE_MIN_EPOCHS_WARM, "--stop_after", 1)
+    warm_least = COMPILE_MIN_EPOCHS_FUSED[1]
+    warm = ("--epochs", warm_least, "--stop_after", 1)
     assert not compiled("cold", *warm) and not markers.exists()  # nothing compiled here before
     assert compiled("on", "--epochs", 2, "--compile", "on") and len(list(markers.iterdir())) == 1
     assert compiled("warm", *warm)
@@ -358,7 +373,7 @@ def test_compile_auto_compiles_short_runs_once_the_cache_is_warm(tmp_path, monke
     with monkeypatch.context() as m:  # inductor told not to read its cache: every compilation is cold
         m.setattr(inductor_config, "fx_graph_cache", False)
         assert not compiled("cache_off", *warm)
-    assert not compiled("short", "--epochs", COMPILE_MIN_EPOCHS_WARM - 1, "--stop_after", 1)
+    assert not compiled("short", "--epochs", warm_least - 1, "--stop_after", 1)
     assert not compiled("other_batch", *warm, "--batch_size", 17)  # another graph: not in the cache
     assert not compiled("other_width", *warm, "--flow_hidden_size", 9)
     assert compile_cache.compile_key({"a": 1}, torch.float32, "cpu", 16, False) != compile_cache.compile_key(

@@ -167,6 +167,11 @@ COMPILE_MIN_EPOCHS = 1000
 #: ... and for runs of at least this many once inductor's cache holds the same run's graph (a run with the
 #: same key compiled before on this machine: train/compile_cache.py), with a margin over the 150 / 110.
 COMPILE_MIN_EPOCHS_WARM = 200
+#: (first time, warm cache) for a model whose eager ODE function is flows/fused.py's (the hyperboloid's
+#: exact divergence). Measured (docs/benchmark.md, 2026-12-04, one thread): a default H^2 step 0.0175 s eager
+#: (fused) against 0.0125 s compiled; the compilation 16.4 s cold, 2.8 s warm: it pays after about 3300 /
+#: 560 epochs.
+COMPILE_MIN_EPOCHS_FUSED = (4000, 700)
 #: Upper bounds on sizes (beyond them a run would exhaust memory or never finish): one-line errors.
 LIMITS = {
     "batch_size": 10**7,
@@ -346,13 +351,15 @@ def fill_settings(args):
                         f"--solver {args.solver} controls its error by --atol/--rtol")  # fmt: skip
 
 
-def resolve_compile(args, remaining_epochs: int, device, warm: bool = False) -> bool:
+def resolve_compile(args, remaining_epochs: int, device, warm: bool = False, fused: bool = False) -> bool:
     """Whether this run compiles its training ODE function (``--compile on|off|auto``).
 
     ``auto``: maximum likelihood with a closed-form divergence, (on the CPU) a C++ compiler on the PATH
     for inductor, and at least :data:`COMPILE_MIN_EPOCHS` epochs still to train, or at least
     :data:`COMPILE_MIN_EPOCHS_WARM` when ``warm`` (inductor's cache holds this run's graph:
-    :func:`train.compile_cache.is_warm`).
+    :func:`train.compile_cache.is_warm`). ``fused``: the eager ODE function is :mod:`flows.fused`'s (the
+    model's ``dynamics.runs_fused()``), which leaves compilation less to save: the thresholds of
+    :data:`COMPILE_MIN_EPOCHS_FUSED`.
     """
     import shutil
 
@@ -373,7 +380,10 @@ def resolve_compile(args, remaining_epochs: int, device, warm: bool = False) -> 
     if mode != "auto":
         return mode == "on"
     has_cxx = device.type != "cpu" or any(shutil.which(c) for c in ("c++", "g++", "clang++"))
-    least = COMPILE_MIN_EPOCHS_WARM if warm else COMPILE_MIN_EPOCHS
+    cold_least, warm_least = (
+        COMPILE_MIN_EPOCHS_FUSED if fused else (COMPILE_MIN_EPOCHS, COMPILE_MIN_EPOCHS_WARM)
+    )
+    least = warm_least if warm else cold_least
     return eligible and remaining_epochs >= least and has_cxx
 
 
