@@ -120,7 +120,7 @@ class ChartDynamics(nn.Module):
                     )
                     self.compiled = False
             if out is None and not reg and v.dim() == 2 and self.runs_fused():
-                out = fused.hyperboloid_exact(self.field, t, p, v, E)
+                out = fused.exact_divergence(M, self.field, t, p, v, E)
             if out is None:
                 out = div_mod.chart_divergence(M, self.field, t, p, v, E, noise=noise, reg=reg)
             g, div = out[:2]

@@ -1,4 +1,4 @@
-"""flows/fused.py: the hyperboloid's exact divergence as one autograd node gives the generic path's numbers."""
+"""flows/fused.py: the exact divergence as one autograd node gives the generic path's numbers."""
 
 import gc
 import weakref
@@ -8,29 +8,37 @@ import torch
 
 from flows import MCNF
 from flows import divergence as div_mod
-from flows.fused import HyperboloidExact, hyperboloid_exact, supports
+from flows.fused import ExactDivergence, exact_divergence, supports
 from flows.vector_field import FieldAverage, VectorField
 from manifolds import get_manifold
 
 
 def _inputs(M, B, seed=0):
     g = torch.Generator().manual_seed(seed)
-    p = M.random(B, scale=1.5, generator=g, dtype=torch.float64)
+    if M.name == "Hyperboloid":
+        p = M.random(B, scale=1.5, generator=g, dtype=torch.float64)
+    else:  # both hemispheres (the frame's sign) and a point on the equator y_0 = 0
+        p = M.random(B, generator=g, dtype=torch.float64)
+        p[4, 0] = 0.0
+        p[4] = p[4] / p[4].norm()
     v = 0.7 * torch.randn(B, M.dim, generator=g, dtype=torch.float64)
     v[:3] *= 1e-3  # inside the radial functions' Taylor branch
     v[3] = 0.0  # a chart's first stage
     return p, M.tangent_basis(p), v, torch.tensor(0.3, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("manifold", ["Hyperboloid", "Sphere"])
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_values_and_gradients_equal_the_generic_path(n, dtype):
-    M = get_manifold("Hyperboloid", dim=n)
+def test_values_and_gradients_equal_the_generic_path(manifold, n, dtype):
+    M = get_manifold(manifold, dim=n)
     torch.manual_seed(n)
     field = VectorField(M).to(dtype)
     p, E, v, t = _inputs(M, 40)
+    if M.name == "Sphere":  # the sphere's geometry runs in the model's dtype
+        p, E, v, t = (x.to(dtype) for x in (p, E, v, t))
     out, grads = [], []
-    for fn in (lambda *a: div_mod.chart_divergence(M, field, *a), lambda *a: hyperboloid_exact(field, *a)):
+    for fn in (lambda *a: div_mod.chart_divergence(M, field, *a), lambda *a: exact_divergence(M, field, *a)):
         ins = [x.clone().requires_grad_() for x in (p, v, E)]
         g, d = fn(t, *ins)
         w = torch.randn(g.shape, generator=torch.Generator().manual_seed(1), dtype=g.dtype)
@@ -45,15 +53,16 @@ def test_values_and_gradients_equal_the_generic_path(n, dtype):
         torch.testing.assert_close(b, a, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * (1 + a.abs().max()))
 
 
-def test_gradcheck():
-    M = get_manifold("Hyperboloid", dim=2)
+@pytest.mark.parametrize("manifold", ["Hyperboloid", "Sphere"])
+def test_gradcheck(manifold):
+    M = get_manifold(manifold, dim=2)
     torch.manual_seed(0)
     field = VectorField(M).double()
     p, E, v, t = _inputs(M, 6)
     params = [x for layer in field.layers for x in (layer.weight, layer.bias)]
     # t too: an adaptive solver's times depend on the state, and the gradient follows them
     args = [x.clone().requires_grad_() for x in (t, v, p, E, *params)]
-    assert torch.autograd.gradcheck(HyperboloidExact.apply, args)
+    assert torch.autograd.gradcheck(lambda *a: ExactDivergence.apply(M.name, *a), args)
 
 
 def test_no_reference_cycle():
@@ -65,7 +74,7 @@ def test_no_reference_cycle():
     was = gc.isenabled()
     gc.disable()
     try:
-        g, d = hyperboloid_exact(field, t, p, v.requires_grad_(), E)
+        g, d = exact_divergence(M, field, t, p, v.requires_grad_(), E)
         ref = weakref.ref(g.grad_fn)
         (g.sum() + d.sum()).backward()
         del g, d
@@ -81,12 +90,12 @@ def test_inputs_changed_in_place_are_refused():
     M = get_manifold("Hyperboloid", dim=2)
     field = VectorField(M)
     p, E, v, t = _inputs(M, 8)
-    g, d = hyperboloid_exact(field, t, p, v.requires_grad_(), E)
+    g, d = exact_divergence(M, field, t, p, v.requires_grad_(), E)
     with torch.no_grad():
         field.layers[1].weight.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (g.sum() + d.sum()).backward()
-    g, d = hyperboloid_exact(field, t, p, v, E)
+    g, d = exact_divergence(M, field, t, p, v, E)
     with torch.no_grad():
         g.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -97,19 +106,25 @@ def test_what_it_covers():
     H, S = get_manifold("Hyperboloid", dim=2), get_manifold("Sphere", dim=2)
     assert supports(H, VectorField(H), "exact")
     assert not supports(H, VectorField(H), "hutchinson")
-    assert not supports(S, VectorField(S), "exact")
+    assert supports(S, VectorField(S), "exact")
+    assert not supports(get_manifold("Torus", dim=2), VectorField(get_manifold("Torus", dim=2)), "exact")
     assert not supports(H, VectorField(H, fourier=4), "exact")
     assert not supports(H, VectorField(H, activation="softplus"), "exact")  # (also has the speed limiter)
     assert not supports(H, FieldAverage([VectorField(H), VectorField(H)]), "exact")
 
 
-@pytest.mark.parametrize("charts", [1, 3])
-def test_training_step_equals_the_generic_path(charts):
+@pytest.mark.parametrize("manifold,charts", [("Hyperboloid", 1), ("Hyperboloid", 3), ("Sphere", 3)])
+def test_training_step_equals_the_generic_path(manifold, charts):
     """A model's loss and gradients with and without the fused evaluation (several charts: the centres
     of the later ones carry gradients)."""
     torch.manual_seed(0)
-    m = MCNF("Hyperboloid", charts=charts, train_solver=dict(method="rk4", step_size=0.25)).train()
-    x = m.manifold.random(64, scale=2.0, generator=torch.Generator().manual_seed(1))
+    m = MCNF(manifold, charts=charts, train_solver=dict(method="rk4", step_size=0.25)).train()
+    g = torch.Generator().manual_seed(1)
+    x = (
+        m.manifold.random(64, scale=2.0, generator=g)
+        if manifold == "Hyperboloid"
+        else m.manifold.random(64, generator=g)
+    )
     res = []
     for fused in (False, True):
         m.dynamics.fused = fused
