@@ -6,6 +6,7 @@ import functools
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -127,18 +128,27 @@ class ChartDynamics(nn.Module):
             if reg:
                 w_ke, w_jf = self.reg_weights
                 r = w_ke * out[2] + w_jf * out[3]
-        # one host synchronization per evaluation for both checks (the chart guard wins: beyond it
-        # the state may well be non-finite, and the segment is redone with re-centring)
-        finite = torch.isfinite(g.sum() + div.sum())  # any inf or NaN reaches the sum
-        over = (
-            (v.detach().norm(dim=-1) > ctx.guard).any() if ctx.guard is not None else torch.zeros_like(finite)
-        )
-        finite, over = torch.stack([finite, over]).tolist()
+        finite, over = _checks(g, div, v, ctx.guard)
         if over:
             raise _ChartExit
         if not finite:
             raise SolverError(f"non-finite ODE state at t={float(t):.4f}")
         return (g, div, torch.zeros_like(p), r) if reg else (g, div, torch.zeros_like(p))
+
+
+def _checks(g, div, v, guard):
+    """``(finite, over)``: whether ``g`` and ``div`` are finite and whether some ``|v|`` passes the chart
+    guard (the guard wins: beyond it the state may well be non-finite, and the segment is redone with
+    re-centring). On the CPU in numpy (a few microseconds, against about 15 for the same in torch ops,
+    per evaluation); elsewhere one host synchronization for both."""
+    if g.device.type == "cpu" and g.dtype in (torch.float32, torch.float64) and v.dtype == g.dtype:
+        total = g.detach().numpy().sum() + div.detach().numpy().sum()  # any inf or NaN reaches the sum
+        vn = v.detach().numpy()
+        over = guard is not None and bool(np.sqrt((vn * vn).sum(-1).max(initial=0.0)) > guard)
+        return bool(np.isfinite(total)), over
+    finite = torch.isfinite(g.sum() + div.sum())
+    over = (v.detach().norm(dim=-1) > guard).any() if guard is not None else torch.zeros_like(finite)
+    return torch.stack([finite, over]).tolist()
 
 
 @functools.cache
