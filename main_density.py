@@ -186,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch.compile the training ODE function (auto: maximum likelihood runs of at least "
                           "1000 epochs, where the compilation pays off even the first time, or of at least 200 once "
                           "inductor's cache holds the run's graph from an earlier compiled run; 4000 and 700 for the "
-                          "hyperboloid's exact divergence, whose eager function is flows/fused.py's; see "
-                          "docs/benchmark.md)")  # fmt: skip
+                          "exact divergence on the sphere and the hyperboloid, whose eager function is "
+                          "flows/fused.py's; see docs/benchmark.md)")  # fmt: skip
     mod.add_argument("--reference_settings", action="store_true",
                      help="the published code's exact solver/chart/divergence configuration")  # fmt: skip
 

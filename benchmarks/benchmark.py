@@ -206,10 +206,10 @@ def main(argv=None):
 
 def keep_other_sections(old_text, md_path):
     """Put back the sections other benchmark scripts wrote into the page (this script rewrites the rest):
-    benchmarks.dimensions' and benchmarks.regularization's."""
+    benchmarks.fused's, benchmarks.dimensions' and benchmarks.regularization's."""
     from scripts.pages import replace_block
 
-    for begin, end in (sections.DIMENSIONS, sections.REGULARIZATION):
+    for begin, end in (sections.FUSED, sections.DIMENSIONS, sections.REGULARIZATION):
         if begin in old_text and end in old_text:
             block = old_text.split(begin, 1)[1].split(end, 1)[0].strip("\n").splitlines()
             replace_block(md_path, begin, end, [*block, ""])
@@ -258,8 +258,8 @@ def published_lines(pub, ttq, cost):
     lines += ["", f"What the default `--compile auto` runs (train/config.py `resolve_compile`): the first time on a "
               f"machine it compiles from {COMPILE_MIN_EPOCHS} epochs, and once the machine's inductor cache holds "
               f"the run's graph (an earlier compiled run of the same configuration, train/compile_cache.py) from "
-              f"{COMPILE_MIN_EPOCHS_WARM}; a model whose eager ODE function is flows/fused.py's (the hyperboloid's "
-              f"exact divergence) from {COMPILE_MIN_EPOCHS_FUSED[0]} and {COMPILE_MIN_EPOCHS_FUSED[1]}; otherwise "
+              f"{COMPILE_MIN_EPOCHS_WARM}; a model whose eager ODE function is flows/fused.py's (the exact "
+              f"divergence on the sphere and the hyperboloid) from {COMPILE_MIN_EPOCHS_FUSED[0]} and {COMPILE_MIN_EPOCHS_FUSED[1]}; otherwise "
               "it runs eagerly. So the default's speed-up, compilation included, first time / later runs: "
               + "; ".join(f"{k} ({n} epochs) {a:.1f}x / {b:.1f}x" for k, n, a, b in auto) + "."]  # fmt: skip
     t = pub.get("ttq_sphere")

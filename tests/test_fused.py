@@ -134,3 +134,18 @@ def test_training_step_equals_the_generic_path(manifold, charts):
         res.append((lp.detach(), torch.cat([q.grad.flatten() for q in m.parameters()])))
     torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(res[1][1], res[0][1], rtol=1e-4, atol=1e-5)
+
+
+def test_benchmark_writes_its_section(tmp_path):
+    from benchmarks import fused as bench
+    from benchmarks import sections
+
+    md = tmp_path / "benchmark.md"
+    md.write_text(f"# page\n\n{sections.DIMENSIONS[0]}\nkept\n{sections.DIMENSIONS[1]}\n")
+    assert bench.main(["--steps", "2", "--reps", "1", "--md", str(md)]) == 0
+    text = md.read_text()
+    assert text.index(sections.FUSED[0]) < text.index(sections.DIMENSIONS[0]) and "kept" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| Sphere", "| Hyperboloid"))]
+    assert len(rows) == 2 and all(
+        float(c.strip().rstrip("x")) > 0 for r in rows for c in r.strip("|").split("|")[1:]
+    )

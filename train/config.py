@@ -167,10 +167,11 @@ COMPILE_MIN_EPOCHS = 1000
 #: ... and for runs of at least this many once inductor's cache holds the same run's graph (a run with the
 #: same key compiled before on this machine: train/compile_cache.py), with a margin over the 150 / 110.
 COMPILE_MIN_EPOCHS_WARM = 200
-#: (first time, warm cache) for a model whose eager ODE function is flows/fused.py's (the hyperboloid's
-#: exact divergence). Measured (docs/benchmark.md, 2026-12-04, one thread): a default H^2 step 0.0175 s eager
-#: (fused) against 0.0125 s compiled; the compilation 16.4 s cold, 2.8 s warm: it pays after about 3300 /
-#: 560 epochs.
+#: (first time, warm cache) for a model whose eager ODE function is flows/fused.py's (the exact divergence on
+#: the sphere or the hyperboloid, the defaults). Measured (docs/benchmark.md, 2026-12-04, one thread): a
+#: default step 0.0130 / 0.0141 s eager (fused) against 0.0083 / 0.0097 s compiled (sphere / hyperboloid), the
+#: compilation 13.9 / 14.2 s cold and 2.5 / 2.4 s warm: it pays after about 3000 / 3200 epochs the first time
+#: on a machine and 530 / 550 later.
 COMPILE_MIN_EPOCHS_FUSED = (4000, 700)
 #: Upper bounds on sizes (beyond them a run would exhaust memory or never finish): one-line errors.
 LIMITS = {
