@@ -168,6 +168,11 @@ def _radial(ops, r2, curvature):
     return out
 
 
+def _eye(ops, n, like):
+    """The ``n x n`` identity in ``like``'s dtype (and device), cached."""
+    return ops.constant(("eye", n), lambda: np.eye(n).tolist(), like)
+
+
 def _linear(ops, a, W):
     """``a W^T`` for ``a`` of shape ``(..., n_in)`` as one 2-d product."""
     return ops.mm(a.reshape(-1, a.shape[-1]), W.T).reshape(*a.shape[:-1], W.shape[0])
@@ -252,7 +257,7 @@ def _hyperboloid(ops, t, v, p, E, layers):
     r2, u, C, S, q = chart[:5]
     ys = y[:, 1:]
     w = 1 / (y[:, :1] + 1)
-    Ey = ops.cat([ys[:, :, None], (w * ys)[:, :, None] * ys[:, None] + ops.xp.eye(n, dtype=y.dtype)], -1)
+    Ey = ops.cat([ys[:, :, None], (w * ys)[:, :, None] * ys[:, None] + _eye(ops, n, y)], -1)
     h, dh, net = _network(ops, t, layers, y, Ey)
     hs, dhs = h[:, 1:], dh[:, :, 1:]
     f = (hs[:, None] @ Ey)[:, 0]
@@ -294,7 +299,7 @@ def _hyperboloid_backward(ops, t, v, p, E, g, saved, Gg, Gd, want):
     Ghs = (Ey @ Gf[:, :, None])[:, :, 0] + kGdw * ys
     GEy = hs[:, :, None] * Gf[:, None]
     Gh = ops.cat([0 * Ghs[:, :1], Ghs], -1)
-    Gdh = ops.cat([0 * GEy[:, :, :1], Gd[:, None, None] * ops.xp.eye(n, dtype=y.dtype)], -1)
+    Gdh = ops.cat([0 * GEy[:, :, :1], Gd[:, None, None] * _eye(ops, n, y)], -1)
     Gy, GEy_net, grads, Gt = _network_backward(ops, t, net, Gh, Gdh, want[0], y)
     GEy = GEy + GEy_net
     # the term k w <y', h'> and the frame Ey = [y', I + w y' y'^T], w = 1 / (1 + y_0)
@@ -321,9 +326,7 @@ def _sphere(ops, t, v, p, E, layers):
     y0, ys = y[:, :1], y[:, 1:]
     sgn = 1 - 2 * ops.cast(y0 > 0, y.dtype)
     w = 1 / (1 + abs(y0))
-    Ey = ops.cat(
-        [(sgn * ys)[:, :, None], ops.xp.eye(n, dtype=y.dtype) - (w * ys)[:, :, None] * ys[:, None]], -1
-    )
+    Ey = ops.cat([(sgn * ys)[:, :, None], _eye(ops, n, y) - (w * ys)[:, :, None] * ys[:, None]], -1)
     h, dh, net = _network(ops, t, layers, y, Ey)
     yh = ops.rowdot(y, h)
     f = h - yh * y
@@ -391,45 +394,51 @@ class ExactDivergence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kind, t, v, p, E, *params):
-        cpu = v.device.type == "cpu"
+        ctx.ops = ops = _ops_for(v.device)
         W0 = params[0]
         ctx.kind = kind
-        ctx.t = float(t) if cpu else torch.as_tensor(t, dtype=W0.dtype, device=W0.device)
+        ctx.t = float(t) if ops is _Numpy else torch.as_tensor(t, dtype=W0.dtype, device=W0.device)
         ctx.t_dtype = t.dtype if torch.is_tensor(t) else W0.dtype
-        ops, *inputs = ExactDivergence._inputs(ctx, v, p, E, params)
-        g, div, ctx.kernel = _KERNELS[kind][0](ops, *inputs)
-        if cpu:
+        g, div, ctx.kernel = _KERNELS[kind][0](ops, ctx.t, *ExactDivergence._arrays(ops, v, p, E, params))
+        if ops is _Numpy:
             g, div = torch.from_numpy(g), torch.from_numpy(div)
         # the tensors the backward pass reads, saved so that autograd refuses them if changed in place
         ctx.save_for_backward(v, p, E, g, *params)
         return g, div
 
     @staticmethod
-    def _inputs(ctx, v, p, E, params):
-        """The kernel's operations and inputs: numpy views of the tensors on the CPU, the tensors elsewhere."""
-        if v.device.type == "cpu":
-            ops, arr = _Numpy, (lambda x: x.detach().numpy())
-        else:
-            ops, arr = _Torch, (lambda x: x.detach())
-        layers = [(arr(params[i]), arr(params[i + 1])) for i in range(0, len(params), 2)]
-        return ops, ctx.t, arr(v), arr(p), arr(E), layers
+    def _arrays(ops, v, p, E, params):
+        """``v, p, E`` and the layers ``[(W, b), ...]`` as the kernel takes them: numpy views for
+        :class:`_Numpy`, the detached tensors for :class:`_Torch`."""
+        arr = (lambda x: x.detach().numpy()) if ops is _Numpy else (lambda x: x.detach())
+        return (
+            arr(v),
+            arr(p),
+            arr(E),
+            [(arr(params[i]), arr(params[i + 1])) for i in range(0, len(params), 2)],
+        )
 
     @staticmethod
     @once_differentiable
     def backward(ctx, Gg, Gd):
         v, p, E, g, *params = ctx.saved_tensors
-        ops, t, v, p, E, layers = ExactDivergence._inputs(ctx, v, p, E, params)
-        cpu = ops is _Numpy
-        arr = (lambda x: x.contiguous().numpy()) if cpu else (lambda x: x)
+        ops = ctx.ops
+        v, p, E, layers = ExactDivergence._arrays(ops, v, p, E, params)
+        arr = (lambda x: x.contiguous().numpy()) if ops is _Numpy else (lambda x: x)
         want = (layers[0][0] if ctx.needs_input_grad[1] else None, *ctx.needs_input_grad[3:5])
         Gt, Gv, Gp, GE, grads = _KERNELS[ctx.kind][1](
-            ops, t, v, p, E, arr(g), ctx.kernel, arr(Gg), arr(Gd), want
+            ops, ctx.t, v, p, E, arr(g), ctx.kernel, arr(Gg), arr(Gd), want
         )
-        if cpu:
+        if ops is _Numpy:
             wrap = lambda x: None if x is None else torch.from_numpy(np.ascontiguousarray(x))  # noqa: E731
             Gv, Gp, GE, grads = wrap(Gv), wrap(Gp), wrap(GE), [wrap(x) for x in grads]
         Gt = None if Gt is None else torch.as_tensor(Gt, dtype=ctx.t_dtype)
         return None, Gt, Gv, Gp, GE, *grads
+
+
+def _ops_for(device):
+    """The kernel's array library for tensors on ``device``: numpy on the CPU, torch elsewhere."""
+    return _Numpy if device.type == "cpu" else _Torch
 
 
 def exact_divergence(manifold, field, t, p, v, E):

@@ -6,7 +6,7 @@ import weakref
 import pytest
 import torch
 
-from flows import MCNF
+from flows import MCNF, fused
 from flows import divergence as div_mod
 from flows.fused import ExactDivergence, exact_divergence, supports
 from flows.vector_field import FieldAverage, VectorField
@@ -30,7 +30,7 @@ def _inputs(M, B, seed=0):
 @pytest.mark.parametrize("manifold", ["Hyperboloid", "Sphere"])
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_values_and_gradients_equal_the_generic_path(manifold, n, dtype):
+def test_values_and_gradients_equal_the_generic_path(manifold, n, dtype, library):
     M = get_manifold(manifold, dim=n)
     torch.manual_seed(n)
     field = VectorField(M).to(dtype)
@@ -53,8 +53,16 @@ def test_values_and_gradients_equal_the_generic_path(manifold, n, dtype):
         torch.testing.assert_close(b, a, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * (1 + a.abs().max()))
 
 
+@pytest.fixture(params=["numpy", "torch"])
+def library(request, monkeypatch):
+    """The kernel on numpy (the CPU's) and on torch (other devices': run here on CPU tensors)."""
+    if request.param == "torch":
+        monkeypatch.setattr(fused, "_ops_for", lambda device: fused._Torch)
+    return request.param
+
+
 @pytest.mark.parametrize("manifold", ["Hyperboloid", "Sphere"])
-def test_gradcheck(manifold):
+def test_gradcheck(manifold, library):
     M = get_manifold(manifold, dim=2)
     torch.manual_seed(0)
     field = VectorField(M).double()
@@ -126,8 +134,8 @@ def test_training_step_equals_the_generic_path(manifold, charts):
         else m.manifold.random(64, generator=g)
     )
     res = []
-    for fused in (False, True):
-        m.dynamics.fused = fused
+    for on in (False, True):
+        m.dynamics.fused = on
         m.zero_grad()
         lp = m.log_prob(x)
         lp.mean().backward()
