@@ -55,6 +55,32 @@ def test_float64_geometry_on_the_gpu_matches_the_cpu():
             torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-10)
 
 
+def test_fused_evaluation_on_the_gpu_equals_the_generic_path():
+    # flows/fused.py runs its torch branch on a GPU (numpy on the CPU): values and gradients against the
+    # generic autograd path on the same device, both manifolds
+    from flows import divergence as div_mod
+    from flows.fused import exact_divergence
+    from flows.vector_field import VectorField
+    from manifolds import get_manifold
+
+    for name, dtype in (("Hyperboloid", torch.float64), ("Sphere", torch.float32)):
+        M = get_manifold(name, 2)
+        torch.manual_seed(0)
+        field = VectorField(M).cuda()
+        p = M.random(256, generator=torch.Generator().manual_seed(1), dtype=dtype).cuda()
+        E = M.tangent_basis(p)
+        v = 0.5 * torch.randn(256, 2, generator=torch.Generator().manual_seed(2), dtype=dtype).cuda()
+        t = torch.tensor(0.3, dtype=dtype, device="cuda")
+        res = []
+        for fn in (div_mod.chart_divergence, exact_divergence):
+            vv = v.clone().requires_grad_()
+            g, d = fn(M, field, t, p, vv, E)[:2]
+            grads = torch.autograd.grad(g.sum() + d.sum(), [vv, *field.parameters()])
+            res.append([g, d, *grads])
+        for a, b in zip(*res, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
 def test_checkpoint_saved_on_cuda_resumes_on_the_cpu_and_back(tmp_path):
     r = run(*DEMO, "--stop_after", 10, "--out", tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
