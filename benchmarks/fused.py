@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import sections
-from benchmarks.measure import ROOT, _median_ms, build, density, step
-from flows.dynamics import SolveContext
+from benchmarks.measure import ROOT, _median_ms, build, density, ode_evaluation, step
 from train.config import DEFAULT_SETTINGS
 from utils import positive_int, run_cli
 
@@ -48,22 +47,10 @@ def training_steps(M, steps, reps):
 
 def evaluation_ms(M):
     """Milliseconds of one evaluation forward and backward (batch 200, inside a chart), fused and generic."""
-    m = build(M, DEFAULT_SETTINGS[M], torch.device("cpu"))
-    dyn, Mf = m.dynamics, m.manifold
-    x = density(M).sample(200, generator=torch.Generator().manual_seed(3)).float()
-    p = Mf.projx(x.to(Mf.compute_dtype(x)))
-    E = Mf.tangent_basis(p)
-    v = 0.25 * torch.randn(200, Mf.dim, generator=torch.Generator().manual_seed(4), dtype=p.dtype)
-    t = torch.tensor(0.3, dtype=p.dtype)
-    ctx, zero = SolveContext(basis=E), torch.zeros(200, dtype=p.dtype)
-
-    def ode():
-        g, d, _ = dyn(t, (v.requires_grad_(), zero, p), ctx)
-        (g.sum() + d.sum()).backward()
-
+    m, ode = ode_evaluation(M, torch.device("cpu"), v_grad=True)[:2]
     out = {}
     for fused in (True, False):
-        dyn.fused = fused
+        m.dynamics.fused = fused
         out["fused" if fused else "generic"] = _median_ms(ode, torch.device("cpu"))
     return out
 

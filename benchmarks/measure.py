@@ -165,13 +165,10 @@ def _median_ms(fn, device, n=200, reps=5):
     return statistics.median(times)
 
 
-def eval_cost(M, device, batch=200):
-    """Milliseconds of one evaluation of the ODE function with its exact divergence, forward and
-    backward, at ``batch`` points inside a chart (``|v| ~ 0.4``): eager, compiled, and the bare
-    network (:meth:`flows.VectorField.ambient`, the 32x3 tanh MLP of ``[x, t]``) forward and backward
-    on the same points; the network with its ``n`` directional derivatives (:meth:`flows.VectorField.ambient_jvp`
-    along a tangent frame), forward and backward: the floor of any exact divergence through this network,
-    the geometry excluded; and what compiling costs a training run (:func:`compile_cost`)."""
+def ode_evaluation(M, device, batch=200, v_grad=False):
+    """The default model of manifold ``M`` and a closure running one evaluation of its ODE function with the
+    exact divergence, forward and backward, at ``batch`` points inside a chart (``|v| ~ 0.4``; ``v_grad``:
+    ``v`` carries a gradient, as at an rk4 step's later stages). Returns ``(model, ode, x, p, t)``."""
     m = build(M, DEFAULT_SETTINGS[M], device)
     dyn, Mf = m.dynamics, m.manifold
     x = density(M).sample(batch, generator=torch.Generator().manual_seed(3)).to(device, torch.float32)
@@ -180,6 +177,7 @@ def eval_cost(M, device, batch=200):
     v = 0.25 * torch.randn(batch, Mf.dim, generator=torch.Generator().manual_seed(4), dtype=p.dtype).to(
         device
     )
+    v.requires_grad_(v_grad)
     t = torch.tensor(0.3, dtype=p.dtype, device=device)
     from flows.dynamics import SolveContext
 
@@ -189,6 +187,19 @@ def eval_cost(M, device, batch=200):
     def ode():
         g, d, _ = dyn(t, (v, zero, p), ctx)
         (g.sum() + d.sum()).backward()
+
+    return m, ode, x, p, t
+
+
+def eval_cost(M, device, batch=200):
+    """Milliseconds of one evaluation of the ODE function with its exact divergence, forward and
+    backward, at ``batch`` points inside a chart (:func:`ode_evaluation`): eager, compiled, and the bare
+    network (:meth:`flows.VectorField.ambient`, the 32x3 tanh MLP of ``[x, t]``) forward and backward
+    on the same points; the network with its ``n`` directional derivatives (:meth:`flows.VectorField.ambient_jvp`
+    along a tangent frame), forward and backward: the floor of any exact divergence through this network,
+    the geometry excluded; and what compiling costs a training run (:func:`compile_cost`)."""
+    m, ode, x, p, t = ode_evaluation(M, device, batch)
+    Mf = m.manifold
 
     def bare():
         m.field.ambient(t.float(), x).sum().backward()

@@ -67,10 +67,14 @@ class ChartDynamics(nn.Module):
         # to rounding; False: always the generic path)
         self.fused = True
 
-    def runs_fused(self) -> bool:
-        """Whether the exact divergence runs through :mod:`flows.fused` (when not compiled; without the
-        regularizers' integrands)."""
+    def _fusable(self) -> bool:
+        """Whether :mod:`flows.fused` covers this model's exact divergence (and is not switched off)."""
         return self.fused and fused.supports(self.manifold, self.field, self.divergence)
+
+    def runs_fused(self) -> bool:
+        """Whether a training solve runs through :mod:`flows.fused` (when not compiled): the regularizers'
+        integrands (``reg_weights``) run the generic path."""
+        return self._fusable() and not any(self.reg_weights)
 
     def velocity(self, t, v, p, E):
         """``g(t, v)``: the vector field in chart coordinates, shape ``(B, n)``."""
@@ -120,7 +124,7 @@ class ChartDynamics(nn.Module):
                         f"torch.compile failed ({first[:200]}); the ODE function runs eagerly", stacklevel=2
                     )
                     self.compiled = False
-            if out is None and not reg and v.dim() == 2 and self.runs_fused():
+            if out is None and not reg and v.dim() == 2 and self._fusable():
                 out = fused.exact_divergence(M, self.field, t, p, v, E)
             if out is None:
                 out = div_mod.chart_divergence(M, self.field, t, p, v, E, noise=noise, reg=reg)

@@ -47,27 +47,23 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from manifolds.hyperboloid import Hyperboloid
-from manifolds.special import cached_constant
+from manifolds.special import _RADIAL_ROWS, _threshold, cached_constant
 from manifolds.sphere import Sphere
 
 from .vector_field import VectorField
 
-# Taylor coefficients in r2 = r^2 of (C, S, q, dC/dr2, dS/dr2, dq/dr2), rows r2^0 .. r2^3, per curvature
-# (q = (1 - r coth r) / r^2 = -1/3 + r2/45 - 2 r2^2/945 + r2^3/4725 - 2 r2^4/93555 ... on H^n; on S^n the
-# signs of every other term flip)
+# Taylor coefficients in r2 = r^2, rows r2^0 .. r2^3, per curvature: (C, S, q) as in
+# manifolds.special.chart_radial_sq, then their derivatives (dC/dr2, dS/dr2, dq/dr2), which need the r2^4 terms
+# of the functions (q = (1 - r coth r) / r^2 = -1/3 + r2/45 - 2 r2^2/945 + r2^3/4725 - 2 r2^4/93555 ... on
+# H^n; on S^n the signs of every other term flip)
+_DERIVATIVE_ROWS = {
+    -1: [[1 / 2, 1 / 6, 1 / 45], [1 / 12, 1 / 60, -4 / 945], [1 / 240, 1 / 1680, 3 / 4725],
+         [1 / 10080, 1 / 90720, -8 / 93555]],
+    1: [[-1 / 2, -1 / 6, 1 / 45], [1 / 12, 1 / 60, 4 / 945], [-1 / 240, -1 / 1680, 3 / 4725],
+        [1 / 10080, 1 / 90720, 8 / 93555]],
+}  # fmt: skip
 _SERIES = {
-    -1: [
-        [1, 1, -1 / 3, 1 / 2, 1 / 6, 1 / 45],
-        [1 / 2, 1 / 6, 1 / 45, 1 / 12, 1 / 60, -4 / 945],
-        [1 / 24, 1 / 120, -2 / 945, 1 / 240, 1 / 1680, 3 / 4725],
-        [1 / 720, 1 / 5040, 1 / 4725, 1 / 10080, 1 / 90720, -8 / 93555],
-    ],
-    1: [
-        [1, 1, 1 / 3, -1 / 2, -1 / 6, 1 / 45],
-        [-1 / 2, -1 / 6, 1 / 45, 1 / 12, 1 / 60, 4 / 945],
-        [1 / 24, 1 / 120, 2 / 945, -1 / 240, -1 / 1680, 3 / 4725],
-        [-1 / 720, -1 / 5040, 1 / 4725, 1 / 10080, 1 / 90720, 8 / 93555],
-    ],
+    k: [f + d for f, d in zip(_RADIAL_ROWS[k], rows, strict=True)] for k, rows in _DERIVATIVE_ROWS.items()
 }
 _CONSTANTS: dict = {}
 
@@ -147,7 +143,7 @@ def _radial(ops, r2, curvature):
     """``(C, S, q)`` of :func:`manifolds.special.chart_radial_sq` and their derivatives in ``r2``, each
     ``(B, 1)``; the Taylor branch below the same threshold (computed only when a point needs it)."""
     xp = ops.xp
-    small = r2 < (1e-3 if r2.dtype in (np.float64, torch.float64) else 3e-2)  # manifolds.special._threshold
+    small = r2 < _threshold(r2)
     some = bool(small.any())
     s = xp.where(small, 1.0, r2) if some else r2
     r = xp.sqrt(s)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -74,9 +75,10 @@ def sum_last(x: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
     return weighted_sum_last(x, 1.0, keepdim)
 
 
-def _threshold(x: torch.Tensor) -> float:
+def _threshold(x) -> float:
     # Switch to the series where its truncation error (~ r2**3) is below the dtype's resolution.
-    return 1e-3 if x.dtype in (torch.float64,) else 3e-2
+    # (x: a tensor, or a numpy array: flows/fused.py's kernel on the CPU)
+    return 1e-3 if x.dtype in (torch.float64, np.float64) else 3e-2
 
 
 def _series_where(r2: torch.Tensor, exact, series) -> torch.Tensor:

@@ -135,8 +135,7 @@ class Trainer(Checkpointing, Evaluation, Outputs):
             key = compile_key(self.model.config, self.dtype, self.device, s.optim.batch_size,
                               bool(s.model.kinetic or s.model.jacobian))  # fmt: skip
             remaining = s.optim.epochs - int(ckpt["epoch"] if ckpt else 0)
-            # (the regularizers' integrands run through the generic path: its thresholds then)
-            fused = self.model.dynamics.runs_fused() and not (s.model.kinetic or s.model.jacobian)
+            fused = self.model.dynamics.runs_fused()
             if resolve_compile(args, remaining, self.device, warm=is_warm(key), fused=fused):
                 self.model.compile_ode(True)
                 self.compile_key = key
