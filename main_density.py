@@ -19,6 +19,7 @@ import warnings
 import utils
 from data.densities import DENSITIES
 from flows import BASELINES
+from flows import interrupts
 from flows.interrupts import interrupt
 from train.config import effective_default
 from train.loop import Trainer
@@ -341,14 +342,29 @@ def _on_sigint(signum, frame):
     interrupt(KeyboardInterrupt())
 
 
+def _unraisable(default):
+    """``sys.unraisablehook`` that stays quiet about an interrupt a callback swallowed: it was recorded and
+    is raised at the next training step (flows/interrupts.py), so its "Exception ignored" traceback would
+    only alarm the user."""
+
+    def hook(unraisable):
+        if not (unraisable.exc_type and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+            default(unraisable)
+
+    return hook
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     warnings.simplefilter("default")
     import signal
 
+    interrupts.clear()
+    hook = sys.unraisablehook
     if threading_main():  # both wait for a compiled call to return (flows/interrupts.py)
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.signal(signal.SIGINT, _on_sigint)
+        sys.unraisablehook = _unraisable(hook)
     try:
         trainer = Trainer(args, check_value=value_checker(build_parser()))
         trainer.setup()
@@ -357,6 +373,7 @@ def main(argv=None) -> int:
         print(f"main_density.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
+        interrupts.clear()
         kind = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(f"main_density.py: {kind}; the last checkpoint is kept", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
@@ -370,6 +387,7 @@ def main(argv=None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     finally:
+        sys.unraisablehook = hook
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():

@@ -12,6 +12,7 @@ from torch import nn
 
 from . import divergence as div_mod
 from . import fused
+from .interrupts import check as check_interrupt
 from .interrupts import deferred
 from .solver import SolverError
 
@@ -89,6 +90,7 @@ class ChartDynamics(nn.Module):
         v, p = state[0], state[2]
         reg = len(state) == 4  # (v, int div, p, int of the regularizers' integrand)
         self.nfe += 1
+        check_interrupt()  # one a callback swallowed (flows/interrupts.py)
         if ctx.max_nfe is not None and self.nfe > ctx.max_nfe:
             raise SolverError(
                 f"ODE solve exceeded {ctx.max_nfe} function evaluations (stiff or diverging dynamics); "

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import utils
+from flows import interrupts
 from utils import UserError
 
 from .build import EMA, FlowMatching, MeanNLL, build_model, make_optimizer, make_scheduler  # noqa: F401
@@ -221,6 +222,7 @@ class Trainer(Checkpointing, Evaluation, Outputs):
             t0 = time.perf_counter()
             losses, nfe_f = [], 0
             for batch in self.epoch_batches():
+                interrupts.check()  # a signal a callback swallowed (flows/interrupts.py)
                 # every rank draws the same global batch and keeps its shard: with equal shards the
                 # averaged gradients equal those of the whole batch in one process
                 batch = [b.tensor_split(self.world)[self.rank].to(self.device) for b in batch]
@@ -232,7 +234,8 @@ class Trainer(Checkpointing, Evaluation, Outputs):
                     self.opt.zero_grad(set_to_none=True)
                     if not self.all_finite(loss):
                         raise FloatingPointError("loss is not finite")
-                    loss.backward()
+                    with interrupts.deferred():  # inductor compiles a compiled graph's backward on first use
+                        loss.backward()
                 except (FloatingPointError, RuntimeError, MemoryError) as e:
                     return self.fail(epoch, e)
                 self.nfe["forward"] += nfe_f
