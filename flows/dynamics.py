@@ -77,6 +77,11 @@ class ChartDynamics(nn.Module):
         integrands (``reg_weights``) run the generic path."""
         return self._fusable() and not any(self.reg_weights)
 
+    def runs_native(self, device, dtype) -> bool:
+        """Whether a training solve on ``device`` with the model in ``dtype`` runs through the C++ kernel of
+        :mod:`flows.native` (builds it on first use)."""
+        return self.runs_fused() and fused.runs_native(self.manifold, self.field, device, dtype)
+
     def velocity(self, t, v, p, E):
         """``g(t, v)``: the vector field in chart coordinates, shape ``(B, n)``."""
         coef = self.manifold.chart_coefficients(p, v, E)

@@ -50,7 +50,11 @@ from manifolds.hyperboloid import Hyperboloid
 from manifolds.special import _RADIAL_ROWS, _threshold, cached_constant
 from manifolds.sphere import Sphere
 
+from . import native
 from .vector_field import VectorField
+
+#: Whether the CPU runs the C++ kernel (flows/native.py) where it is built; False: the numpy kernel.
+NATIVE = True
 
 # Taylor coefficients in r2 = r^2, rows r2^0 .. r2^3, per curvature: (C, S, q) as in
 # manifolds.special.chart_radial_sq, then their derivatives (dC/dr2, dS/dr2, dq/dr2), which need the r2^4 terms
@@ -389,12 +393,19 @@ class ExactDivergence(torch.autograd.Function):
     on numpy views of the tensors (no copies), elsewhere on the tensors."""
 
     @staticmethod
-    def forward(ctx, kind, t, v, p, E, *params):
+    def forward(ctx, kind, record, t, v, p, E, *params):
         ctx.ops = ops = _ops_for(v.device)
         W0 = params[0]
         ctx.kind = kind
         ctx.t = float(t) if ops is _Numpy else torch.as_tensor(t, dtype=W0.dtype, device=W0.device)
         ctx.t_dtype = t.dtype if torch.is_tensor(t) else W0.dtype
+        ctx.native = ops is _Numpy and NATIVE and native.supports(v, p, E, params)
+        if ctx.native:  # the same kernel in C++ (flows/native.py); its reverse pass recomputes the forward one
+            v, p, E = v.contiguous(), p.contiguous(), E.contiguous()
+            keep = record and any(ctx.needs_input_grad)  # the workspace the reverse pass reads
+            g, div, ctx.kept = native.evaluate(kind, ctx.t, v, p, E, params, *_native_series(kind, v), keep=keep)
+            ctx.save_for_backward(v, p, E, *params)
+            return g, div
         g, div, ctx.kernel = _KERNELS[kind][0](ops, ctx.t, *ExactDivergence._arrays(ops, v, p, E, params))
         if ops is _Numpy:
             g, div = torch.from_numpy(g), torch.from_numpy(div)
@@ -417,11 +428,19 @@ class ExactDivergence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, Gg, Gd):
+        if ctx.native:
+            v, p, E, *params = ctx.saved_tensors
+            grads = (Gg.to(v.dtype).contiguous(), Gd.to(v.dtype).contiguous(), *ctx.needs_input_grad[4:6])
+            Gt, Gv, Gp, GE, gparams = native.evaluate(
+                ctx.kind, ctx.t, v, p, E, params, *_native_series(ctx.kind, v), grads=grads, kept=ctx.kept
+            )
+            Gt = torch.tensor(Gt, dtype=ctx.t_dtype) if ctx.needs_input_grad[2] else None
+            return None, None, Gt, Gv, Gp, GE, *gparams
         v, p, E, g, *params = ctx.saved_tensors
         ops = ctx.ops
         v, p, E, layers = ExactDivergence._arrays(ops, v, p, E, params)
         arr = (lambda x: x.contiguous().numpy()) if ops is _Numpy else (lambda x: x)
-        want = (layers[0][0] if ctx.needs_input_grad[1] else None, *ctx.needs_input_grad[3:5])
+        want = (layers[0][0] if ctx.needs_input_grad[2] else None, *ctx.needs_input_grad[4:6])
         Gt, Gv, Gp, GE, grads = _KERNELS[ctx.kind][1](
             ops, ctx.t, v, p, E, arr(g), ctx.kernel, arr(Gg), arr(Gd), want
         )
@@ -429,7 +448,22 @@ class ExactDivergence(torch.autograd.Function):
             wrap = lambda x: None if x is None else torch.from_numpy(np.ascontiguousarray(x))  # noqa: E731
             Gv, Gp, GE, grads = wrap(Gv), wrap(Gp), wrap(GE), [wrap(x) for x in grads]
         Gt = None if Gt is None else torch.as_tensor(Gt, dtype=ctx.t_dtype)
-        return None, Gt, Gv, Gp, GE, *grads
+        return None, None, Gt, Gv, Gp, GE, *grads
+
+
+def runs_native(manifold, field, device, dtype) -> bool:
+    """Whether :class:`ExactDivergence` runs the C++ kernel for this field on ``device`` with the flow's state
+    in ``dtype`` (the manifold's geometry dtype for it, the field's own)."""
+    if not NATIVE or torch.device(device).type != "cpu":
+        return False
+    state = manifold.compute_dtype(torch.empty(0, dtype=dtype))
+    return native.pairing(state, next(field.parameters()).dtype) and native.library() is not None
+
+
+def _native_series(kind, v):
+    """The Taylor rows and their switch on ``r2`` for the C++ kernel (those of :func:`_radial`)."""
+    curvature = 1 if kind == "Sphere" else -1
+    return native._series(curvature, _SERIES[curvature]), _threshold(v)
 
 
 def _ops_for(device):
@@ -441,4 +475,4 @@ def exact_divergence(manifold, field, t, p, v, E):
     """``(g, div)`` of the chart field through :class:`ExactDivergence` (the arguments of the generic
     :func:`flows.divergence.chart_divergence` without its options)."""
     params = [x for layer in field.layers for x in (layer.weight, layer.bias)]
-    return ExactDivergence.apply(manifold.name, t, v, p, E, *params)
+    return ExactDivergence.apply(manifold.name, torch.is_grad_enabled(), t, v, p, E, *params)

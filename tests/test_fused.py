@@ -1,12 +1,15 @@
 """flows/fused.py: the exact divergence as one autograd node gives the generic path's numbers."""
 
 import gc
+import os
+import shutil
+import stat
 import weakref
 
 import pytest
 import torch
 
-from flows import MCNF, fused
+from flows import MCNF, fused, native
 from flows import divergence as div_mod
 from flows.fused import ExactDivergence, exact_divergence, supports
 from flows.vector_field import FieldAverage, VectorField
@@ -53,24 +56,38 @@ def test_values_and_gradients_equal_the_generic_path(manifold, n, dtype, library
         torch.testing.assert_close(b, a, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * (1 + a.abs().max()))
 
 
-@pytest.fixture(params=["numpy", "torch"])
+def _native_or_skip():
+    """The C++ kernel must build wherever a C++ compiler is on the PATH (CI's machines have one)."""
+    if native.library() is None:
+        assert shutil.which(os.environ.get("CXX", "c++")) is None or not native.enabled(), "the kernel did not build"
+        pytest.skip("no C++ compiler (or MCNF_NATIVE=0): the numpy kernel runs")
+
+
+@pytest.fixture(params=["native", "numpy", "torch"])
 def library(request, monkeypatch):
-    """The kernel on numpy (the CPU's) and on torch (other devices': run here on CPU tensors)."""
+    """The kernel in C++ (the CPU's, flows/native.py), on numpy (the CPU's without a compiler) and on torch
+    (other devices': run here on CPU tensors)."""
+    if request.param == "native":
+        _native_or_skip()
+    else:
+        monkeypatch.setattr(fused, "NATIVE", False)
     if request.param == "torch":
         monkeypatch.setattr(fused, "_ops_for", lambda device: fused._Torch)
     return request.param
 
 
 @pytest.mark.parametrize("manifold", ["Hyperboloid", "Sphere"])
-def test_gradcheck(manifold, library):
+@pytest.mark.parametrize("hidden,n_hidden", [(32, 3), (7, 2), (5, 0)])
+def test_gradcheck(manifold, hidden, n_hidden, library):
     M = get_manifold(manifold, dim=2)
     torch.manual_seed(0)
-    field = VectorField(M).double()
+    # the default network (the C++ kernel's specialized entry), another width, no hidden layer
+    field = VectorField(M, hidden=hidden, n_hidden=n_hidden).double()
     p, E, v, t = _inputs(M, 6)
     params = [x for layer in field.layers for x in (layer.weight, layer.bias)]
     # t too: an adaptive solver's times depend on the state, and the gradient follows them
     args = [x.clone().requires_grad_() for x in (t, v, p, E, *params)]
-    assert torch.autograd.gradcheck(lambda *a: ExactDivergence.apply(M.name, *a), args)
+    assert torch.autograd.gradcheck(lambda *a: ExactDivergence.apply(M.name, True, *a), args)
 
 
 def test_no_reference_cycle():
@@ -92,9 +109,9 @@ def test_no_reference_cycle():
             gc.enable()
 
 
-def test_inputs_changed_in_place_are_refused():
-    # the backward pass reads v, p, E, g and the weights: autograd's version check guards them (a numpy
-    # view kept on the side would silently read the changed values)
+def test_inputs_changed_in_place_are_refused(library):
+    # the backward pass reads v, p, E and the weights (the numpy kernels g too): autograd's version check
+    # guards them (a numpy view or a pointer kept on the side would silently read the changed values)
     M = get_manifold("Hyperboloid", dim=2)
     field = VectorField(M)
     p, E, v, t = _inputs(M, 8)
@@ -103,11 +120,19 @@ def test_inputs_changed_in_place_are_refused():
         field.layers[1].weight.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (g.sum() + d.sum()).backward()
-    g, d = exact_divergence(M, field, t, p, v, E)
-    with torch.no_grad():
-        g.mul_(2)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        (g.sum() + d.sum()).backward()
+    grads = []
+    for change in (False, True):
+        g, d = exact_divergence(M, field, t, p, v, E)
+        if change:
+            with torch.no_grad():
+                g.mul_(2)
+        if change and library != "native":
+            with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+                (g.sum() + d.sum()).backward()
+            return
+        grads.append(torch.autograd.grad(g.sum() + d.sum(), v))
+    # the C++ kernel's reverse pass reads its own copy of g (in the workspace it kept)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
 
 
 def test_what_it_covers():
@@ -157,3 +182,48 @@ def test_benchmark_writes_its_section(tmp_path):
     assert len(rows) == 2 and all(
         float(c.strip().rstrip("x")) > 0 for r in rows for c in r.strip("|").split("|")[1:]
     )
+
+
+def test_the_native_kernel_runs_where_it_is_built(monkeypatch):
+    """On the CPU the default models' evaluation goes through the C++ kernel (all three dtype pairings), and
+    a disabled kernel (``MCNF_NATIVE=0``, no compiler) leaves the numpy kernel with the same numbers."""
+    _native_or_skip()
+    calls = []
+    real = native.evaluate
+    monkeypatch.setattr(native, "evaluate", lambda *a, **k: calls.append(a[4].dtype) or real(*a, **k))
+    out = {}
+    for manifold, dtype in (("Sphere", torch.float32), ("Hyperboloid", torch.float32), ("Sphere", torch.float64)):
+        m = MCNF(manifold).to(dtype)
+        x = m.manifold.random(16, generator=torch.Generator().manual_seed(0)).to(dtype)
+        assert m.dynamics.runs_native("cpu", dtype)
+        out[manifold, dtype] = m.log_prob(x)
+        fused.NATIVE = False
+        try:
+            assert not m.dynamics.runs_native("cpu", dtype)
+            torch.testing.assert_close(m.log_prob(x), out[manifold, dtype], rtol=1e-5, atol=1e-5)
+        finally:
+            fused.NATIVE = True
+    assert set(calls) == {torch.float32, torch.float64}  # the sphere's state in float32, the hyperboloid's in 64
+    monkeypatch.setenv("MCNF_NATIVE", "0")
+    assert native.library() is None and not MCNF("Sphere").dynamics.runs_native("cpu", torch.float32)
+
+
+def test_without_a_compiler_there_is_no_kernel(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(native, "_state", {})
+    assert native.library() is None
+    m = MCNF("Sphere")
+    x = m.manifold.random(8, generator=torch.Generator().manual_seed(0))
+    assert not m.dynamics.runs_native("cpu", torch.float32) and torch.isfinite(m.log_prob(x)).all()
+
+
+def test_the_library_is_loaded_only_from_a_private_folder(tmp_path):
+    """Loading a shared library runs its code: a cache folder others can write to is not used."""
+    mine = tmp_path / "cache"
+    assert native._private_folder(mine) and stat.S_IMODE(mine.stat().st_mode) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert not native._private_folder(shared)
+    (tmp_path / "file").write_text("")
+    assert not native._private_folder(tmp_path / "file")

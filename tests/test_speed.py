@@ -116,6 +116,9 @@ def test_compile_auto_rule():
     assert not resolve_compile(_args(), cold - 1, cpu, fused=True)
     assert resolve_compile(_args(), warm, cpu, warm=True, fused=True) == bool(has_cxx)
     assert not resolve_compile(_args(), warm - 1, cpu, warm=True, fused=True)
+    # with the C++ kernel (flows/native.py) a compiled step is no faster: auto stays eager; on compiles
+    assert not resolve_compile(_args(), 10**6, cpu, warm=True, fused=True, native=True)
+    assert resolve_compile(_args(compile="on"), 1, cpu, fused=True, native=True)
     assert not resolve_compile(_args(compile="off"), 10**5, cpu, warm=True)
     assert not resolve_compile(_args(objective="fm"), 10**5, cpu)
     assert not resolve_compile(_args(divergence="exact_autograd"), 10**5, cpu)
@@ -339,12 +342,14 @@ def test_cpu_training_flushes_subnormal_floats(tmp_path):
 def test_compile_auto_compiles_short_runs_once_the_cache_is_warm(tmp_path, monkeypatch):
     # a run that compiled leaves a marker beside inductor's cache; a later run with the same graph (same
     # configuration, dtype, batch) compiles from the warm threshold (here the fused kernel's: the hyperboloid
-    # with the exact divergence), any other stays eager.
+    # with the exact divergence, on its numpy kernel: MCNF_NATIVE=0), any other stays eager.
     # Inductor itself is replaced by the eager function here (its cost is docs/benchmark.md's business).
     import main_density
     from flows import divergence as div_mod
+    from flows import fused
     from train import compile_cache
 
+    monkeypatch.setattr(fused, "NATIVE", False)  # (with the C++ kernel auto never compiles: test_compile_auto_rule)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     monkeypatch.setattr(
         dynamics_mod, "_compiled_chart_divergence", lambda device_type="cpu": div_mod.chart_divergence

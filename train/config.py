@@ -173,6 +173,10 @@ COMPILE_MIN_EPOCHS_WARM = 200
 #: compilation 13.9 / 14.2 s cold and 2.5 / 2.4 s warm: it pays after about 3000 / 3200 epochs the first time
 #: on a machine and 530 / 550 later.
 COMPILE_MIN_EPOCHS_FUSED = (4000, 700)
+#: ... and never where that module runs its C++ kernel (flows/native.py, the CPU with a C++ compiler): there a
+#: compiled step is no faster (measured 2026-12-04, one thread, 5 alternating rounds of 20 steps: sphere 9.43 ms
+#: eager against 9.28 compiled, hyperboloid 12.04 against 11.65, before 14 s of compilation).
+COMPILE_NATIVE = False
 #: Upper bounds on sizes (beyond them a run would exhaust memory or never finish): one-line errors.
 LIMITS = {
     "batch_size": 10**7,
@@ -352,7 +356,9 @@ def fill_settings(args):
                         f"--solver {args.solver} controls its error by --atol/--rtol")  # fmt: skip
 
 
-def resolve_compile(args, remaining_epochs: int, device, warm: bool = False, fused: bool = False) -> bool:
+def resolve_compile(
+    args, remaining_epochs: int, device, warm: bool = False, fused: bool = False, native: bool = False
+) -> bool:
     """Whether this run compiles its training ODE function (``--compile on|off|auto``).
 
     ``auto``: maximum likelihood with a closed-form divergence, (on the CPU) a C++ compiler on the PATH
@@ -360,7 +366,8 @@ def resolve_compile(args, remaining_epochs: int, device, warm: bool = False, fus
     :data:`COMPILE_MIN_EPOCHS_WARM` when ``warm`` (inductor's cache holds this run's graph:
     :func:`train.compile_cache.is_warm`). ``fused``: the eager ODE function is :mod:`flows.fused`'s (the
     model's ``dynamics.runs_fused()``), which leaves compilation less to save: the thresholds of
-    :data:`COMPILE_MIN_EPOCHS_FUSED`.
+    :data:`COMPILE_MIN_EPOCHS_FUSED`. ``native``: it runs :mod:`flows.native`'s C++ kernel: auto compiles only
+    if :data:`COMPILE_NATIVE`.
     """
     import shutil
 
@@ -380,6 +387,8 @@ def resolve_compile(args, remaining_epochs: int, device, warm: bool = False, fus
         raise UserError(f"--compile on: nothing to compile ({why})")
     if mode != "auto":
         return mode == "on"
+    if native and not COMPILE_NATIVE:
+        return False
     has_cxx = device.type != "cpu" or any(shutil.which(c) for c in ("c++", "g++", "clang++"))
     cold_least, warm_least = (
         COMPILE_MIN_EPOCHS_FUSED if fused else (COMPILE_MIN_EPOCHS, COMPILE_MIN_EPOCHS_WARM)
