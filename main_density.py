@@ -18,8 +18,7 @@ import warnings
 
 import utils
 from data.densities import DENSITIES
-from flows import BASELINES
-from flows import interrupts
+from flows import BASELINES, interrupts
 from flows.interrupts import interrupt
 from train.config import effective_default
 from train.loop import Trainer

@@ -146,11 +146,18 @@ def main(argv=None):
         metavar="PATH",
         help="also time the published code from this clone of its repository (CPU)",
     )
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="only rewrite the page from a results file of an earlier run (no measurement)")  # fmt: skip
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     p.add_argument("--probe_compile", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.published and not (Path(a.published) / "flows" / "mcnf.py").is_file():
         p.error(f"--published: {a.published!r} is not a clone of the published repository (no flows/mcnf.py)")
+    if a.render:
+        res = json.loads(Path(a.render).read_text())
+        tag = "" if res["device"] == "cpu" else "_cuda"
+        write_page(res, Path(a.md or ROOT / f"docs/benchmark{tag}.md"))
+        return 0
     device = resolve_device(a.dev)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -195,13 +202,18 @@ def main(argv=None):
     json_path = Path(a.json or ROOT / f"benchmarks/results{tag}.json")
     md_path = Path(a.md or ROOT / f"docs/benchmark{tag}.md")
     json_path.write_text(json.dumps(res, indent=2) + "\n")
+    write_page(res, md_path)
+    return 0
+
+
+def write_page(res, md_path):
+    """The page of a results dict (the other scripts' sections kept)."""
     md = render(res)
     md_path.parent.mkdir(exist_ok=True)
     old = md_path.read_text() if md_path.is_file() else ""
     md_path.write_text(md)
     keep_other_sections(old, md_path)
     print(md)
-    return 0
 
 
 def keep_other_sections(old_text, md_path):
@@ -250,17 +262,20 @@ def published_lines(pub, ttq, cost):
         lines.append(f"| {k} | {n} | {P:.4f} | {d:.4f} | {P / d:.1f}x | {st:.4f} | {P / st:.1f}x | "
                      f"{w:.4f} / {co:.4f} | {P / w:.1f}x / {P / co:.1f}x |")  # fmt: skip
         M = k.split("/")[0]
-        fused = build(M, DEFAULT_SETTINGS[M], torch.device("cpu")).dynamics.runs_fused()
+        dyn = build(M, DEFAULT_SETTINGS[M], torch.device("cpu")).dynamics
+        fused, native = dyn.runs_fused(), dyn.runs_native("cpu", torch.float32)
         first, later = (
-            resolve_compile(AUTO, n, torch.device("cpu"), warm=hot, fused=fused) for hot in (False, True)
+            resolve_compile(AUTO, n, torch.device("cpu"), warm=hot, fused=fused, native=native)
+            for hot in (False, True)
         )
         auto.append((k, n, P / (co if first else d), P / (w if later else d)))
     lines += ["", f"What the default `--compile auto` runs (train/config.py `resolve_compile`): the first time on a "
               f"machine it compiles from {COMPILE_MIN_EPOCHS} epochs, and once the machine's inductor cache holds "
               f"the run's graph (an earlier compiled run of the same configuration, train/compile_cache.py) from "
               f"{COMPILE_MIN_EPOCHS_WARM}; a model whose eager ODE function is flows/fused.py's (the exact "
-              f"divergence on the sphere and the hyperboloid) from {COMPILE_MIN_EPOCHS_FUSED[0]} and {COMPILE_MIN_EPOCHS_FUSED[1]}; otherwise "
-              "it runs eagerly. So the default's speed-up, compilation included, first time / later runs: "
+              f"divergence on the sphere and the hyperboloid) never where that module's C++ kernel runs (flows/native.py, "
+              f"the CPU with a C++ compiler, as here) and from {COMPILE_MIN_EPOCHS_FUSED[0]} and {COMPILE_MIN_EPOCHS_FUSED[1]} over its numpy "
+              "kernel; otherwise it runs eagerly. So the default's speed-up, compilation included, first time / later runs: "
               + "; ".join(f"{k} ({n} epochs) {a:.1f}x / {b:.1f}x" for k, n, a, b in auto) + "."]  # fmt: skip
     t = pub.get("ttq_sphere")
     if t:

@@ -400,10 +400,14 @@ class ExactDivergence(torch.autograd.Function):
         ctx.t = float(t) if ops is _Numpy else torch.as_tensor(t, dtype=W0.dtype, device=W0.device)
         ctx.t_dtype = t.dtype if torch.is_tensor(t) else W0.dtype
         ctx.native = ops is _Numpy and NATIVE and native.supports(v, p, E, params)
-        if ctx.native:  # the same kernel in C++ (flows/native.py); its reverse pass recomputes the forward one
+        if (
+            ctx.native
+        ):  # the same kernel in C++ (flows/native.py); its reverse pass recomputes the forward one
             v, p, E = v.contiguous(), p.contiguous(), E.contiguous()
             keep = record and any(ctx.needs_input_grad)  # the workspace the reverse pass reads
-            g, div, ctx.kept = native.evaluate(kind, ctx.t, v, p, E, params, *_native_series(kind, v), keep=keep)
+            g, div, ctx.kept = native.evaluate(
+                kind, ctx.t, v, p, E, params, *_native_series(kind, v), keep=keep
+            )
             ctx.save_for_backward(v, p, E, *params)
             return g, div
         g, div, ctx.kernel = _KERNELS[kind][0](ops, ctx.t, *ExactDivergence._arrays(ops, v, p, E, params))

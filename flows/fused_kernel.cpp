@@ -1,18 +1,20 @@
-// The kernel of flows/fused.py in C++, one point at a time: the same formulas (its module docstring), the
+// The kernel of flows/fused.py in C++, one point at a time: the same formulas (that module's docstring), the
 // same order of operations up to the matrix products' summation order, forward and reverse pass.
 //
-// Built on first use by flows/native.py (a C++ compiler, -O3 -march=native) and called through ctypes
-// with the tensors' data pointers; where no compiler works, flows/fused.py's numpy kernel runs instead.
-// Why: on a batch of 200 points an evaluation is ~100 small array operations forward and ~150 backward,
-// each a few microseconds of dispatch; here it is one call (tests/test_fused.py checks the two kernels
-// against each other and against torch.autograd.gradcheck).
+// Built on first use by flows/native.py (a C++ compiler, -O3 -march=native) and called through ctypes with
+// the tensors' data pointers; where no compiler works, flows/fused.py's numpy kernel runs instead. Why: on a
+// batch of 200 points an evaluation is about 100 small array operations forward and 150 backward, each a few
+// microseconds of dispatch, while the arithmetic is ~1.3 million multiply-adds; here it is one call
+// (tests/test_fused.py checks the kernels against each other, against the generic autograd path and with
+// torch.autograd.gradcheck).
 //
-// Layout (all row-major, contiguous): v (B, n), p (B, d), E (B, n, d) with d = n + 1; g (B, n), div (B);
-// the network's L layers W_l (out_l, in_l) and b_l (out_l), in_0 = d + 1 (time is the last input column),
-// out_{L-1} = d. Geometry in G (the state's dtype), the network in N (its parameters' dtype), as the numpy
-// kernel casts them. Backward (Gg non-null): the forward pass is recomputed point by point (cheaper than
-// storing it) and the gradients of v, p, E (each optional: null) and of every weight, bias and t are
-// written; weight gradients are sums over the points, accumulated in place (zeroed here first).
+// Layout (row-major, contiguous): v (B, n), p (B, d), E (B, n, d) with d = n + 1; g (B, n), div (B); the
+// network's L layers W_l (out_l, in_l) and b_l (out_l), in_0 = d + 1 (time is the first layer's last input
+// column), out_{L-1} = d. Geometry in G (the state's dtype), the network in N (its parameters'), as the numpy
+// kernel casts them. A forward pass given room for it (save_n, save_g: training) keeps each point's workspace
+// (the network's rows per layer, the chart and frame quantities); the reverse pass (Gg non-null) reads it and
+// writes the gradients of v, p, E (each optional: null), of every weight and bias (sums over the points) and
+// of t.
 
 #include <cmath>
 #include <cstdint>
@@ -339,80 +341,80 @@ int run(int kind, int64_t B, int64_t n_rt, double t, const G* v, const G* p, con
             r2 = sc[0], C = sc[1], S = sc[2], q = sc[3], dC = sc[4], dS = sc[5], dq = sc[6];
             w = sc[7], sgn = sc[8], yh = sc[9], ysh = sc[10], wr = sc[11], vg = sc[12];
         } else {
-        // -- the chart point y = C p + S u, u = v E
-        r2 = 0;
-        for (int64_t i = 0; i < n; ++i) r2 += vb[i] * vb[i];
-        for (int64_t a = 0; a < d; ++a) {
-            G s = 0;
-            for (int64_t i = 0; i < n; ++i) s += vb[i] * Eb[i * d + a];
-            u[a] = s;
-        }
-        const Radial<G> rad = radial<G>(r2, curvature, series, threshold);
-        C = rad.C, S = rad.S, q = rad.q, dC = rad.dC, dS = rad.dS, dq = rad.dq;
-        for (int64_t a = 0; a < d; ++a) y[a] = C * pb[a] + S * u[a];
-        // -- the tangent frame at y (rows)
-        sgn = 1;
-        if (sphere) {
-            sgn = y[0] > 0 ? G(-1) : G(1);
-            w = 1 / (1 + std::fabs(y[0]));
-            for (int64_t i = 0; i < n; ++i) {
-                Ey[i * d] = sgn * ys[i];
-                for (int64_t j = 0; j < n; ++j) Ey[i * d + 1 + j] = (i == j ? G(1) : G(0)) - w * ys[i] * ys[j];
-            }
-        } else {
-            w = 1 / (y[0] + 1);
-            for (int64_t i = 0; i < n; ++i) {
-                Ey[i * d] = ys[i];
-                for (int64_t j = 0; j < n; ++j) Ey[i * d + 1 + j] = w * ys[i] * ys[j] + (i == j ? G(1) : G(0));
-            }
-        }
-        // -- the network at [y, t] and its derivatives along the frame
-        {
-            N* A = layers[0].A;
-            for (int64_t a = 0; a < d; ++a) A[a] = N(y[a]);
-            for (int64_t i = 0; i < n; ++i)
-                for (int64_t a = 0; a < d; ++a) A[(1 + i) * d + a] = N(Ey[i * d + a]);
-        }
-        for (int64_t l = 0; l < L; ++l) forward(l);
-        for (int64_t a = 0; a < d; ++a) h[a] = G(last.Z[a]);
-        for (int64_t i = 0; i < n; ++i)
-            for (int64_t a = 0; a < d; ++a) dh[i * d + a] = G(last.Z[(1 + i) * d + a]);
-        // -- the field, its divergence, the chart velocity
-        yh = 0, ysh = 0, wr = 0, vg = 0;
-        G divf = 0;
-        if (sphere) {
-            for (int64_t a = 0; a < d; ++a) yh += y[a] * h[a];
-            for (int64_t a = 0; a < d; ++a) f[a] = h[a] - yh * y[a];
-            for (int64_t i = 0; i < n * d; ++i) divf += Ey[i] * dh[i];
-            divf -= G(n) * yh;
-            for (int64_t a = 0; a < d; ++a) rho[a] = C * u[a] - (r2 * S) * pb[a];
-            for (int64_t a = 0; a < d; ++a) Jf[a] = f[a];
-        } else {
+            // -- the chart point y = C p + S u, u = v E
+            r2 = 0;
+            for (int64_t i = 0; i < n; ++i) r2 += vb[i] * vb[i];
             for (int64_t a = 0; a < d; ++a) {
                 G s = 0;
-                for (int64_t i = 0; i < n; ++i) s += hs[i] * Ey[i * d + a];
-                f[a] = s;
+                for (int64_t i = 0; i < n; ++i) s += vb[i] * Eb[i * d + a];
+                u[a] = s;
             }
-            for (int64_t i = 0; i < n; ++i) ysh += ys[i] * hs[i];
-            for (int64_t a = 0; a < d; ++a) rho[a] = C * u[a] + (r2 * S) * pb[a];
-            for (int64_t a = 0; a < d; ++a) Jf[a] = a == 0 ? -f[0] : f[a];
-            for (int64_t i = 0; i < n; ++i) divf += dh[i * d + 1 + i];
-            divf += G(k) * w * ysh;
-        }
-        for (int64_t a = 0; a < d; ++a) wr += Jf[a] * rho[a];
-        for (int64_t i = 0; i < n; ++i) {
-            G s = 0;
-            for (int64_t a = 0; a < d; ++a) s += Eb[i * d + a] * Jf[a];
-            cf[i] = s;
-        }
-        for (int64_t i = 0; i < n; ++i) gvec[i] = cf[i] / S + (q * wr) * vb[i];
-        for (int64_t i = 0; i < n; ++i) vg += vb[i] * gvec[i];
-        if (g)
-            for (int64_t i = 0; i < n; ++i) g[bi * n + i] = gvec[i];
-        if (dv) dv[bi] = divf + G(k) * q * vg;
-        sc[0] = r2, sc[1] = C, sc[2] = S, sc[3] = q, sc[4] = dC, sc[5] = dS, sc[6] = dq;
-        sc[7] = w, sc[8] = sgn, sc[9] = yh, sc[10] = ysh, sc[11] = wr, sc[12] = vg;
-        continue;
+            const Radial<G> rad = radial<G>(r2, curvature, series, threshold);
+            C = rad.C, S = rad.S, q = rad.q, dC = rad.dC, dS = rad.dS, dq = rad.dq;
+            for (int64_t a = 0; a < d; ++a) y[a] = C * pb[a] + S * u[a];
+            // -- the tangent frame at y (rows)
+            sgn = 1;
+            if (sphere) {
+                sgn = y[0] > 0 ? G(-1) : G(1);
+                w = 1 / (1 + std::fabs(y[0]));
+                for (int64_t i = 0; i < n; ++i) {
+                    Ey[i * d] = sgn * ys[i];
+                    for (int64_t j = 0; j < n; ++j) Ey[i * d + 1 + j] = (i == j ? G(1) : G(0)) - w * ys[i] * ys[j];
+                }
+            } else {
+                w = 1 / (y[0] + 1);
+                for (int64_t i = 0; i < n; ++i) {
+                    Ey[i * d] = ys[i];
+                    for (int64_t j = 0; j < n; ++j) Ey[i * d + 1 + j] = w * ys[i] * ys[j] + (i == j ? G(1) : G(0));
+                }
+            }
+            // -- the network at [y, t] and its derivatives along the frame
+            {
+                N* A = layers[0].A;
+                for (int64_t a = 0; a < d; ++a) A[a] = N(y[a]);
+                for (int64_t i = 0; i < n; ++i)
+                    for (int64_t a = 0; a < d; ++a) A[(1 + i) * d + a] = N(Ey[i * d + a]);
+            }
+            for (int64_t l = 0; l < L; ++l) forward(l);
+            for (int64_t a = 0; a < d; ++a) h[a] = G(last.Z[a]);
+            for (int64_t i = 0; i < n; ++i)
+                for (int64_t a = 0; a < d; ++a) dh[i * d + a] = G(last.Z[(1 + i) * d + a]);
+            // -- the field, its divergence, the chart velocity
+            yh = 0, ysh = 0, wr = 0, vg = 0;
+            G divf = 0;
+            if (sphere) {
+                for (int64_t a = 0; a < d; ++a) yh += y[a] * h[a];
+                for (int64_t a = 0; a < d; ++a) f[a] = h[a] - yh * y[a];
+                for (int64_t i = 0; i < n * d; ++i) divf += Ey[i] * dh[i];
+                divf -= G(n) * yh;
+                for (int64_t a = 0; a < d; ++a) rho[a] = C * u[a] - (r2 * S) * pb[a];
+                for (int64_t a = 0; a < d; ++a) Jf[a] = f[a];
+            } else {
+                for (int64_t a = 0; a < d; ++a) {
+                    G s = 0;
+                    for (int64_t i = 0; i < n; ++i) s += hs[i] * Ey[i * d + a];
+                    f[a] = s;
+                }
+                for (int64_t i = 0; i < n; ++i) ysh += ys[i] * hs[i];
+                for (int64_t a = 0; a < d; ++a) rho[a] = C * u[a] + (r2 * S) * pb[a];
+                for (int64_t a = 0; a < d; ++a) Jf[a] = a == 0 ? -f[0] : f[a];
+                for (int64_t i = 0; i < n; ++i) divf += dh[i * d + 1 + i];
+                divf += G(k) * w * ysh;
+            }
+            for (int64_t a = 0; a < d; ++a) wr += Jf[a] * rho[a];
+            for (int64_t i = 0; i < n; ++i) {
+                G s = 0;
+                for (int64_t a = 0; a < d; ++a) s += Eb[i * d + a] * Jf[a];
+                cf[i] = s;
+            }
+            for (int64_t i = 0; i < n; ++i) gvec[i] = cf[i] / S + (q * wr) * vb[i];
+            for (int64_t i = 0; i < n; ++i) vg += vb[i] * gvec[i];
+            if (g)
+                for (int64_t i = 0; i < n; ++i) g[bi * n + i] = gvec[i];
+            if (dv) dv[bi] = divf + G(k) * q * vg;
+            sc[0] = r2, sc[1] = C, sc[2] = S, sc[3] = q, sc[4] = dC, sc[5] = dS, sc[6] = dq;
+            sc[7] = w, sc[8] = sgn, sc[9] = yh, sc[10] = ysh, sc[11] = wr, sc[12] = vg;
+            continue;
         }
 
         // ---------------------------------------------------------------- reverse pass

@@ -59,7 +59,9 @@ def test_values_and_gradients_equal_the_generic_path(manifold, n, dtype, library
 def _native_or_skip():
     """The C++ kernel must build wherever a C++ compiler is on the PATH (CI's machines have one)."""
     if native.library() is None:
-        assert shutil.which(os.environ.get("CXX", "c++")) is None or not native.enabled(), "the kernel did not build"
+        assert shutil.which(os.environ.get("CXX", "c++")) is None or not native.enabled(), (
+            "the kernel did not build"
+        )
         pytest.skip("no C++ compiler (or MCNF_NATIVE=0): the numpy kernel runs")
 
 
@@ -182,6 +184,8 @@ def test_benchmark_writes_its_section(tmp_path):
     assert len(rows) == 2 and all(
         float(c.strip().rstrip("x")) > 0 for r in rows for c in r.strip("|").split("|")[1:]
     )
+    assert "step C++ | step numpy | step generic" in text and all(len(r.split("|")) == 10 for r in rows)
+    assert fused.NATIVE  # switched back
 
 
 def test_the_native_kernel_runs_where_it_is_built(monkeypatch):
@@ -192,7 +196,11 @@ def test_the_native_kernel_runs_where_it_is_built(monkeypatch):
     real = native.evaluate
     monkeypatch.setattr(native, "evaluate", lambda *a, **k: calls.append(a[4].dtype) or real(*a, **k))
     out = {}
-    for manifold, dtype in (("Sphere", torch.float32), ("Hyperboloid", torch.float32), ("Sphere", torch.float64)):
+    for manifold, dtype in (
+        ("Sphere", torch.float32),
+        ("Hyperboloid", torch.float32),
+        ("Sphere", torch.float64),
+    ):
         m = MCNF(manifold).to(dtype)
         x = m.manifold.random(16, generator=torch.Generator().manual_seed(0)).to(dtype)
         assert m.dynamics.runs_native("cpu", dtype)
@@ -203,7 +211,10 @@ def test_the_native_kernel_runs_where_it_is_built(monkeypatch):
             torch.testing.assert_close(m.log_prob(x), out[manifold, dtype], rtol=1e-5, atol=1e-5)
         finally:
             fused.NATIVE = True
-    assert set(calls) == {torch.float32, torch.float64}  # the sphere's state in float32, the hyperboloid's in 64
+    assert set(calls) == {
+        torch.float32,
+        torch.float64,
+    }  # the sphere's state in float32, the hyperboloid's in 64
     monkeypatch.setenv("MCNF_NATIVE", "0")
     assert native.library() is None and not MCNF("Sphere").dynamics.runs_native("cpu", torch.float32)
 

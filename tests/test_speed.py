@@ -349,7 +349,9 @@ def test_compile_auto_compiles_short_runs_once_the_cache_is_warm(tmp_path, monke
     from flows import fused
     from train import compile_cache
 
-    monkeypatch.setattr(fused, "NATIVE", False)  # (with the C++ kernel auto never compiles: test_compile_auto_rule)
+    monkeypatch.setattr(
+        fused, "NATIVE", False
+    )  # (with the C++ kernel auto never compiles: test_compile_auto_rule)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     monkeypatch.setattr(
         dynamics_mod, "_compiled_chart_divergence", lambda device_type="cpu": div_mod.chart_divergence
