@@ -460,6 +460,8 @@ def runs_native(manifold, field, device, dtype) -> bool:
     in ``dtype`` (the manifold's geometry dtype for it, the field's own)."""
     if not NATIVE or torch.device(device).type != "cpu":
         return False
+    if not native.shape_ok(manifold.dim, [layer.out_features for layer in field.layers[:-1]]):
+        return False
     state = manifold.compute_dtype(torch.empty(0, dtype=dtype))
     return native.pairing(state, next(field.parameters()).dtype) and native.library() is not None
 

@@ -11,7 +11,8 @@ The build: ``$CXX`` (default ``c++``) with ``-O3 -march=native`` (without ``-mar
 feature flags (a home directory shared between machines of different CPUs gets one library per CPU), and is
 written to a temporary file then renamed (two processes building at once do not see half a library). Loading
 a shared library runs its code, so it is loaded only from a folder that belongs to this user and that no one
-else can write to; otherwise it is built afresh in a private temporary folder.
+else can write to (else from ``mcnf-native-UID`` in the temporary directory under the same condition, else
+it is built afresh in a new private temporary folder).
 """
 
 from __future__ import annotations
@@ -76,6 +77,19 @@ def _private_folder(path: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and _ours(st) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
+def _cache_folders():
+    """Where a built library may be kept, in order: ``$MCNF_CACHE_DIR`` or ``~/.cache/mcnf``, then a folder of
+    this user's in the temporary directory (as inductor keeps its cache)."""
+    if os.environ.get("MCNF_CACHE_DIR"):
+        yield Path(os.environ["MCNF_CACHE_DIR"])
+    else:
+        try:
+            yield Path.home() / ".cache" / "mcnf"
+        except RuntimeError:  # no home directory
+            pass
+    yield Path(tempfile.gettempdir()) / f"mcnf-native-{getattr(os, 'getuid', lambda: 'user')()}"
+
+
 def _build(cxx: str, out: Path) -> bool:
     for flags in _FLAGS:
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -106,11 +120,8 @@ def _load():
     key = hashlib.sha256(
         b"\0".join(x.encode() for x in (SOURCE.read_text(), repr(_FLAGS), repr(_COMMON), version, _cpu_tag()))
     ).hexdigest()[:20]
-    try:
-        folder = Path(os.environ.get("MCNF_CACHE_DIR") or Path.home() / ".cache" / "mcnf")
-    except RuntimeError:  # no home directory
-        folder = None
-    if folder is None or not _private_folder(folder):
+    folder = next((f for f in _cache_folders() if _private_folder(f)), None)
+    if folder is None:  # a fresh private folder: this process builds its own library
         folder = Path(tempfile.mkdtemp(prefix="mcnf-native-"))
     lib = folder / f"fused-{key}.so"
     if not (lib.is_file() and _ours(lib.stat())) and not _build(cxx, lib):
@@ -146,12 +157,28 @@ def pairing(state_dtype, network_dtype) -> bool:
     return (state_dtype, network_dtype) in _ENTRIES
 
 
+#: The shapes the kernel runs: the manifold's dimension and the widest hidden layer. One point at a time, the
+#: kernel wins where a point's rows are few and narrow and loses to the numpy kernel's batched matrix
+#: products beyond (one evaluation forward and backward, batch 200, one thread, 2026-12-04, C++ / numpy, ms:
+#: n = 2 width 32 0.31 / 0.71, width 16 0.43 / 0.62, width 64 1.65 / 1.04; n = 3 width 32 0.98 / 0.81;
+#: n = 5 width 32 1.41 / 0.89; the same on both manifolds within 10%).
+MAX_DIM, MAX_WIDTH = 2, 32
+
+
+def shape_ok(n: int, widths) -> bool:
+    """Whether the kernel runs for dimension ``n`` and hidden widths ``widths`` (:data:`MAX_DIM`)."""
+    return n <= MAX_DIM and max(widths, default=0) <= MAX_WIDTH
+
+
 def supports(v, p, E, params) -> bool:
-    """Whether :func:`evaluate` takes these tensors (CPU, a dtype pairing the kernel was built for)."""
+    """Whether :func:`evaluate` takes these tensors (CPU, a dtype pairing the kernel was built for, a shape
+    where it is the faster kernel)."""
     if v.device.type != "cpu" or not (v.dtype == p.dtype == E.dtype):
         return False
     nd = params[0].dtype
     if (v.dtype, nd) not in _ENTRIES or any(x.dtype != nd or x.device.type != "cpu" for x in params):
+        return False
+    if not shape_ok(v.shape[-1], [x.shape[0] for x in params[0:-2:2]]):
         return False
     return library() is not None
 
