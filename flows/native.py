@@ -6,7 +6,7 @@ another dtype pairing) it runs its numpy kernel: the same numbers up to rounding
 order, and the kernel's own vectorized float32 ``tanh``, within 2.2 ulp of the exact value).
 
 The build: ``$CXX`` (default ``c++``) with ``-O3 -march=native`` (without ``-march=native`` if that fails),
-5-10 s once per machine and source version (measured 5 s here). The library is cached in ``$MCNF_CACHE_DIR`` or
+5-10 s once per machine and source version (5.8 s measured here). The library is cached in ``$MCNF_CACHE_DIR`` or
 ``~/.cache/mcnf`` under a name that hashes the source, the flags, the compiler's version and the CPU's
 feature flags (a home directory shared between machines of different CPUs gets one library per CPU), and is
 written to a temporary file then renamed (two processes building at once do not see half a library). Loading

@@ -247,7 +247,10 @@ def test_the_library_is_loaded_only_from_a_private_folder(tmp_path, monkeypatch)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     folders = list(native._cache_folders())
-    assert folders[0] == shared and next(f for f in folders if native._private_folder(f)).parent == tmp_path / "tmp"
+    assert (
+        folders[0] == shared
+        and next(f for f in folders if native._private_folder(f)).parent == tmp_path / "tmp"
+    )
 
 
 def test_the_native_kernel_runs_where_it_is_the_faster_one():
