@@ -190,9 +190,6 @@ def _series(curvature: int, rows) -> np.ndarray:
     return _state[key]
 
 
-_WORKSPACE = np.zeros(2, dtype=np.int64)
-
-
 def _ptr(x):
     return None if x is None else x.data_ptr()
 
@@ -218,9 +215,12 @@ def evaluate(kind, t, v, p, E, params, series, threshold, grads=None, keep=False
         g = torch.empty(B, n, dtype=v.dtype)
         div = torch.empty(B, dtype=v.dtype)
         if keep:
-            lib.fused_workspace(n, len(W), sizes.ctypes.data, _WORKSPACE.ctypes.data)
-            kept = (torch.empty(B * int(_WORKSPACE[0]), dtype=params[0].dtype),
-                    torch.empty(B * int(_WORKSPACE[1]), dtype=v.dtype))  # fmt: skip
+            ws = np.zeros(2, dtype=np.int64)  # (per call: the kernel runs without the GIL)
+            lib.fused_workspace(n, len(W), sizes.ctypes.data, ws.ctypes.data)
+            kept = (
+                torch.empty(B * int(ws[0]), dtype=params[0].dtype),
+                torch.empty(B * int(ws[1]), dtype=v.dtype),
+            )
         rc = fn(*common, g.data_ptr(), div.data_ptr(), *[None] * 8, *map(_ptr, kept or (None, None)))
         if rc:
             raise MemoryError("the fused kernel could not allocate its scratch memory")
