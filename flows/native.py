@@ -172,8 +172,11 @@ def shape_ok(n: int, widths) -> bool:
 
 def supports(v, p, E, params) -> bool:
     """Whether :func:`evaluate` takes these tensors (CPU, a dtype pairing the kernel was built for, a shape
-    where it is the faster kernel)."""
-    if v.device.type != "cpu" or not (v.dtype == p.dtype == E.dtype):
+    where it is the faster kernel, contiguous parameters: the kernel reads them through their data pointers;
+    at least one point: an empty tensor's data pointer is null, which the kernel reads as "no such array")."""
+    if v.device.type != "cpu" or not (v.dtype == p.dtype == E.dtype) or v.shape[0] == 0:
+        return False
+    if not all(x.is_contiguous() for x in params):
         return False
     nd = params[0].dtype
     if (v.dtype, nd) not in _ENTRIES or any(x.dtype != nd or x.device.type != "cpu" for x in params):

@@ -264,3 +264,28 @@ def test_the_native_kernel_runs_where_it_is_the_faster_one():
             params = [x.float() for layer in m.field.layers for x in (layer.weight, layer.bias)]
             state = p.dtype if manifold == "Hyperboloid" else torch.float32
             assert native.supports(*(x.to(state) for x in (v, p, E)), params) == runs
+
+
+def test_empty_batches_and_strided_weights_take_the_numpy_kernel():
+    """The C++ kernel reads data pointers: an empty batch (null pointers) and non-contiguous weights go to the
+    numpy kernel, which gives zero gradients and reads strides (found by trying both: the C++ kernel had
+    returned uninitialized weight gradients for an empty batch and wrong values for a transposed weight)."""
+    _native_or_skip()
+    M = get_manifold("Sphere", dim=2)
+    field = VectorField(M).float()
+    t = torch.tensor(0.3, dtype=torch.float32)
+    p = M.random(0, dtype=torch.float32)
+    v = torch.zeros(0, 2, dtype=torch.float32, requires_grad=True)
+    g, d = exact_divergence(M, field, t, p, v, M.tangent_basis(p))
+    (g.sum() + d.sum()).backward()
+    assert g.shape == (0, 2) and all((x.grad == 0).all() for x in field.parameters())
+    params = [x for layer in field.layers for x in (layer.weight, layer.bias)]
+    p = M.random(6, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    E, v = M.tangent_basis(p), 0.2 * torch.randn(6, 2, generator=torch.Generator().manual_seed(1)).float()
+    assert native.supports(v, p, E, params)
+    strided = torch.nn.Parameter(field.layers[1].weight.detach().t().contiguous().t())
+    field.layers[1].weight = strided
+    assert not strided.is_contiguous() and not native.supports(v, p, E, [*params[:2], strided, *params[3:]])
+    out = exact_divergence(M, field, t, p, v, E)
+    field.layers[1].weight = torch.nn.Parameter(strided.detach().contiguous())
+    torch.testing.assert_close(out, exact_divergence(M, field, t, p, v, E), rtol=1e-5, atol=1e-6)
