@@ -409,9 +409,8 @@ class ExactDivergence(torch.autograd.Function):
         if ctx.native:
             v, p, E = v.contiguous(), p.contiguous(), E.contiguous()
             keep = record and any(ctx.needs_input_grad)  # the workspace the reverse pass reads
-            g, div, ctx.kept = native.evaluate(
-                kind, ctx.t, v, p, E, params, *_native_series(kind, v), keep=keep
-            )
+            ctx.series = _native_series(kind, v)
+            g, div, ctx.kept = native.evaluate(kind, ctx.t, v, p, E, params, *ctx.series, keep=keep)
             ctx.save_for_backward(v, p, E, *params)
             return g, div
         g, div, ctx.kernel = _KERNELS[kind][0](ops, ctx.t, *ExactDivergence._arrays(ops, v, p, E, params))
@@ -440,7 +439,7 @@ class ExactDivergence(torch.autograd.Function):
             v, p, E, *params = ctx.saved_tensors
             grads = (Gg.to(v.dtype).contiguous(), Gd.to(v.dtype).contiguous(), *ctx.needs_input_grad[4:6])
             Gt, Gv, Gp, GE, gparams = native.evaluate(
-                ctx.kind, ctx.t, v, p, E, params, *_native_series(ctx.kind, v), grads=grads, kept=ctx.kept
+                ctx.kind, ctx.t, v, p, E, params, *ctx.series, grads=grads, kept=ctx.kept
             )
             Gt = torch.tensor(Gt, dtype=ctx.t_dtype) if ctx.needs_input_grad[2] else None
             return None, None, Gt, Gv, Gp, GE, *gparams

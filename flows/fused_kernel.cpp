@@ -121,8 +121,9 @@ inline double tanh_(double x) { return std::tanh(x); }
 
 // One layer on the R rows of a point (the value row, then the n derivative rows): z = W a (+ b on the value
 // row), and for a hidden layer the next layer's inputs tanh(z), tanh'(z) dz. RR, IN, OUT > 0: the row count
-// and widths as compile-time constants (the default network): the rows' outputs then stay in registers and
-// the rows advance together (independent accumulators instead of one chain of dependent additions).
+// and widths as compile-time constants (the default network): a row's outputs then stay in registers, summed
+// in two accumulators (even and odd inputs: half the chain of dependent additions). (All rows advancing
+// together, R x OUT accumulators, measured slower: 0.189 against 0.128 ms a forward call.)
 template <typename N, int RR, int IN, int OUT>
 void layer_forward(Layer<N>& Ly, int64_t R, Layer<N>* next) {
     const int64_t in = IN ? IN : Ly.in, out = OUT ? OUT : Ly.out;

@@ -197,6 +197,14 @@ def _ptr(x):
     return None if x is None else x.data_ptr()
 
 
+def _check(rc: int) -> None:
+    """The kernel's return code: 0 done, 1 no memory for its scratch, 2 a reverse pass without the workspace."""
+    if rc == 1:
+        raise MemoryError("the fused kernel could not allocate its scratch memory")
+    if rc:
+        raise RuntimeError(f"the fused kernel refused its arguments (code {rc})")
+
+
 def evaluate(kind, t, v, p, E, params, series, threshold, grads=None, keep=False, kept=None):
     """Forward: ``(g, div, kept)``, ``kept`` the workspace the reverse pass reads (two tensors) if ``keep``,
     else ``None``. Backward (``grads = (Gg, Gd, want_p, want_E)`` and the forward pass's ``kept``):
@@ -225,8 +233,7 @@ def evaluate(kind, t, v, p, E, params, series, threshold, grads=None, keep=False
                 torch.empty(B * int(ws[1]), dtype=v.dtype),
             )
         rc = fn(*common, g.data_ptr(), div.data_ptr(), *[None] * 8, *map(_ptr, kept or (None, None)))
-        if rc:
-            raise MemoryError("the fused kernel could not allocate its scratch memory")
+        _check(rc)
         return g, div, kept
     Gg, Gd, want_p, want_E = grads
     Gv = torch.empty_like(v)
@@ -238,6 +245,5 @@ def evaluate(kind, t, v, p, E, params, series, threshold, grads=None, keep=False
     Gt = ctypes.c_double()
     rc = fn(*common, None, None, Gg.data_ptr(), Gd.data_ptr(), Gv.data_ptr(), _ptr(Gp), _ptr(GE),
             gWp.ctypes.data, gbp.ctypes.data, ctypes.addressof(Gt), *map(_ptr, kept))  # fmt: skip
-    if rc:
-        raise MemoryError("the fused kernel could not allocate its scratch memory")
+    _check(rc)
     return Gt.value, Gv, Gp, GE, gparams

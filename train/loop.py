@@ -137,9 +137,7 @@ class Trainer(Checkpointing, Evaluation, Outputs):
                               bool(s.model.kinetic or s.model.jacobian))  # fmt: skip
             remaining = s.optim.epochs - int(ckpt["epoch"] if ckpt else 0)
             fused = self.model.dynamics.runs_fused()
-            native = getattr(args, "compile", "off") == "auto" and self.model.dynamics.runs_native(
-                self.device, self.dtype
-            )
+            native = self.model.dynamics.runs_native(self.device, self.dtype)
             if resolve_compile(args, remaining, self.device, warm=is_warm(key), fused=fused, native=native):
                 self.model.compile_ode(True)
                 self.compile_key = key
